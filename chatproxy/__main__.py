@@ -1,0 +1,3 @@
+from chatproxy.cli import main
+
+main()

@@ -1,0 +1,124 @@
+"""``create_app(settings)``: routes, middlewares, and every resource in a ``cleanup_ctx``."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import aiohttp
+from aiohttp import web
+
+from chatproxy.api.health import healthz, readyz
+from chatproxy.appkeys import GENERATIONS, HTTP_SESSION, SETTINGS, STORE, UPSTREAM
+from chatproxy.auth import LOCAL_USER
+from chatproxy.errors import APIError, InvalidRequest, PayloadTooLarge, error_response
+from chatproxy.ids import new_request_id
+from chatproxy.proxy.chat_completions import handle_chat_completions
+from chatproxy.proxy.generation import Generations
+from chatproxy.proxy.passthrough import handle_passthrough
+from chatproxy.proxy.upstream import Upstream
+from chatproxy.settings import Settings
+from chatproxy.store.store import Store
+
+__all__ = ["create_app", "instance_id"]
+
+log = logging.getLogger("chatproxy.access")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def instance_id(settings: Settings) -> str:
+    """This instance's stable name: configured, or ``<hostname>:<port>``."""
+    return settings.server.instance_id or f"{socket.gethostname()}:{settings.server.port}"
+
+
+def _http_error(exc: web.HTTPException) -> APIError:
+    """aiohttp's own errors (unknown route, wrong method, body too large) in OpenAI's shape."""
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
+        return PayloadTooLarge("the request body is too large")
+    error = APIError(exc.reason, code=exc.reason.lower().replace(" ", "_"))
+    error.status = exc.status
+    error.type = "invalid_request_error" if exc.status < 500 else "server_error"
+    return error
+
+
+@web.middleware
+async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Request id, errors in OpenAI's shape, and one access-log line per request."""
+    request["request_id"] = new_request_id()
+    started = time.perf_counter()
+    try:
+        resp = await handler(request)
+    except APIError as exc:
+        resp = error_response(exc)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        resp = error_response(_http_error(exc))
+    except UnicodeDecodeError:
+        resp = error_response(InvalidRequest("the request is not valid UTF-8", code="invalid_utf8"))
+    log.info(
+        "%s %s %s status=%d chat=%s ms=%.1f",
+        request["request_id"],
+        request.method,
+        request.path,
+        resp.status,
+        request.get("chat_id", "-"),
+        (time.perf_counter() - started) * 1000,
+    )
+    return resp
+
+
+async def _add_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    # on_response_prepare runs right before the head is sent, streams included.
+    response.headers["X-Request-Id"] = request["request_id"]
+
+
+def create_app(settings: Settings) -> web.Application:
+    """The chatproxy application for ``settings``."""
+    app = web.Application(
+        middlewares=[request_context], client_max_size=settings.server.max_body_bytes
+    )
+    app[SETTINGS] = settings
+    app.cleanup_ctx.extend([_store_ctx, _upstream_ctx, _generations_ctx])
+    app.on_response_prepare.append(_add_request_id)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_post("/v1/chat/completions", handle_chat_completions)
+    app.router.add_route("*", "/v1/{tail:.*}", handle_passthrough)
+    return app
+
+
+async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    store = Store(settings.storage.url, instance_id=instance_id(settings))
+    await store.open()
+    interrupted = await store.recover_interrupted()
+    if interrupted:
+        logging.getLogger("chatproxy").warning(
+            "marked %d unfinished message(s) of this instance as interrupted", interrupted
+        )
+    await store.ensure_user(LOCAL_USER.user_id, LOCAL_USER.name)
+    app[STORE] = store
+    yield
+    await store.close()
+
+
+async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0),
+        auto_decompress=False,
+    )
+    app[HTTP_SESSION] = session
+    app[UPSTREAM] = Upstream(app[SETTINGS].upstream, session)
+    yield
+    await session.close()
+
+
+async def _generations_ctx(app: web.Application) -> AsyncIterator[None]:
+    generations = Generations()
+    app[GENERATIONS] = generations
+    yield
+    await generations.drain(app[SETTINGS].chats.drain_timeout)

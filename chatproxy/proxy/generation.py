@@ -1,0 +1,404 @@
+"""A generation: one upstream answer being produced, stored, and fanned out to subscribers.
+
+The generation is a task of its own. It writes the request's turn to the store while it opens
+the upstream response, forwards the upstream bytes as complete SSE events (unmodified, except
+the usage-only chunk a client did not ask for), accumulates the assistant message, queues a
+checkpoint every ``checkpoint_interval`` while the content grows, and stores the final state.
+HTTP handlers only subscribe (:mod:`chatproxy.proxy.relay`): a client that leaves is a
+subscriber leaving, and the answer is finished and stored all the same (policy ``finish``) or
+cancelled (policy ``abort``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import orjson
+from multidict import CIMultiDict
+
+from chatproxy.errors import APIError, UpstreamError, error_body, normalize_upstream_error
+from chatproxy.proxy.accumulate import Accumulator, is_usage_only
+from chatproxy.proxy.framing import EventFramer, remove_event
+from chatproxy.proxy.sse import SSEEvent, SSEParser
+from chatproxy.proxy.upstream import HOP_BY_HOP, Upstream
+from chatproxy.settings import Settings
+from chatproxy.store.store import Store, Turn
+from chatproxy.store.threading import prefix_hashes
+
+__all__ = ["DONE_EVENT", "Generation", "Generations", "Head"]
+
+log = logging.getLogger("chatproxy.generation")
+
+DONE_EVENT = b"data: [DONE]\n\n"
+_DROP_RESPONSE_HEADERS = HOP_BY_HOP | {"content-encoding", "date", "server", "set-cookie"}
+
+
+@dataclass(slots=True, frozen=True)
+class Head:
+    """The upstream's status and the headers worth passing on to subscribers."""
+
+    status: int
+    headers: CIMultiDict[str]
+
+
+class _StreamBroken(Exception):
+    """The upstream stream failed after the first byte; carries the stored status."""
+
+    def __init__(self, status: str, error: dict[str, Any]) -> None:
+        super().__init__(error.get("message"))
+        self.status = status
+        self.error = error
+
+
+class Generation:
+    """Produces one assistant message; any number of subscribers read :attr:`pieces`."""
+
+    def __init__(
+        self,
+        *,
+        turn: Turn,
+        parent_hash: str,
+        body: bytes,
+        upstream_headers: Mapping[str, str],
+        stream: bool,
+        hide_usage: bool,
+        store: Store,
+        upstream: Upstream,
+        settings: Settings,
+        request_id: str,
+    ) -> None:
+        self.turn = turn
+        self.chat_id = turn.chat_id
+        self.message_id = turn.assistant_id
+        self.request_id = request_id
+        self.stream = stream
+        self.pieces: list[bytes] = []
+        self.done = False
+        self.status = "in_progress"
+        self.error: dict[str, Any] | None = None
+        self.client_disconnected = False
+        self.subscribers = 0
+        self.head: asyncio.Future[Head] = asyncio.get_running_loop().create_future()
+        self.head.add_done_callback(_retrieve)
+        self.task: asyncio.Task[None] | None = None
+        self.acc = Accumulator()
+        self._parent_hash = parent_hash
+        self._body = body
+        self._upstream_headers = upstream_headers
+        self._hide_usage = hide_usage
+        self._store = store
+        self._upstream = upstream
+        self._settings = settings
+        self._event: asyncio.Event | None = None
+        self._aborted = False
+        self._begin: asyncio.Future[None] | None = None
+        self._t0 = 0.0
+        self._ttft: float | None = None
+        self._next_checkpoint = 0.0
+        self._checkpointed_version = 0
+
+    # -- subscribers -------------------------------------------------------------------------
+
+    def subscribe(self) -> None:
+        self.subscribers += 1
+
+    def unsubscribe(self, *, disconnected: bool) -> None:
+        """A subscriber left; ``disconnected`` when its client went away before the end."""
+        self.subscribers -= 1
+        if disconnected and not self.done:
+            self.client_disconnected = True
+            if self.subscribers == 0 and self._settings.chats.on_disconnect == "abort":
+                self.abort()
+
+    async def wait(self, seen: int) -> None:
+        """Return once there are more than ``seen`` pieces, or the generation is done."""
+        if seen < len(self.pieces) or self.done:
+            return
+        if self._event is None:
+            self._event = asyncio.Event()
+        await self._event.wait()
+
+    def _wake(self) -> None:
+        if self._event is not None:
+            self._event.set()
+            self._event = None
+
+    def _publish(self, piece: bytes) -> None:
+        if self._ttft is None:
+            self._ttft = asyncio.get_running_loop().time() - self._t0
+        self.pieces.append(piece)
+        self._wake()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> asyncio.Task[None]:
+        self.task = asyncio.create_task(self._run(), name=f"generation-{self.message_id}")
+        return self.task
+
+    def abort(self) -> None:
+        """Cancel the upstream request; the message is stored as ``cancelled``."""
+        if self.task is not None and not self.done:
+            self._aborted = True
+            self.task.cancel()
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._t0 = loop.time()
+        self._next_checkpoint = self._t0 + self._settings.storage.checkpoint_interval
+        self._begin = asyncio.ensure_future(self._store.begin_turn(self.turn))
+        resp: aiohttp.ClientResponse | None = None
+        try:
+            resp = await self._open()
+            if resp is not None:
+                if self.stream:
+                    await self._pump_sse(resp)
+                else:
+                    await self._pump_body(resp)
+                self.status = "completed"
+        except asyncio.CancelledError:
+            self.status = "cancelled" if self._aborted else "interrupted"
+        except _StreamBroken as exc:
+            self.status, self.error = exc.status, exc.error
+            if self.stream:
+                self._publish(b"data: " + orjson.dumps({"error": exc.error}) + b"\n\n" + DONE_EVENT)
+        except Exception:
+            log.exception("generation failed request_id=%s", self.request_id)
+            self.status = "failed"
+            self.error = error_body("internal error in the proxy", "server_error")["error"]
+        finally:
+            if resp is not None:
+                resp.close()
+            self.done = True
+            self._wake()
+        if not self.head.done():
+            self.head.set_exception(
+                APIError("the request was stopped before the upstream answered")
+            )
+        if await self._begun():
+            await self._finish()
+
+    async def _begun(self) -> bool:
+        assert self._begin is not None
+        try:
+            await asyncio.shield(self._begin)
+        except Exception:
+            log.exception("could not store request_id=%s", self.request_id)
+            return False
+        return True
+
+    async def _open(self) -> aiohttp.ClientResponse | None:
+        try:
+            resp = await self._upstream.open(
+                "POST",
+                "/chat/completions",
+                headers=self._upstream_headers,
+                data=self._body,
+                request_id=self.request_id,
+            )
+        except UpstreamError as exc:
+            self.status, self.error = "failed", exc.body()["error"]
+            if await self._begun():
+                self.head.set_exception(exc)
+            else:
+                self.head.set_exception(APIError("could not store the request"))
+            return None
+        if not await self._begun():
+            resp.close()
+            self.head.set_exception(APIError("could not store the request"))
+            return None
+        headers = CIMultiDict(
+            (k, v) for k, v in resp.headers.items() if k.lower() not in _DROP_RESPONSE_HEADERS
+        )
+        self.head.set_result(Head(resp.status, headers))
+        return resp
+
+    async def _pump_sse(self, resp: aiohttp.ClientResponse) -> None:
+        parser = SSEParser()
+        framer = EventFramer()
+        saw_done = False
+
+        def forward(out: bytes, events: list[SSEEvent]) -> None:
+            nonlocal saw_done
+            try:
+                for ev in events:
+                    if not self._take_event(ev.data):
+                        out = remove_event(out, ev.data)
+                    saw_done = saw_done or ev.data == b"[DONE]"
+            finally:  # what came before a broken event is still forwarded
+                if out:
+                    self._publish(out)
+                    self._maybe_checkpoint()
+
+        await self._read(resp, lambda data: forward(framer.push(data), parser.feed(data)))
+        forward(framer.flush(), parser.flush())
+        if not saw_done and self.acc.finish_reason is None:
+            raise _StreamBroken(
+                "failed",
+                error_body(
+                    "the upstream stream ended before it was complete",
+                    "upstream_error",
+                    "upstream_incomplete",
+                )["error"],
+            )
+
+    def _take_event(self, data: bytes) -> bool:
+        """Accumulate one event; whether to forward it."""
+        if data == b"[DONE]":
+            return True
+        try:
+            chunk = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            raise _StreamBroken(
+                "failed",
+                error_body("the upstream sent invalid data", "upstream_error", "upstream_invalid")[
+                    "error"
+                ],
+            ) from None
+        if not isinstance(chunk, dict):
+            return True
+        if "error" in chunk or chunk.get("object") == "error":
+            raise _StreamBroken("failed", normalize_upstream_error(502, data)["error"])
+        self.acc.add_chunk(chunk)
+        return not (self._hide_usage and is_usage_only(chunk))
+
+    async def _pump_body(self, resp: aiohttp.ClientResponse) -> None:
+        parts: list[bytes] = []
+
+        def on_data(data: bytes) -> None:
+            parts.append(data)
+            self._publish(data)
+
+        await self._read(resp, on_data)
+        try:
+            body = orjson.loads(b"".join(parts))
+        except orjson.JSONDecodeError:
+            raise _StreamBroken(
+                "failed",
+                error_body("the upstream sent invalid JSON", "upstream_error", "upstream_invalid")[
+                    "error"
+                ],
+            ) from None
+        if isinstance(body, dict):
+            self.acc.add_completion(body)
+
+    async def _read(self, resp: aiohttp.ClientResponse, on_data: Callable[[bytes], None]) -> None:
+        """Feed the upstream body to ``on_data`` as it arrives, under the idle timeout and
+        ``max_duration``."""
+        loop = asyncio.get_running_loop()
+        up = self._settings.upstream
+        deadline = self._t0 + up.max_duration
+        reader = resp.content
+        try:
+            async with asyncio.timeout(None) as timer:
+                while True:
+                    timer.reschedule(min(deadline, loop.time() + up.idle_timeout))
+                    data = await reader.readany()
+                    if not data:
+                        return
+                    on_data(data)
+        except TimeoutError:
+            if loop.time() >= deadline:
+                raise _StreamBroken(
+                    "incomplete",
+                    error_body(
+                        f"the answer took longer than max_duration ({up.max_duration:g} s)",
+                        "upstream_error",
+                        "max_duration_exceeded",
+                    )["error"],
+                ) from None
+            raise _StreamBroken(
+                "failed",
+                error_body(
+                    f"the upstream sent nothing for {up.idle_timeout:g} s",
+                    "upstream_error",
+                    "upstream_timeout",
+                )["error"],
+            ) from None
+        except (aiohttp.ClientError, ConnectionError) as exc:
+            raise _StreamBroken(
+                "failed",
+                error_body(
+                    f"the upstream connection failed mid-stream ({type(exc).__name__})",
+                    "upstream_error",
+                    "upstream_disconnected",
+                )["error"],
+            ) from None
+
+    # -- store -------------------------------------------------------------------------------
+
+    def _maybe_checkpoint(self) -> None:
+        now = asyncio.get_running_loop().time()
+        if now < self._next_checkpoint or self.acc.version == self._checkpointed_version:
+            return
+        self._next_checkpoint = now + self._settings.storage.checkpoint_interval
+        self._checkpointed_version = self.acc.version
+        self._store.checkpoint(
+            self.message_id, {"text": self.acc.content, "data": self.acc.message()}
+        )
+
+    async def _finish(self) -> None:
+        acc = self.acc
+        message = acc.message()
+        usage = acc.usage if isinstance(acc.usage, dict) else {}
+        elapsed = asyncio.get_running_loop().time() - self._t0
+        fields: dict[str, Any] = {
+            "status": self.status,
+            "text": acc.content,
+            "data": message,
+            "prefix_hash": prefix_hashes([message], parent=self._parent_hash)[0],
+            "error": self.error,
+            "finish_reason": acc.finish_reason,
+            "prompt_tokens": _int(usage.get("prompt_tokens")),
+            "completion_tokens": _int(usage.get("completion_tokens")),
+            "total_tokens": _int(usage.get("total_tokens")),
+            "usage": acc.usage,
+            "upstream_id": acc.upstream_id,
+            "system_fingerprint": acc.system_fingerprint,
+            "client_disconnected": self.client_disconnected,
+            "ttft_ms": None if self._ttft is None else round(self._ttft * 1000),
+            "duration_ms": round(elapsed * 1000),
+        }
+        if acc.model:
+            fields["model"] = acc.model
+        try:
+            await self._store.finish(self.message_id, self.chat_id, fields)
+        except Exception:
+            log.exception("could not store the answer request_id=%s", self.request_id)
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _retrieve(fut: asyncio.Future[Any]) -> None:
+    # Nobody may be waiting for the head (every client left): do not log the exception.
+    if not fut.cancelled():
+        fut.exception()
+
+
+class Generations:
+    """The running generations of this process, by chat."""
+
+    def __init__(self) -> None:
+        self.running: dict[str, Generation] = {}
+
+    def add(self, gen: Generation) -> None:
+        self.running[gen.message_id] = gen
+        assert gen.task is not None
+        gen.task.add_done_callback(lambda _: self.running.pop(gen.message_id, None))
+
+    async def drain(self, grace: float) -> None:
+        """Let running generations finish for up to ``grace`` s, then stop the rest."""
+        tasks = [g.task for g in self.running.values() if g.task is not None]
+        if not tasks:
+            return
+        _, pending = await asyncio.wait(tasks, timeout=grace)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending)

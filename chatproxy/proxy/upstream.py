@@ -1,0 +1,186 @@
+"""The upstream client: opens upstream responses, with timeouts and retries before the first byte.
+
+Only the call that opens a response (up to its status line and headers) is retried; the
+iteration over a body never is, because by then bytes may have reached the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import aiohttp
+from multidict import CIMultiDict
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+
+from chatproxy.errors import UpstreamError, normalize_upstream_error
+from chatproxy.settings import UpstreamSettings
+
+__all__ = ["RETRY_STATUSES", "Upstream", "retry_after_seconds"]
+
+log = logging.getLogger("chatproxy.upstream")
+
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+RETRY_AFTER_CAP = 60.0
+
+# Hop-by-hop headers (RFC 9110 §7.6.1) and those aiohttp sets itself.
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+    }
+)
+
+Sleep = Callable[[float], Awaitable[None]]
+
+
+def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
+    """The wait an upstream asked for (``retry-after-ms`` or ``Retry-After`` in seconds)."""
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            return max(0.0, float(ms) / 1000.0)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value:
+        try:
+            return max(0.0, float(value))
+        except ValueError:
+            return None  # an HTTP date: rare from model servers; fall back to backoff
+    return None
+
+
+def _retryable(exc: BaseException) -> bool:
+    if isinstance(exc, UpstreamError):
+        return exc.status in RETRY_STATUSES
+    return False
+
+
+class Upstream:
+    """Talks to the configured OpenAI-compatible upstream over one shared ``ClientSession``."""
+
+    def __init__(
+        self,
+        settings: UpstreamSettings,
+        session: aiohttp.ClientSession,
+        *,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        self.settings = settings
+        self.session = session
+        self.base_url = settings.base_url
+        self._sleep = sleep
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=settings.connect_timeout, connect=settings.connect_timeout
+        )
+
+    def auth_headers(self, client_authorization: str | None = None) -> dict[str, str]:
+        """The ``Authorization`` to send upstream: the client's own, or the proxy's key."""
+        if client_authorization is not None:
+            return {"Authorization": client_authorization}
+        if self.settings.api_key:
+            return {"Authorization": f"Bearer {self.settings.api_key}"}
+        return {}
+
+    def _wait(self, state: RetryCallState) -> float:
+        backoff = wait_exponential_jitter(
+            initial=self.settings.backoff_initial, max=self.settings.backoff_max
+        )(state)
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, UpstreamError):
+            asked = retry_after_seconds(exc.headers)
+            if asked is not None:
+                return min(asked, RETRY_AFTER_CAP)
+        return backoff
+
+    async def open(
+        self,
+        method: str,
+        path: str,
+        *,
+        headers: Mapping[str, str],
+        data: Any = None,
+        params: Any = None,
+        request_id: str = "",
+        retry: bool = True,
+    ) -> aiohttp.ClientResponse:
+        """Open an upstream response with a 2xx/3xx status; errors raise :class:`UpstreamError`.
+
+        Connection errors, timeouts and 429/5xx statuses are retried (``retry``) with
+        exponential backoff and jitter, honouring the upstream's ``Retry-After``.
+        """
+        attempts = self.settings.retries + 1 if retry else 1
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(attempts),
+            wait=self._wait,
+            retry=retry_if_exception(_retryable),
+            sleep=self._sleep,
+            reraise=True,
+        )
+        url = self.base_url + path
+        async for attempt in retrying:
+            with attempt:
+                n = attempt.retry_state.attempt_number
+                if n > 1:
+                    log.info("upstream retry request_id=%s attempt=%d", request_id, n)
+                return await self._open_once(method, url, headers, data, params)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _open_once(
+        self, method: str, url: str, headers: Mapping[str, str], data: Any, params: Any
+    ) -> aiohttp.ClientResponse:
+        try:
+            async with asyncio.timeout(self.settings.first_byte_timeout):
+                resp = await self.session.request(
+                    method,
+                    url,
+                    headers=headers,
+                    data=data,
+                    params=params,
+                    timeout=self._timeout,
+                    allow_redirects=False,
+                    auto_decompress=False,
+                )
+        except TimeoutError:
+            raise UpstreamError(
+                504, message="the upstream did not answer in time", code="upstream_timeout"
+            ) from None
+        except aiohttp.ClientError as exc:
+            raise UpstreamError(
+                502,
+                message=f"could not reach the upstream ({type(exc).__name__})",
+                code="upstream_unreachable",
+            ) from None
+        if resp.status < 400:
+            return resp
+        try:
+            raw = await resp.read()
+        except aiohttp.ClientError:
+            raw = b""
+        finally:
+            resp.release()
+        keep = CIMultiDict(
+            (k, v)
+            for k, v in resp.headers.items()
+            if k.lower() in ("retry-after", "retry-after-ms", "x-should-retry")
+        )
+        raise UpstreamError(
+            resp.status, normalize_upstream_error(resp.status, raw), headers=dict(keep)
+        )

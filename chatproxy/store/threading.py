@@ -1,0 +1,96 @@
+"""Threading by prefix hash (SPEC §3.4).
+
+``prefix_hash(m_k) = H(prefix_hash(m_{k-1}), canonical(m_k))``: a hash of the whole
+conversation up to and including a message. A request that resends history m1..mn is matched
+to the longest stored prefix; only what follows it is new.
+
+``canonical`` keeps exactly what identifies a message when a client sends it back (role,
+content, name, tool calls, tool_call_id) and irons out the differences between clients: a
+``None`` and an empty content, content as a string or as a list of text parts, extra keys the
+SDKs add to tool calls, and key order. Everything else (reasoning, refusal, audio ...) is left
+out, because clients do not reliably send it back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import orjson
+
+__all__ = ["ROOT_HASH", "canonical", "message_text", "prefix_hashes"]
+
+ROOT_HASH = b""
+
+
+def message_text(content: Any) -> str:
+    """The plain text of a message's ``content`` (a string, or a list of content parts)."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        texts = []
+        for part in content:
+            if isinstance(part, Mapping):
+                text = part.get("text")
+                if isinstance(text, str):
+                    texts.append(text)
+        return "".join(texts)
+    return str(content)
+
+
+def _canonical_content(content: Any) -> Any:
+    if content is None or isinstance(content, str):
+        return content or ""
+    if isinstance(content, list) and all(
+        isinstance(p, Mapping) and p.get("type") in ("text", "input_text", "output_text")
+        for p in content
+    ):
+        return message_text(content)
+    return content  # images, audio ...: compared as sent
+
+
+def _canonical_tool_calls(calls: Any) -> list[Any] | None:
+    if not calls or not isinstance(calls, list):
+        return None
+    out = []
+    for call in calls:
+        if not isinstance(call, Mapping):
+            out.append(call)
+            continue
+        fn = call.get("function")
+        fn = fn if isinstance(fn, Mapping) else {}
+        out.append({"id": call.get("id"), "name": fn.get("name"), "args": fn.get("arguments")})
+    return out
+
+
+def canonical(message: Mapping[str, Any]) -> bytes:
+    """The bytes that identify ``message`` for threading."""
+    doc: dict[str, Any] = {
+        "r": message.get("role"),
+        "c": _canonical_content(message.get("content")),
+    }
+    if message.get("name"):
+        doc["n"] = message["name"]
+    tool_calls = _canonical_tool_calls(message.get("tool_calls"))
+    if tool_calls:
+        doc["t"] = tool_calls
+    if message.get("tool_call_id"):
+        doc["i"] = message["tool_call_id"]
+    return orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
+
+
+def _step(parent: bytes, message: Mapping[str, Any]) -> bytes:
+    return hashlib.blake2b(parent + canonical(message), digest_size=16).digest()
+
+
+def prefix_hashes(messages: Iterable[Mapping[str, Any]], parent: str = "") -> list[str]:
+    """The prefix hash (32 hex characters) of each message, continuing from ``parent``."""
+    h = bytes.fromhex(parent) if parent else ROOT_HASH
+    out = []
+    for message in messages:
+        h = _step(h, message)
+        out.append(h.hex())
+    return out

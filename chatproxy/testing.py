@@ -1,0 +1,587 @@
+"""A scriptable fake OpenAI-compatible upstream for tests, demos and benchmarks.
+
+::
+
+    async with FakeUpstream() as fake:
+        fake.enqueue(Reply(content="Hi there"), Reply(status=503, headers={"Retry-After": "1"}))
+        client = openai.AsyncOpenAI(base_url=fake.url, api_key="x")
+        ...
+        assert fake.chat_requests[0].json["messages"][0]["role"] == "user"
+
+It speaks the Chat Completions wire format (SSE chunks, ``[DONE]``, ``stream_options``) closely
+enough for the official ``openai`` SDK to parse, and can misbehave on demand: slow heads, slow or
+fragmented streams, dropped connections, invalid events and error statuses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import re
+import secrets
+import struct
+import time
+from collections import deque
+from dataclasses import dataclass, field, replace
+from typing import Any, Self
+
+import orjson
+from aiohttp import web
+
+__all__ = ["DEFAULT_CONTENT", "FakeUpstream", "RecordedRequest", "Reply", "ToolCall"]
+
+DEFAULT_CONTENT = "Hello! How can I help you today?"
+DEMO_CHUNK_DELAY = 0.02
+FAST_CHUNKS = 20
+MODELS = ("fake-model", "fake-reasoner")
+
+_PIECE_RE = re.compile(r"\s*\S+\s*|\s+")
+_FILLER = ("lorem", "ipsum", "dolor", "sit", "amet", "consectetur", "adipiscing", "elit")
+_DONE = b"data: [DONE]\n\n"
+_GARBAGE = b"data: {not json\n\n"
+# Stands in for the completion id in cached (fast mode) events; swapped per response.
+_PLACEHOLDER_ID = "chatcmpl-" + "X" * 24
+_FAST_CACHE_MAX = 256
+
+
+@dataclass
+class ToolCall:
+    """One scripted function call; ``arguments`` is JSON text, streamed in fragments."""
+
+    name: str
+    arguments: str
+    id: str | None = None  # default: "call_<random>"
+
+
+@dataclass
+class Reply:
+    """One scripted answer to a ``/chat/completions`` request.
+
+    When ``tool_calls`` or ``refusal`` is set and ``content`` is left at its default (and
+    ``chunks`` is None), the answer carries no content.
+    """
+
+    content: str = DEFAULT_CONTENT
+    chunks: list[str] | None = None
+    reasoning: str | None = None
+    reasoning_field: str = "reasoning_content"
+    refusal: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    interleave_tool_calls: bool = False
+    finish_reason: str | None = None
+    usage: dict[str, Any] | None = None
+    model: str | None = None
+    status: int = 200
+    error_body: dict[str, Any] | str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0
+    chunk_delay: float = 0.0
+    drop_after: int | None = None
+    split_writes: bool = False
+    coalesce: bool = False
+    garbage_after: int | None = None
+
+
+class _Headers(dict[str, str]):
+    """Header names lower-cased; lookups ignore case."""
+
+    def __getitem__(self, key: str) -> str:
+        return super().__getitem__(key.lower())
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and super().__contains__(key.lower())
+
+    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+        return super().get(key.lower(), default)
+
+
+@dataclass
+class RecordedRequest:
+    """A request the fake received; ``headers`` looks names up case-insensitively."""
+
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]
+    body: bytes
+    json: Any
+    disconnected: asyncio.Event = field(default_factory=asyncio.Event)
+    completed: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@dataclass
+class _Answer:
+    """A reply resolved against its request: everything needed to render either wire form."""
+
+    reply: Reply
+    model: str
+    reasoning: list[str]
+    content: list[str]
+    refusal: list[str]
+    tool_calls: list[tuple[str, str, list[str]]]  # (id, name, argument fragments)
+    finish_reason: str
+    usage: dict[str, Any] = field(default_factory=dict)
+
+
+def _pieces(text: str) -> list[str]:
+    return _PIECE_RE.findall(text)
+
+
+def _filler(n: int) -> str:
+    return " ".join(_FILLER[i % len(_FILLER)] for i in range(max(n, 0)))
+
+
+def _fragments(text: str, parts: int = 3) -> list[str]:
+    size = max(1, -(-len(text) // parts))
+    return [text[i : i + size] for i in range(0, len(text), size)]
+
+
+def _text_of(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return ""
+
+
+def _prompt_tokens(body: dict[str, Any]) -> int:
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        return 0
+    return sum(len(_text_of(m.get("content")).split()) for m in messages if isinstance(m, dict))
+
+
+def _resolve(reply: Reply, body: dict[str, Any]) -> _Answer:
+    if reply.chunks is not None:
+        content = list(reply.chunks)
+    elif reply.content == DEFAULT_CONTENT and (reply.tool_calls or reply.refusal is not None):
+        content = []
+    else:
+        content = _pieces(reply.content)
+    calls = [
+        (tc.id or f"call_{secrets.token_hex(12)}", tc.name, _fragments(tc.arguments))
+        for tc in reply.tool_calls or []
+    ]
+    reasoning, refusal = _pieces(reply.reasoning or ""), _pieces(reply.refusal or "")
+    finish = reply.finish_reason or ("tool_calls" if calls else "stop")
+    model = reply.model or str(body.get("model") or MODELS[0])
+    answer = _Answer(reply, model, reasoning, content, refusal, calls, finish)
+    done = len(reasoning) + len(content) + len(refusal) + sum(len(c[2]) for c in calls)
+    prompt = _prompt_tokens(body)
+    usage = {"prompt_tokens": prompt, "completion_tokens": done, "total_tokens": prompt + done}
+    answer.usage = reply.usage or usage
+    return answer
+
+
+def _deltas(answer: _Answer) -> list[dict[str, Any]]:
+    deltas: list[dict[str, Any]] = [{"role": "assistant", "content": "", "refusal": None}]
+    deltas += [{answer.reply.reasoning_field: p} for p in answer.reasoning]
+    deltas += [{"content": p} for p in answer.content]
+    deltas += [{"refusal": p} for p in answer.refusal]
+    per_call: list[list[dict[str, Any]]] = []
+    for index, (call_id, name, frags) in enumerate(answer.tool_calls):
+        head = {"index": index, "id": call_id, "type": "function"}
+        head["function"] = {"name": name, "arguments": ""}
+        tail = [{"index": index, "function": {"arguments": f}} for f in frags]
+        per_call.append([head, *tail])
+    if answer.reply.interleave_tool_calls:
+        longest = max((len(c) for c in per_call), default=0)
+        ordered = [c[i] for i in range(longest) for c in per_call if i < len(c)]
+    else:
+        ordered = [d for c in per_call for d in c]
+    deltas += [{"tool_calls": [d]} for d in ordered]
+    return deltas
+
+
+def _sse(obj: Any) -> bytes:
+    return b"data: " + orjson.dumps(obj) + b"\n\n"
+
+
+def _head(kind: str, cid: str, created: int, answer: _Answer) -> dict[str, Any]:
+    return {
+        "id": cid,
+        "object": kind,
+        "created": created,
+        "model": answer.model,
+        "system_fingerprint": "fp_fake",
+    }
+
+
+def _chunk_events(answer: _Answer, cid: str, created: int, include_usage: bool) -> list[bytes]:
+    """Every ``chat.completion.chunk`` event up to and including the finish chunk."""
+    head = _head("chat.completion.chunk", cid, created, answer)
+    steps = [(d, None) for d in _deltas(answer)] + [({}, answer.finish_reason)]
+    events = []
+    for delta, finish in steps:
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+        chunk: dict[str, Any] = {**head, "choices": [choice]}
+        if include_usage:
+            chunk["usage"] = None
+        events.append(_sse(chunk))
+    return events
+
+
+def _usage_event(answer: _Answer, cid: str, created: int) -> bytes:
+    head = _head("chat.completion.chunk", cid, created, answer)
+    return _sse({**head, "choices": [], "usage": answer.usage})
+
+
+def _completion(answer: _Answer, cid: str, created: int) -> dict[str, Any]:
+    text = "".join(answer.content)
+    message: dict[str, Any] = {
+        "role": "assistant",
+        "content": None if not text and (answer.tool_calls or answer.refusal) else text,
+        "refusal": "".join(answer.refusal) if answer.refusal else None,
+    }
+    if answer.reasoning:
+        message[answer.reply.reasoning_field] = "".join(answer.reasoning)
+    if answer.tool_calls:
+        message["tool_calls"] = [
+            {"id": i, "type": "function", "function": {"name": n, "arguments": "".join(f)}}
+            for i, n, f in answer.tool_calls
+        ]
+    choice = {"index": 0, "message": message, "logprobs": None}
+    choice["finish_reason"] = answer.finish_reason
+    head = _head("chat.completion", cid, created, answer)
+    return {**head, "choices": [choice], "usage": answer.usage}
+
+
+_ERROR_TYPES = {401: "authentication_error", 403: "permission_error", 429: "rate_limit_error"}
+
+
+def _error_body(status: int, message: str) -> dict[str, Any]:
+    kind = "server_error" if status >= 500 else _ERROR_TYPES.get(status, "invalid_request_error")
+    return {"error": {"message": message, "type": kind, "param": None, "code": None}}
+
+
+def _json_response(
+    status: int, payload: Any, headers: dict[str, str] | None = None
+) -> web.Response:
+    body = payload.encode() if isinstance(payload, str) else orjson.dumps(payload)
+    resp = web.Response(status=status, body=body, headers=headers)
+    resp.content_type = "application/json"
+    return resp
+
+
+def _split(event: bytes) -> list[bytes]:
+    # Cut inside the "data:" prefix, inside the JSON, and between the two newlines.
+    mid = 3 + (len(event) - 5) // 2
+    parts = [event[:3], event[3:mid], event[mid:-2], event[-2:-1], event[-1:]]
+    return [p for p in parts if p]
+
+
+def _header_number(request: web.Request, name: str) -> float | None:
+    try:
+        value = float(request.headers[name])
+    except (KeyError, ValueError):
+        return None
+    return value if 0 <= value < 1e6 else None
+
+
+def _embedding(text: str, dims: int) -> list[float]:
+    raw = b"".join(
+        hashlib.sha256(f"{i}:{text}".encode()).digest() for i in range(-(-dims // 32) or 1)
+    )
+    vec = [b / 127.5 - 1.0 for b in raw[:dims]]
+    norm = sum(v * v for v in vec) ** 0.5 or 1.0
+    return [round(v / norm, 6) for v in vec]
+
+
+def _demo_reply(body: dict[str, Any]) -> Reply:
+    said = ""
+    messages = body.get("messages")
+    for message in reversed(messages if isinstance(messages, list) else []):
+        if isinstance(message, dict) and message.get("role") == "user":
+            said = " ".join(_text_of(message.get("content")).split())
+            break
+    if len(said) > 80:
+        said = said[:77] + "..."
+    opening = f'You said: "{said}".' if said else "Hi there!"
+    content = (
+        f"{opening} I'm the chatproxy demo model, so my answers are canned, "
+        "but this conversation is stored just like a real one."
+    )
+    return Reply(content=content, chunk_delay=DEMO_CHUNK_DELAY)
+
+
+class FakeUpstream:
+    """A fake OpenAI-compatible server whose ``/chat/completions`` answers are scripted.
+
+    ``enqueue`` replies (FIFO, one per chat request); an empty queue answers with ``default``,
+    else a demo echo when ``demo``, else ``Reply()``. ``fast`` caches the encoded stream of that
+    fallback (20 pieces unless ``default`` is given) for benchmarks. Headers
+    ``X-Fake-Chunks: <n>`` and ``X-Fake-Chunk-Delay: <seconds>`` override any reply.
+    """
+
+    def __init__(self, *, default: Reply | None = None, demo: bool = False, fast: bool = False):
+        self.requests: list[RecordedRequest] = []
+        self._queue: deque[Reply] = deque()
+        self._demo = demo
+        self._fast = fast
+        if default is None and fast and not demo:
+            default = Reply(content=_filler(FAST_CHUNKS))
+        self._default = default
+        self._cache: dict[tuple[str, bool, int | None], tuple[_Answer, int, list[bytes]]] = {}
+        self._runner: web.AppRunner | None = None
+        self._url: str | None = None
+        self.app = web.Application(client_max_size=64 * 1024 * 1024)
+        self.app.router.add_post("/v1/chat/completions", self._chat)
+        self.app.router.add_get("/v1/models", self._models)
+        self.app.router.add_post("/v1/embeddings", self._embeddings)
+        self.app.router.add_route("*", "/{tail:.*}", self._not_found)
+
+    def enqueue(self, *replies: Reply) -> None:
+        """Queue replies for the next chat requests, in order."""
+        self._queue.extend(replies)
+
+    @property
+    def chat_requests(self) -> list[RecordedRequest]:
+        """The recorded ``POST .../chat/completions`` requests."""
+        return [
+            r for r in self.requests if r.method == "POST" and r.path.endswith("/chat/completions")
+        ]
+
+    @property
+    def url(self) -> str:
+        """Base url, e.g. ``http://127.0.0.1:PORT/v1``; only after :meth:`start`."""
+        if self._url is None:
+            raise RuntimeError("FakeUpstream is not started")
+        return self._url
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        """Serve on a real port (0: any free one); return the base url."""
+        if self._runner is not None:
+            raise RuntimeError("FakeUpstream is already started")
+        # handler_cancellation: a client that goes away cancels the handler at once.
+        runner = web.AppRunner(
+            self.app, handler_cancellation=True, access_log=None, shutdown_timeout=0.25
+        )
+        await runner.setup()
+        self._runner = runner
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        bound = runner.addresses[0][1]
+        shown = f"[{host}]" if ":" in host else host
+        self._url = f"http://{shown}:{bound}/v1"
+        return self._url
+
+    async def close(self) -> None:
+        """Stop serving (in-flight responses get a short grace period)."""
+        if self._runner is not None:
+            runner, self._runner = self._runner, None
+            await runner.cleanup()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    # -- handlers ------------------------------------------------------------------------------
+
+    async def _record(self, request: web.Request) -> RecordedRequest:
+        body = await request.read()
+        try:
+            parsed = orjson.loads(body) if body else None
+        except orjson.JSONDecodeError:
+            parsed = None
+        headers = _Headers()
+        for name, value in request.headers.items():
+            key = name.lower()
+            headers[key] = f"{headers[key]}, {value}" if key in headers else value
+        record = RecordedRequest(
+            method=request.method,
+            path=request.path,
+            query=dict(request.query),
+            headers=headers,
+            body=body,
+            json=parsed,
+        )
+        self.requests.append(record)
+        return record
+
+    async def _send(
+        self, request: web.Request, record: RecordedRequest, resp: web.Response, delay: float = 0
+    ) -> web.Response:
+        try:
+            if delay > 0:
+                await asyncio.sleep(delay)
+            await resp.prepare(request)
+            await resp.write_eof()
+        except ConnectionError:
+            record.disconnected.set()
+            return resp
+        except asyncio.CancelledError:
+            record.disconnected.set()
+            raise
+        record.completed.set()
+        return resp
+
+    async def _not_found(self, request: web.Request) -> web.Response:
+        record = await self._record(request)
+        message = f"Invalid URL ({request.method} {request.path})"
+        return await self._send(request, record, _json_response(404, _error_body(404, message)))
+
+    async def _models(self, request: web.Request) -> web.Response:
+        record = await self._record(request)
+        data = [
+            {"id": m, "object": "model", "created": 1700000000, "owned_by": "chatproxy"}
+            for m in MODELS
+        ]
+        return await self._send(
+            request, record, _json_response(200, {"object": "list", "data": data})
+        )
+
+    async def _embeddings(self, request: web.Request) -> web.Response:
+        record = await self._record(request)
+        body = record.json
+        inputs = body.get("input") if isinstance(body, dict) else None
+        if isinstance(inputs, str) or (
+            isinstance(inputs, list) and inputs and isinstance(inputs[0], int)
+        ):
+            inputs = [inputs]
+        if not isinstance(inputs, list) or not inputs:
+            error = _error_body(400, "'input' must be a string or a non-empty list")
+            return await self._send(request, record, _json_response(400, error))
+        dims = body.get("dimensions") or 8
+        as_base64 = body.get("encoding_format") == "base64"
+        data = []
+        for index, item in enumerate(inputs):
+            vec = _embedding(str(item), int(dims))
+            encoded: Any = vec
+            if as_base64:
+                encoded = base64.b64encode(struct.pack(f"<{len(vec)}f", *vec)).decode()
+            data.append({"object": "embedding", "index": index, "embedding": encoded})
+        tokens = sum(len(str(item).split()) for item in inputs)
+        payload = {
+            "object": "list",
+            "data": data,
+            "model": body.get("model") or "fake-embedding",
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+        return await self._send(request, record, _json_response(200, payload))
+
+    def _next_reply(self, body: dict[str, Any]) -> tuple[Reply, bool]:
+        """The reply to use, and whether its encoding may be cached (fast mode)."""
+        if self._queue:
+            return self._queue.popleft(), False
+        if self._default is not None:
+            return self._default, self._fast
+        if self._demo:
+            return _demo_reply(body), False
+        return Reply(), False
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        record = await self._record(request)
+        body = record.json
+        if not isinstance(body, dict):
+            message = "We could not parse the JSON body of your request."
+            return await self._send(request, record, _json_response(400, _error_body(400, message)))
+        reply, cacheable = self._next_reply(body)
+        n_chunks = _header_number(request, "X-Fake-Chunks")
+        if n_chunks is not None:
+            reply = replace(reply, content=_filler(int(n_chunks)), chunks=None)
+        chunk_delay = _header_number(request, "X-Fake-Chunk-Delay")
+        if chunk_delay is not None:
+            reply = replace(reply, chunk_delay=chunk_delay)
+
+        if reply.status != 200:
+            error = reply.error_body
+            if error is None:
+                error = _error_body(reply.status, f"Fake upstream error {reply.status}")
+            resp = _json_response(reply.status, error, reply.headers)
+            return await self._send(request, record, resp, reply.delay)
+
+        cid = f"chatcmpl-{secrets.token_hex(12)}"
+        created = int(time.time())
+        if not body.get("stream"):
+            answer = _resolve(reply, body)
+            resp = _json_response(200, _completion(answer, cid, created), reply.headers)
+            return await self._send(request, record, resp, reply.delay)
+
+        options = body.get("stream_options")
+        include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
+        if cacheable:
+            key = (
+                str(body.get("model")),
+                include_usage,
+                None if n_chunks is None else int(n_chunks),
+            )
+            cached = self._cache.get(key)
+            if cached is None:
+                if len(self._cache) >= _FAST_CACHE_MAX:
+                    self._cache.clear()
+                answer = _resolve(reply, body)
+                template = _chunk_events(answer, _PLACEHOLDER_ID, created, include_usage)
+                cached = self._cache[key] = (answer, created, template)
+            answer, created, template = cached
+            placeholder, fresh = _PLACEHOLDER_ID.encode(), cid.encode()
+            events = [e.replace(placeholder, fresh) for e in template]
+            if include_usage:
+                # Usage depends on the prompt, so it is never cached.
+                answer = replace(answer, usage=_resolve(reply, body).usage)
+        else:
+            answer = _resolve(reply, body)
+            events = _chunk_events(answer, cid, created, include_usage)
+        if include_usage:
+            events.append(_usage_event(answer, cid, created))
+        events.append(_DONE)
+        if reply.garbage_after is not None:
+            events.insert(reply.garbage_after, _GARBAGE)
+        if reply.drop_after is not None:
+            events = events[: reply.drop_after]
+        coalesce = reply.coalesce or (cacheable and reply.chunk_delay <= 0)
+        return await self._stream(request, record, reply, events, coalesce)
+
+    async def _stream(
+        self,
+        request: web.Request,
+        record: RecordedRequest,
+        reply: Reply,
+        events: list[bytes],
+        coalesce: bool,
+    ) -> web.StreamResponse:
+        headers = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        resp = web.StreamResponse(headers={**headers, **reply.headers})
+        try:
+            if reply.delay > 0:
+                await asyncio.sleep(reply.delay)
+            await resp.prepare(request)
+            if coalesce:
+                await resp.write(b"".join(events))
+            else:
+                for i, event in enumerate(events):
+                    if i and reply.chunk_delay > 0:
+                        await asyncio.sleep(reply.chunk_delay)
+                    if not reply.split_writes:
+                        await resp.write(event)
+                        continue
+                    for part in _split(event):
+                        await resp.write(part)
+                        await asyncio.sleep(0.001)
+            if reply.drop_after is not None:
+                await self._drop(request)
+                return resp
+            await resp.write_eof()
+        except ConnectionError:
+            record.disconnected.set()
+            return resp
+        except asyncio.CancelledError:
+            record.disconnected.set()
+            raise
+        record.completed.set()
+        return resp
+
+    @staticmethod
+    async def _drop(request: web.Request) -> None:
+        transport = request.transport
+        if transport is None:
+            return
+        # Let what was written reach the socket first: abort() discards buffered data.
+        for _ in range(1000):
+            if transport.is_closing() or not transport.get_write_buffer_size():
+                break
+            await asyncio.sleep(0.001)
+        transport.abort()

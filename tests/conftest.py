@@ -1,0 +1,88 @@
+"""Shared fixtures: a scriptable fake upstream and the proxy, each on a real port."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import openai
+import pytest
+
+from chatproxy.appkeys import STORE
+from chatproxy.server import ProxyServer
+from chatproxy.settings import Settings, load_settings
+from chatproxy.store.store import Store
+from chatproxy.testing import FakeUpstream
+
+StartProxy = Callable[..., Awaitable[ProxyServer]]
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[FakeUpstream]:
+    async with FakeUpstream() as fake:
+        yield fake
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "chatproxy.db"
+
+
+@pytest.fixture
+def make_settings(db_path: Path, upstream: FakeUpstream) -> Callable[..., Settings]:
+    """Settings for a test: real SQLite file, the fake upstream, any free port."""
+
+    def make(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "server.port": 0,
+            "upstream.url": upstream.url,
+            "upstream.api_key": "sk-upstream-secret",
+            "storage.url": f"sqlite://{db_path}",
+            "storage.checkpoint_interval": 0.05,
+            "upstream.retries": 0,
+        }
+        values.update(overrides)
+        return load_settings(None, env={}, overrides=values)
+
+    return make
+
+
+@pytest.fixture
+async def start_proxy(make_settings: Callable[..., Settings]) -> AsyncIterator[StartProxy]:
+    """Start a proxy with settings overrides (``"chats.on_disconnect": "abort"``)."""
+    servers: list[ProxyServer] = []
+
+    async def start(**overrides: Any) -> ProxyServer:
+        server = ProxyServer(make_settings(**overrides))
+        await server.start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in reversed(servers):
+        await server.stop()
+
+
+@pytest.fixture
+async def proxy(start_proxy: StartProxy) -> ProxyServer:
+    return await start_proxy()
+
+
+@pytest.fixture
+def store(proxy: ProxyServer) -> Store:
+    assert proxy.app is not None
+    return proxy.app[STORE]
+
+
+@pytest.fixture
+async def client(proxy: ProxyServer) -> AsyncIterator[openai.AsyncOpenAI]:
+    async with openai.AsyncOpenAI(base_url=proxy.url, api_key="sk-client", max_retries=0) as c:
+        yield c
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
