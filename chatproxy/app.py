@@ -11,7 +11,15 @@ import aiohttp
 from aiohttp import web
 
 from chatproxy.api.health import healthz, readyz
-from chatproxy.appkeys import GENERATIONS, HTTP_SESSION, SETTINGS, STORE, UPSTREAM
+from chatproxy.appkeys import (
+    CHAT_ID,
+    GENERATIONS,
+    HTTP_SESSION,
+    REQUEST_ID,
+    SETTINGS,
+    STORE,
+    UPSTREAM,
+)
 from chatproxy.auth import LOCAL_USER
 from chatproxy.errors import APIError, InvalidRequest, PayloadTooLarge, error_response
 from chatproxy.ids import new_request_id
@@ -47,7 +55,7 @@ def _http_error(exc: web.HTTPException) -> APIError:
 @web.middleware
 async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Request id, errors in OpenAI's shape, and one access-log line per request."""
-    request["request_id"] = new_request_id()
+    request[REQUEST_ID] = new_request_id()
     started = time.perf_counter()
     try:
         resp = await handler(request)
@@ -61,11 +69,11 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
         resp = error_response(InvalidRequest("the request is not valid UTF-8", code="invalid_utf8"))
     log.info(
         "%s %s %s status=%d chat=%s ms=%.1f",
-        request["request_id"],
+        request[REQUEST_ID],
         request.method,
         request.path,
         resp.status,
-        request.get("chat_id", "-"),
+        request.get(CHAT_ID, "-"),
         (time.perf_counter() - started) * 1000,
     )
     return resp
@@ -73,7 +81,9 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
 
 async def _add_request_id(request: web.Request, response: web.StreamResponse) -> None:
     # on_response_prepare runs right before the head is sent, streams included.
-    response.headers["X-Request-Id"] = request["request_id"]
+    request_id = request.get(REQUEST_ID)
+    if request_id is not None:
+        response.headers["X-Request-Id"] = request_id
 
 
 def create_app(settings: Settings) -> web.Application:

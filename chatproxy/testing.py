@@ -8,9 +8,8 @@
         ...
         assert fake.chat_requests[0].json["messages"][0]["role"] == "user"
 
-It speaks the Chat Completions wire format (SSE chunks, ``[DONE]``, ``stream_options``) closely
-enough for the official ``openai`` SDK to parse, and can misbehave on demand: slow heads, slow or
-fragmented streams, dropped connections, invalid events and error statuses.
+It speaks the Chat Completions wire format closely enough for the ``openai`` SDK to parse, and
+misbehaves on demand: slow or fragmented streams, dropped connections, bad events, error statuses.
 """
 
 from __future__ import annotations
@@ -63,24 +62,27 @@ class Reply:
     """
 
     content: str = DEFAULT_CONTENT
-    chunks: list[str] | None = None
-    reasoning: str | None = None
-    reasoning_field: str = "reasoning_content"
+    chunks: list[str] | None = None  # content pieces; default: word-ish pieces of ``content``
+    reasoning: str | None = None  # streamed before the content
+    reasoning_field: str = "reasoning_content"  # or "reasoning" (newer vLLM)
     refusal: str | None = None
     tool_calls: list[ToolCall] | None = None
-    interleave_tool_calls: bool = False
-    finish_reason: str | None = None
-    usage: dict[str, Any] | None = None
-    model: str | None = None
-    status: int = 200
-    error_body: dict[str, Any] | str | None = None
-    headers: dict[str, str] = field(default_factory=dict)
-    delay: float = 0.0
-    chunk_delay: float = 0.0
-    drop_after: int | None = None
-    split_writes: bool = False
-    coalesce: bool = False
-    garbage_after: int | None = None
+    interleave_tool_calls: bool = False  # stream the calls' fragments round-robin
+    finish_reason: str | None = None  # default: "tool_calls" if tool_calls else "stop"
+    usage: dict[str, Any] | None = None  # default: word counts of the prompt and the pieces
+    model: str | None = None  # default: the request's model
+    status: int = 200  # not 200: answer ``error_body`` as JSON, never a stream
+    error_body: dict[str, Any] | str | None = None  # default: OpenAI error shape; str: sent raw
+    headers: dict[str, str] = field(default_factory=dict)  # extra response headers
+    delay: float = 0.0  # seconds before the response head
+    chunk_delay: float = 0.0  # seconds between stream events
+    drop_after: int | None = None  # abort the connection after this many events
+    split_writes: bool = False  # write each event in several separate small writes
+    coalesce: bool = False  # write all events at once
+    garbage_after: int | None = None  # insert an invalid ``data: {not json`` event here
+
+
+_PLAIN = Reply()
 
 
 class _Headers(dict[str, str]):
@@ -168,10 +170,19 @@ def _resolve(reply: Reply, body: dict[str, Any]) -> _Answer:
     model = reply.model or str(body.get("model") or MODELS[0])
     answer = _Answer(reply, model, reasoning, content, refusal, calls, finish)
     done = len(reasoning) + len(content) + len(refusal) + sum(len(c[2]) for c in calls)
-    prompt = _prompt_tokens(body)
-    usage = {"prompt_tokens": prompt, "completion_tokens": done, "total_tokens": prompt + done}
-    answer.usage = reply.usage or usage
+    answer.usage = _usage(reply, body, done)
     return answer
+
+
+def _usage(reply: Reply, body: dict[str, Any], completion: int) -> dict[str, Any]:
+    if reply.usage is not None:
+        return reply.usage
+    prompt = _prompt_tokens(body)
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
 
 
 def _deltas(answer: _Answer) -> list[dict[str, Any]]:
@@ -288,6 +299,36 @@ def _embedding(text: str, dims: int) -> list[float]:
     return [round(v / norm, 6) for v in vec]
 
 
+async def _write_events(
+    resp: web.StreamResponse, reply: Reply, events: list[bytes], coalesce: bool
+) -> None:
+    if coalesce:
+        await resp.write(b"".join(events))
+        return
+    for i, event in enumerate(events):
+        if i and reply.chunk_delay > 0:
+            await asyncio.sleep(reply.chunk_delay)
+        if not reply.split_writes:
+            await resp.write(event)
+            continue
+        for part in _split(event):
+            await resp.write(part)
+            # Separate writes only become separate TCP segments if the loop gets to send each.
+            await asyncio.sleep(0.001)
+
+
+async def _drop(request: web.Request) -> None:
+    transport = request.transport
+    if transport is None:
+        return
+    # Let what was written reach the socket first: abort() discards buffered data.
+    for _ in range(1000):
+        if transport.is_closing() or not transport.get_write_buffer_size():
+            break
+        await asyncio.sleep(0.001)
+    transport.abort()
+
+
 def _demo_reply(body: dict[str, Any]) -> Reply:
     said = ""
     messages = body.get("messages")
@@ -322,7 +363,7 @@ class FakeUpstream:
         if default is None and fast and not demo:
             default = Reply(content=_filler(FAST_CHUNKS))
         self._default = default
-        self._cache: dict[tuple[str, bool, int | None], tuple[_Answer, int, list[bytes]]] = {}
+        self._cache: dict[tuple[str, bool, float | None], tuple[_Answer, int, list[bytes]]] = {}
         self._runner: web.AppRunner | None = None
         self._url: str | None = None
         self.app = web.Application(client_max_size=64 * 1024 * 1024)
@@ -387,28 +428,33 @@ class FakeUpstream:
             parsed = orjson.loads(body) if body else None
         except orjson.JSONDecodeError:
             parsed = None
-        headers = _Headers()
-        for name, value in request.headers.items():
-            key = name.lower()
-            headers[key] = f"{headers[key]}, {value}" if key in headers else value
+        names = {name.lower() for name in request.headers}
+        headers = _Headers({n: ", ".join(request.headers.getall(n)) for n in names})
         record = RecordedRequest(
-            method=request.method,
-            path=request.path,
-            query=dict(request.query),
-            headers=headers,
-            body=body,
-            json=parsed,
+            request.method, request.path, dict(request.query), headers, body, parsed
         )
         self.requests.append(record)
         return record
 
-    async def _send(
-        self, request: web.Request, record: RecordedRequest, resp: web.Response, delay: float = 0
-    ) -> web.Response:
+    async def _respond(
+        self,
+        request: web.Request,
+        record: RecordedRequest,
+        resp: web.StreamResponse,
+        reply: Reply = _PLAIN,
+        events: list[bytes] | None = None,
+        coalesce: bool = False,
+    ) -> web.StreamResponse:
+        """Send ``resp`` (then ``events`` as its stream), noting completion or disconnection."""
         try:
-            if delay > 0:
-                await asyncio.sleep(delay)
+            if reply.delay > 0:
+                await asyncio.sleep(reply.delay)
             await resp.prepare(request)
+            if events is not None:
+                await _write_events(resp, reply, events, coalesce)
+                if reply.drop_after is not None:
+                    await _drop(request)
+                    return resp
             await resp.write_eof()
         except ConnectionError:
             record.disconnected.set()
@@ -419,49 +465,43 @@ class FakeUpstream:
         record.completed.set()
         return resp
 
-    async def _not_found(self, request: web.Request) -> web.Response:
+    async def _not_found(self, request: web.Request) -> web.StreamResponse:
         record = await self._record(request)
         message = f"Invalid URL ({request.method} {request.path})"
-        return await self._send(request, record, _json_response(404, _error_body(404, message)))
+        return await self._respond(request, record, _json_response(404, _error_body(404, message)))
 
-    async def _models(self, request: web.Request) -> web.Response:
+    async def _models(self, request: web.Request) -> web.StreamResponse:
         record = await self._record(request)
         data = [
             {"id": m, "object": "model", "created": 1700000000, "owned_by": "chatproxy"}
             for m in MODELS
         ]
-        return await self._send(
+        return await self._respond(
             request, record, _json_response(200, {"object": "list", "data": data})
         )
 
-    async def _embeddings(self, request: web.Request) -> web.Response:
+    async def _embeddings(self, request: web.Request) -> web.StreamResponse:
         record = await self._record(request)
-        body = record.json
-        inputs = body.get("input") if isinstance(body, dict) else None
+        body = record.json if isinstance(record.json, dict) else {}
+        inputs = body.get("input")
         if isinstance(inputs, str) or (
             isinstance(inputs, list) and inputs and isinstance(inputs[0], int)
         ):
-            inputs = [inputs]
+            inputs = [inputs]  # one text, or one list of token ids
         if not isinstance(inputs, list) or not inputs:
             error = _error_body(400, "'input' must be a string or a non-empty list")
-            return await self._send(request, record, _json_response(400, error))
-        dims = body.get("dimensions") or 8
-        as_base64 = body.get("encoding_format") == "base64"
+            return await self._respond(request, record, _json_response(400, error))
         data = []
         for index, item in enumerate(inputs):
-            vec = _embedding(str(item), int(dims))
-            encoded: Any = vec
-            if as_base64:
-                encoded = base64.b64encode(struct.pack(f"<{len(vec)}f", *vec)).decode()
-            data.append({"object": "embedding", "index": index, "embedding": encoded})
+            vec: Any = _embedding(str(item), int(body.get("dimensions") or 8))
+            if body.get("encoding_format") == "base64":
+                vec = base64.b64encode(struct.pack(f"<{len(vec)}f", *vec)).decode()
+            data.append({"object": "embedding", "index": index, "embedding": vec})
         tokens = sum(len(str(item).split()) for item in inputs)
-        payload = {
-            "object": "list",
-            "data": data,
-            "model": body.get("model") or "fake-embedding",
-            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-        }
-        return await self._send(request, record, _json_response(200, payload))
+        usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+        model = body.get("model") or "fake-embedding"
+        payload = {"object": "list", "data": data, "model": model, "usage": usage}
+        return await self._respond(request, record, _json_response(200, payload))
 
     def _next_reply(self, body: dict[str, Any]) -> tuple[Reply, bool]:
         """The reply to use, and whether its encoding may be cached (fast mode)."""
@@ -478,7 +518,9 @@ class FakeUpstream:
         body = record.json
         if not isinstance(body, dict):
             message = "We could not parse the JSON body of your request."
-            return await self._send(request, record, _json_response(400, _error_body(400, message)))
+            return await self._respond(
+                request, record, _json_response(400, _error_body(400, message))
+            )
         reply, cacheable = self._next_reply(body)
         n_chunks = _header_number(request, "X-Fake-Chunks")
         if n_chunks is not None:
@@ -492,23 +534,19 @@ class FakeUpstream:
             if error is None:
                 error = _error_body(reply.status, f"Fake upstream error {reply.status}")
             resp = _json_response(reply.status, error, reply.headers)
-            return await self._send(request, record, resp, reply.delay)
+            return await self._respond(request, record, resp, reply)
 
         cid = f"chatcmpl-{secrets.token_hex(12)}"
         created = int(time.time())
         if not body.get("stream"):
             answer = _resolve(reply, body)
             resp = _json_response(200, _completion(answer, cid, created), reply.headers)
-            return await self._send(request, record, resp, reply.delay)
+            return await self._respond(request, record, resp, reply)
 
         options = body.get("stream_options")
         include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
         if cacheable:
-            key = (
-                str(body.get("model")),
-                include_usage,
-                None if n_chunks is None else int(n_chunks),
-            )
+            key = (str(body.get("model")), include_usage, n_chunks)
             cached = self._cache.get(key)
             if cached is None:
                 if len(self._cache) >= _FAST_CACHE_MAX:
@@ -521,7 +559,8 @@ class FakeUpstream:
             events = [e.replace(placeholder, fresh) for e in template]
             if include_usage:
                 # Usage depends on the prompt, so it is never cached.
-                answer = replace(answer, usage=_resolve(reply, body).usage)
+                done = answer.usage.get("completion_tokens", 0)
+                answer = replace(answer, usage=_usage(reply, body, done))
         else:
             answer = _resolve(reply, body)
             events = _chunk_events(answer, cid, created, include_usage)
@@ -533,55 +572,6 @@ class FakeUpstream:
         if reply.drop_after is not None:
             events = events[: reply.drop_after]
         coalesce = reply.coalesce or (cacheable and reply.chunk_delay <= 0)
-        return await self._stream(request, record, reply, events, coalesce)
-
-    async def _stream(
-        self,
-        request: web.Request,
-        record: RecordedRequest,
-        reply: Reply,
-        events: list[bytes],
-        coalesce: bool,
-    ) -> web.StreamResponse:
         headers = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
         resp = web.StreamResponse(headers={**headers, **reply.headers})
-        try:
-            if reply.delay > 0:
-                await asyncio.sleep(reply.delay)
-            await resp.prepare(request)
-            if coalesce:
-                await resp.write(b"".join(events))
-            else:
-                for i, event in enumerate(events):
-                    if i and reply.chunk_delay > 0:
-                        await asyncio.sleep(reply.chunk_delay)
-                    if not reply.split_writes:
-                        await resp.write(event)
-                        continue
-                    for part in _split(event):
-                        await resp.write(part)
-                        await asyncio.sleep(0.001)
-            if reply.drop_after is not None:
-                await self._drop(request)
-                return resp
-            await resp.write_eof()
-        except ConnectionError:
-            record.disconnected.set()
-            return resp
-        except asyncio.CancelledError:
-            record.disconnected.set()
-            raise
-        record.completed.set()
-        return resp
-
-    @staticmethod
-    async def _drop(request: web.Request) -> None:
-        transport = request.transport
-        if transport is None:
-            return
-        # Let what was written reach the socket first: abort() discards buffered data.
-        for _ in range(1000):
-            if transport.is_closing() or not transport.get_write_buffer_size():
-                break
-            await asyncio.sleep(0.001)
-        transport.abort()
+        return await self._respond(request, record, resp, reply, events, coalesce)

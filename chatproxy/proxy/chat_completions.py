@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from chatproxy.appkeys import GENERATIONS, SETTINGS, STORE, UPSTREAM
+from chatproxy.appkeys import CHAT_ID, GENERATIONS, REQUEST_ID, SETTINGS, STORE, UPSTREAM
 from chatproxy.auth import Caller, authenticate
 from chatproxy.errors import InvalidRequest, PermissionDenied
 from chatproxy.ids import CHAT_ID_RE, new_chat_id, new_message_id
@@ -199,9 +199,9 @@ async def handle_chat_completions(request: web.Request) -> web.StreamResponse:
         store=store,
         upstream=upstream,
         settings=settings,
-        request_id=request["request_id"],
+        request_id=request[REQUEST_ID],
     )
     gen.start()
     app[GENERATIONS].add(gen)
-    request["chat_id"] = turn.chat_id
+    request[CHAT_ID] = turn.chat_id
     return await relay(request, gen, {"X-Chat-Id": turn.chat_id, "X-Message-Id": turn.assistant_id})

@@ -7,7 +7,7 @@ usage-only chunk a client did not ask for) and so that a subscriber never sees h
 
 from __future__ import annotations
 
-__all__ = ["EventFramer", "remove_event"]
+__all__ = ["EventFramer", "before_event", "remove_event"]
 
 _BOUNDARIES = (b"\n\n", b"\r\n\r\n", b"\r\r")
 
@@ -47,13 +47,21 @@ class EventFramer:
         return tail
 
 
+def _event_start(buf: bytes, data: bytes) -> int:
+    at = buf.find(data)
+    return buf.rfind(b"data:", 0, at) if at >= 0 else -1
+
+
+def before_event(buf: bytes, data: bytes) -> bytes:
+    """The part of ``buf`` before the (single-line) event whose data is ``data``."""
+    start = _event_start(buf, data)
+    return buf[:start] if start >= 0 else buf
+
+
 def remove_event(buf: bytes, data: bytes) -> bytes:
     """``buf`` without the (single-line) event whose data is ``data``."""
-    at = buf.find(data)
-    if at < 0:
-        return buf
-    start = buf.rfind(b"data:", 0, at)
-    end = _boundary_end(buf, at + len(data))
+    start = _event_start(buf, data)
+    end = _boundary_end(buf, start + 5 + len(data)) if start >= 0 else -1
     if start < 0 or end < 0:
         return buf
     return buf[:start] + buf[end:]

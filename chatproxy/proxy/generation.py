@@ -12,6 +12,7 @@ cancelled (policy ``abort``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from multidict import CIMultiDict
 
 from chatproxy.errors import APIError, UpstreamError, error_body, normalize_upstream_error
 from chatproxy.proxy.accumulate import Accumulator, is_usage_only
-from chatproxy.proxy.framing import EventFramer, remove_event
+from chatproxy.proxy.framing import EventFramer, before_event, remove_event
 from chatproxy.proxy.sse import SSEEvent, SSEParser
 from chatproxy.proxy.upstream import HOP_BY_HOP, Upstream
 from chatproxy.settings import Settings
@@ -53,6 +54,10 @@ class _StreamBroken(Exception):
         super().__init__(error.get("message"))
         self.status = status
         self.error = error
+
+
+class _NotStored(Exception):
+    """The request's turn could not be written: nothing is forwarded."""
 
 
 class Generation:
@@ -101,6 +106,7 @@ class Generation:
         self._ttft: float | None = None
         self._next_checkpoint = 0.0
         self._checkpointed_version = 0
+        self._final = b""  # the end of the output, published once the answer is stored
 
     # -- subscribers -------------------------------------------------------------------------
 
@@ -129,8 +135,6 @@ class Generation:
             self._event = None
 
     def _publish(self, piece: bytes) -> None:
-        if self._ttft is None:
-            self._ttft = asyncio.get_running_loop().time() - self._t0
         self.pieces.append(piece)
         self._wake()
 
@@ -151,21 +155,26 @@ class Generation:
         self._t0 = loop.time()
         self._next_checkpoint = self._t0 + self._settings.storage.checkpoint_interval
         self._begin = asyncio.ensure_future(self._store.begin_turn(self.turn))
+        head_error: APIError = APIError("the request was stopped before the upstream answered")
         resp: aiohttp.ClientResponse | None = None
         try:
             resp = await self._open()
-            if resp is not None:
-                if self.stream:
-                    await self._pump_sse(resp)
-                else:
-                    await self._pump_body(resp)
-                self.status = "completed"
+            if self.stream:
+                await self._pump_sse(resp)
+            else:
+                await self._pump_body(resp)
+            self.status = "completed"
         except asyncio.CancelledError:
             self.status = "cancelled" if self._aborted else "interrupted"
+        except UpstreamError as exc:  # before the first byte
+            self.status, self.error, head_error = "failed", exc.body()["error"], exc
         except _StreamBroken as exc:
             self.status, self.error = exc.status, exc.error
             if self.stream:
-                self._publish(b"data: " + orjson.dumps({"error": exc.error}) + b"\n\n" + DONE_EVENT)
+                error_event = b"data: " + orjson.dumps({"error": exc.error}) + b"\n\n"
+                self._final += error_event + DONE_EVENT
+        except _NotStored:
+            head_error = APIError("could not store the request", code="store_unavailable")
         except Exception:
             log.exception("generation failed request_id=%s", self.request_id)
             self.status = "failed"
@@ -173,14 +182,16 @@ class Generation:
         finally:
             if resp is not None:
                 resp.close()
-            self.done = True
-            self._wake()
-        if not self.head.done():
-            self.head.set_exception(
-                APIError("the request was stopped before the upstream answered")
-            )
+        # The end is only published once it is stored: a client that saw the end of its
+        # answer (or an error) can read it back at once.
         if await self._begun():
             await self._finish()
+        if not self.head.done():
+            self.head.set_exception(head_error)
+        if self._final:
+            self._publish(self._final)
+        self.done = True
+        self._wake()
 
     async def _begun(self) -> bool:
         assert self._begin is not None
@@ -191,26 +202,17 @@ class Generation:
             return False
         return True
 
-    async def _open(self) -> aiohttp.ClientResponse | None:
-        try:
-            resp = await self._upstream.open(
-                "POST",
-                "/chat/completions",
-                headers=self._upstream_headers,
-                data=self._body,
-                request_id=self.request_id,
-            )
-        except UpstreamError as exc:
-            self.status, self.error = "failed", exc.body()["error"]
-            if await self._begun():
-                self.head.set_exception(exc)
-            else:
-                self.head.set_exception(APIError("could not store the request"))
-            return None
+    async def _open(self) -> aiohttp.ClientResponse:
+        resp = await self._upstream.open(
+            "POST",
+            "/chat/completions",
+            headers=self._upstream_headers,
+            data=self._body,
+            request_id=self.request_id,
+        )
         if not await self._begun():
             resp.close()
-            self.head.set_exception(APIError("could not store the request"))
-            return None
+            raise _NotStored
         headers = CIMultiDict(
             (k, v) for k, v in resp.headers.items() if k.lower() not in _DROP_RESPONSE_HEADERS
         )
@@ -226,11 +228,18 @@ class Generation:
             nonlocal saw_done
             try:
                 for ev in events:
-                    if not self._take_event(ev.data):
+                    try:
+                        take = self._take_event(ev.data)
+                    except _StreamBroken:
+                        out = before_event(out, ev.data)
+                        raise
+                    if not take:
                         out = remove_event(out, ev.data)
                     saw_done = saw_done or ev.data == b"[DONE]"
             finally:  # what came before a broken event is still forwarded
-                if out:
+                if saw_done:
+                    self._final += out  # published once stored
+                elif out:
                     self._publish(out)
                     self._maybe_checkpoint()
 
@@ -270,8 +279,11 @@ class Generation:
         parts: list[bytes] = []
 
         def on_data(data: bytes) -> None:
+            # One piece is held back: the last one is published once the answer is stored.
             parts.append(data)
-            self._publish(data)
+            if self._final:
+                self._publish(self._final)
+            self._final = data
 
         await self._read(resp, on_data)
         try:
@@ -300,6 +312,8 @@ class Generation:
                     data = await reader.readany()
                     if not data:
                         return
+                    if self._ttft is None:
+                        self._ttft = loop.time() - self._t0
                     on_data(data)
         except TimeoutError:
             if loop.time() >= deadline:
@@ -320,6 +334,12 @@ class Generation:
                 )["error"],
             ) from None
         except (aiohttp.ClientError, ConnectionError) as exc:
+            # aiohttp raises the connection error before handing over bytes it had already
+            # received; they are part of the answer, so take them before giving up.
+            with contextlib.suppress(Exception):
+                leftover = reader._read_nowait(-1)
+                if leftover:
+                    on_data(leftover)
             raise _StreamBroken(
                 "failed",
                 error_body(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 from aiohttp.client_exceptions import ClientError
 
-from chatproxy.appkeys import SETTINGS, UPSTREAM
+from chatproxy.appkeys import REQUEST_ID, SETTINGS, UPSTREAM
 from chatproxy.auth import authenticate
 from chatproxy.proxy.upstream import HOP_BY_HOP
 
@@ -31,7 +31,7 @@ async def handle_passthrough(request: web.Request) -> web.StreamResponse:
         headers=headers,
         params=request.rel_url.query,
         data=request.content.iter_chunked(_CHUNK) if has_body else None,
-        request_id=request["request_id"],
+        request_id=request[REQUEST_ID],
         retry=not has_body,  # a streamed body cannot be sent twice
     )
     try:

@@ -87,6 +87,11 @@ class Upstream:
         self.session = session
         self.base_url = settings.base_url
         self._sleep = sleep
+        self._backoff = wait_exponential_jitter(
+            multiplier=settings.backoff_initial,
+            max=settings.backoff_max,
+            jitter=settings.backoff_initial,
+        )
         self._timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=settings.connect_timeout, connect=settings.connect_timeout
         )
@@ -100,9 +105,7 @@ class Upstream:
         return {}
 
     def _wait(self, state: RetryCallState) -> float:
-        backoff = wait_exponential_jitter(
-            initial=self.settings.backoff_initial, max=self.settings.backoff_max
-        )(state)
+        backoff = self._backoff(state)
         exc = state.outcome.exception() if state.outcome else None
         if isinstance(exc, UpstreamError):
             asked = retry_after_seconds(exc.headers)

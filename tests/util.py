@@ -1,0 +1,41 @@
+"""Small helpers shared by the tests."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from chatproxy.store.models import Chat, Message
+from chatproxy.store.store import Store
+
+T = TypeVar("T")
+
+
+async def eventually(
+    check: Callable[[], Awaitable[T]], *, within: float = 10.0, interval: float = 0.02
+) -> T:
+    """Poll ``check`` until it returns something truthy (for outcomes that happen after a
+    client has gone away); fails the test after ``within`` seconds."""
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        result = await check()
+        if result:
+            return result
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"condition not met within {within} s (last: {result!r})")
+        await asyncio.sleep(interval)
+
+
+async def all_messages(store: Store) -> list[Message]:
+    return await store.read(lambda: Message.all().order_by("created_at", "id"))
+
+
+async def all_chats(store: Store) -> list[Chat]:
+    return await store.read(lambda: Chat.all())
+
+
+async def message(store: Store, message_id: str) -> Message:
+    found = await store.get_message(message_id)
+    assert found is not None, f"message {message_id} is not stored"
+    return found
