@@ -1,0 +1,141 @@
+"""Whole-process tests: `chatproxy serve` as a real subprocess, as a user runs it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+
+import aiohttp
+import openai
+import orjson
+
+from chatproxy.store.store import Store
+from chatproxy.testing import FakeUpstream, Reply
+
+CHATPROXY = [sys.executable, "-m", "chatproxy"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Serve:
+    """`chatproxy serve ...` in a subprocess on a free port."""
+
+    def __init__(self, *args: str, db: str, env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.argv = [*CHATPROXY, "serve", "--port", str(self.port), "--db", db, *args]
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("CHATPROXY_")}
+        self.env.update(env or {})
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        self.proc = await asyncio.create_subprocess_exec(*self.argv, env=self.env)
+        deadline = asyncio.get_running_loop().time() + 20
+        async with aiohttp.ClientSession() as http:
+            while asyncio.get_running_loop().time() < deadline:
+                assert self.proc.returncode is None, "chatproxy serve exited early"
+                try:
+                    async with http.get(f"{self.base}/readyz") as resp:
+                        if resp.status == 200:
+                            return
+                except aiohttp.ClientConnectionError:
+                    pass
+                await asyncio.sleep(0.1)
+        raise AssertionError("chatproxy serve did not become ready")
+
+    async def stop(self, sig: int = signal.SIGTERM) -> int:
+        assert self.proc is not None
+        if self.proc.returncode is None:
+            self.proc.send_signal(sig)
+        return await asyncio.wait_for(self.proc.wait(), 20)
+
+
+async def run_cli(*args: str) -> tuple[int, bytes, bytes]:
+    proc = await asyncio.create_subprocess_exec(
+        *CHATPROXY, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, out, err
+
+
+async def test_quickstart_streams_through_serve_demo_and_exports_the_chat(
+    tmp_path: Path,
+) -> None:
+    db = f"sqlite://{tmp_path / 'demo.db'}"
+    server = Serve("--demo", db=db)
+    await server.start()
+    try:
+        client = openai.AsyncOpenAI(base_url=f"{server.base}/v1", api_key="anything")
+        async with (
+            client,
+            client.chat.completions.with_streaming_response.create(
+                model="demo", messages=[{"role": "user", "content": "Hello proxy"}], stream=True
+            ) as response,
+        ):
+            chat_id = response.headers["x-chat-id"]
+            chunks = [c async for c in await response.parse()]
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert 'You said: "Hello proxy"' in text
+    finally:
+        assert await server.stop() == 0
+
+    out = tmp_path / "chat.json"
+    code, _, err = await run_cli("export", chat_id, "--db", db, "-f", "json", "-o", str(out))
+    assert code == 0, err
+    doc = orjson.loads(out.read_bytes())
+    assert doc["chat"]["id"] == chat_id
+    roles = [(m["role"], m["status"]) for m in doc["messages"]]
+    assert roles == [("user", "completed"), ("assistant", "completed")]
+    assert doc["messages"][1]["message"]["content"] == text
+
+    code, out_bytes, err = await run_cli("export", "chat_unknown", "--db", db)
+    assert (code, out_bytes) == (1, b"")
+    assert err.decode().splitlines() == ["chatproxy: no chat with id 'chat_unknown'"]
+
+
+async def test_kill_9_mid_stream_then_restart_marks_the_answer_interrupted_with_its_checkpoint(
+    tmp_path: Path,
+) -> None:
+    db = f"sqlite://{tmp_path / 'crash.db'}"
+    async with FakeUpstream() as fake:
+        fake.enqueue(Reply(chunks=[f"tok{i} " for i in range(200)], chunk_delay=0.02))
+        env = {"CHATPROXY_STORAGE__CHECKPOINT_INTERVAL": "0.05"}
+        server = Serve("--upstream", fake.url, db=db, env=env)
+        await server.start()
+        body = {"model": "m", "stream": True, "messages": [{"role": "user", "content": "x"}]}
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(f"{server.base}/v1/chat/completions", json=body) as resp,
+        ):
+            message_id = resp.headers["X-Message-Id"]
+            await resp.content.readuntil(b"tok20 ")
+            await asyncio.sleep(0.3)  # a few checkpoints later
+            assert await server.stop(signal.SIGKILL) == -signal.SIGKILL
+
+        # The same instance (same port, so the same default instance id) starts again.
+        restarted = Serve("--upstream", fake.url, db=db, env=env)
+        restarted.port, restarted.base = server.port, server.base
+        restarted.argv = server.argv
+        await restarted.start()
+        assert await restarted.stop() == 0
+
+    store = Store(db)
+    await store.open()
+    try:
+        stored = await store.get_message(message_id)
+    finally:
+        await store.close()
+    assert stored is not None
+    assert stored.status == "interrupted"
+    assert stored.text.startswith("tok0 tok1 ") and "tok20 " in stored.text
+    assert stored.data["content"] == stored.text
+    assert stored.completed_at is not None
