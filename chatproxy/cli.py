@@ -45,9 +45,18 @@ def _settings(config_file: Path | None, **overrides: Any) -> Settings:
         _fail(str(exc), 2)
 
 
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    try:
+        import uvloop
+    except ImportError:  # Windows, or not installed: the standard loop
+        return None
+    return uvloop.new_event_loop
+
+
 def _run(main: Callable[[], Awaitable[T]]) -> T:
     try:
-        return asyncio.run(main())
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            return runner.run(main())
     except SettingsError as exc:
         _fail(str(exc), 2)
     except ChatProxyError as exc:

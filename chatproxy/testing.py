@@ -571,7 +571,6 @@ class FakeUpstream:
             events.insert(reply.garbage_after, _GARBAGE)
         if reply.drop_after is not None:
             events = events[: reply.drop_after]
-        coalesce = reply.coalesce or (cacheable and reply.chunk_delay <= 0)
         headers = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
         resp = web.StreamResponse(headers={**headers, **reply.headers})
-        return await self._respond(request, record, resp, reply, events, coalesce)
+        return await self._respond(request, record, resp, reply, events, reply.coalesce)

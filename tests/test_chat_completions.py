@@ -560,3 +560,48 @@ async def test_upstream_key_is_sent_upstream_and_never_the_clients(
 ) -> None:
     await client.chat.completions.create(model="fake-model", messages=[USER])
     assert upstream.chat_requests[0].headers["Authorization"] == "Bearer sk-upstream-secret"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "reply", "status", "code"),
+    [
+        (
+            {"upstream.idle_timeout": 0.2},
+            Reply(chunks=["a ", "b ", "c "], chunk_delay=0.6),
+            "failed",
+            "upstream_timeout",
+        ),
+        (
+            {"upstream.max_duration": 0.4},
+            Reply(chunks=[f"w{i} " for i in range(30)], chunk_delay=0.05),
+            "incomplete",
+            "max_duration_exceeded",
+        ),
+    ],
+)
+async def test_idle_timeout_and_max_duration_end_the_stream_and_store_what_arrived(
+    start_proxy,
+    upstream: FakeUpstream,
+    http: aiohttp.ClientSession,
+    overrides: dict,
+    reply: Reply,
+    status: str,
+    code: str,
+) -> None:
+    from chatproxy.appkeys import STORE
+
+    proxy = await start_proxy(**overrides)
+    upstream.enqueue(reply)
+    body = {"model": "m", "messages": [USER], "stream": True}
+    async with http.post(f"{proxy.url}/chat/completions", json=body) as resp:
+        raw = await resp.read()
+        message_id = resp.headers["X-Message-Id"]
+    events = [e for e in raw.split(b"\n\n") if e]
+    assert events[-1] == b"data: [DONE]"
+    assert orjson.loads(events[-2][6:])["error"]["code"] == code
+    answer = await message(proxy.app[STORE], message_id)
+    assert answer.status == status
+    assert answer.error is not None and answer.error["code"] == code
+    # What arrived before the limit is kept (for the idle case: the role chunk, no text).
+    assert answer.text == "".join(reply.chunks or [])[: len(answer.text)]
+    assert bool(answer.text) is (status == "incomplete")

@@ -15,7 +15,7 @@ from chatproxy.ids import CHAT_ID_RE, new_chat_id, new_message_id
 from chatproxy.proxy.generation import Generation
 from chatproxy.proxy.relay import relay
 from chatproxy.settings import Settings
-from chatproxy.store.store import NewMessage, Store, Turn
+from chatproxy.store.store import NewMessage, Store, Turn, utcnow
 from chatproxy.store.threading import message_text, prefix_hashes
 
 __all__ = ["ChatRequest", "handle_chat_completions", "parse_chat_request"]
@@ -117,10 +117,10 @@ async def plan_turn(
     hashes = prefix_hashes(req.messages)
     chat_is_new = False
     if chat_id is not None:
-        chat = await store.get_chat(chat_id)
-        if chat is not None and chat.owner_id != caller.user_id:
+        owner = await store.chat_owner(chat_id)
+        if owner is not None and owner != caller.user_id:
             raise PermissionDenied("this chat belongs to another user", code="chat_forbidden")
-        chat_is_new = chat is None
+        chat_is_new = owner is None
     match = None if chat_is_new else await store.find_thread(caller.user_id, hashes, chat_id)
     if match is not None:
         chat_id, parent_id, first_new = match.chat_id, match.message_id, match.index + 1
@@ -150,6 +150,7 @@ async def plan_turn(
         params=params,
         model=req.model,
         instance_id=store.instance_id,
+        created_at=utcnow(),
     )
     return turn, hashes[-1]
 

@@ -27,8 +27,9 @@ from chatproxy.proxy.accumulate import Accumulator, is_usage_only
 from chatproxy.proxy.framing import EventFramer, before_event, remove_event
 from chatproxy.proxy.sse import SSEEvent, SSEParser
 from chatproxy.proxy.upstream import HOP_BY_HOP, Upstream
+from chatproxy.proxy.watchdog import Watchdog
 from chatproxy.settings import Settings
-from chatproxy.store.store import Store, Turn
+from chatproxy.store.store import Answer, Store, Turn, utcnow
 from chatproxy.store.threading import prefix_hashes
 
 __all__ = ["DONE_EVENT", "Generation", "Generations", "Head"]
@@ -303,20 +304,23 @@ class Generation:
         ``max_duration``."""
         loop = asyncio.get_running_loop()
         up = self._settings.upstream
-        deadline = self._t0 + up.max_duration
+        task = asyncio.current_task()
+        assert task is not None
+        watch = Watchdog(task, idle=up.idle_timeout, deadline=self._t0 + up.max_duration)
         reader = resp.content
         try:
-            async with asyncio.timeout(None) as timer:
-                while True:
-                    timer.reschedule(min(deadline, loop.time() + up.idle_timeout))
-                    data = await reader.readany()
-                    if not data:
-                        return
-                    if self._ttft is None:
-                        self._ttft = loop.time() - self._t0
-                    on_data(data)
-        except TimeoutError:
-            if loop.time() >= deadline:
+            while True:
+                data = await reader.readany()
+                if not data:
+                    return
+                watch.last = loop.time()
+                if self._ttft is None:
+                    self._ttft = watch.last - self._t0
+                on_data(data)
+        except asyncio.CancelledError:
+            if watch.fired is None or self._aborted:
+                raise
+            if watch.fired == "deadline":
                 raise _StreamBroken(
                     "incomplete",
                     error_body(
@@ -348,6 +352,8 @@ class Generation:
                     "upstream_disconnected",
                 )["error"],
             ) from None
+        finally:
+            watch.disarm()
 
     # -- store -------------------------------------------------------------------------------
 
@@ -357,36 +363,34 @@ class Generation:
             return
         self._next_checkpoint = now + self._settings.storage.checkpoint_interval
         self._checkpointed_version = self.acc.version
-        self._store.checkpoint(
-            self.message_id, {"text": self.acc.content, "data": self.acc.message()}
-        )
+        self._store.checkpoint(self.message_id, self.acc.content, self.acc.message())
 
     async def _finish(self) -> None:
         acc = self.acc
         message = acc.message()
         usage = acc.usage if isinstance(acc.usage, dict) else {}
         elapsed = asyncio.get_running_loop().time() - self._t0
-        fields: dict[str, Any] = {
-            "status": self.status,
-            "text": acc.content,
-            "data": message,
-            "prefix_hash": prefix_hashes([message], parent=self._parent_hash)[0],
-            "error": self.error,
-            "finish_reason": acc.finish_reason,
-            "prompt_tokens": _int(usage.get("prompt_tokens")),
-            "completion_tokens": _int(usage.get("completion_tokens")),
-            "total_tokens": _int(usage.get("total_tokens")),
-            "usage": acc.usage,
-            "upstream_id": acc.upstream_id,
-            "system_fingerprint": acc.system_fingerprint,
-            "client_disconnected": self.client_disconnected,
-            "ttft_ms": None if self._ttft is None else round(self._ttft * 1000),
-            "duration_ms": round(elapsed * 1000),
-        }
-        if acc.model:
-            fields["model"] = acc.model
+        answer = Answer(
+            status=self.status,
+            text=acc.content,
+            data=message,
+            prefix_hash=prefix_hashes([message], parent=self._parent_hash)[0],
+            error=self.error,
+            model=acc.model,
+            finish_reason=acc.finish_reason,
+            prompt_tokens=_int(usage.get("prompt_tokens")),
+            completion_tokens=_int(usage.get("completion_tokens")),
+            total_tokens=_int(usage.get("total_tokens")),
+            usage=acc.usage,
+            upstream_id=acc.upstream_id,
+            system_fingerprint=acc.system_fingerprint,
+            client_disconnected=self.client_disconnected,
+            ttft_ms=None if self._ttft is None else round(self._ttft * 1000),
+            duration_ms=round(elapsed * 1000),
+            completed_at=utcnow(),
+        )
         try:
-            await self._store.finish(self.message_id, self.chat_id, fields)
+            await self._store.finish(self.message_id, self.chat_id, answer)
         except Exception:
             log.exception("could not store the answer request_id=%s", self.request_id)
 

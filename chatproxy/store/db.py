@@ -2,30 +2,45 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import os
+import sqlite3
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from tortoise.context import TortoiseContext
 from tortoise.migrations.executor import MigrationExecutor
 
-__all__ = ["APP_LABEL", "open_database", "tortoise_config"]
+__all__ = ["APP_LABEL", "WalCheckpointer", "open_database", "sqlite_path", "tortoise_config"]
 
 APP_LABEL = "models"
 _APP = {"models": ["chatproxy.store.models"], "migrations": "chatproxy.store.migrations"}
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 
 
-def _connection(url: str) -> dict[str, Any] | str:
+def sqlite_path(url: str) -> str | None:
+    """The file of a ``sqlite://`` URL (``None`` for other databases)."""
     if not url.startswith("sqlite://"):
+        return None
+    return url[len("sqlite://") :].split("?", 1)[0]
+
+
+def _connection(url: str) -> dict[str, Any] | str:
+    path = sqlite_path(url)
+    if path is None:
         return url.replace("postgresql://", "postgres://", 1)
     parts = urlsplit(url)
-    path = url[len("sqlite://") :].split("?", 1)[0]
     credentials: dict[str, Any] = {
         "file_path": path,
         "journal_mode": "WAL",
         "busy_timeout": SQLITE_BUSY_TIMEOUT_MS,
         "synchronous": "NORMAL",
         "foreign_keys": "ON",
+        # Checkpoints run on their own connection (WalCheckpointer), never inside a commit
+        # that a request is waiting for.
+        "wal_autocheckpoint": 0,
     }
     credentials.update(dict(parse_qsl(parts.query)))
     return {"engine": "tortoise.backends.sqlite", "credentials": credentials}
@@ -55,3 +70,64 @@ async def open_database(url: str, *, migrate: bool = True) -> TortoiseContext:
             executor = MigrationExecutor(ctx.db("default"), {APP_LABEL: config["apps"][APP_LABEL]})
             await executor.migrate()
     return ctx
+
+
+class WalCheckpointer:
+    """Moves SQLite's write-ahead log into the database from a connection of its own.
+
+    SQLite's automatic checkpoint runs inside the commit that crosses the threshold, and with
+    its fsync it made about one request in fifty wait ~10 ms for its first byte. A PASSIVE
+    checkpoint on a second connection runs alongside the writer instead of in its way.
+    """
+
+    def __init__(
+        self, path: str, *, every: float = 10.0, wal_bytes: int = 16 * 1024 * 1024
+    ) -> None:
+        self.path = path
+        self.every = every
+        self.wal_bytes = wal_bytes
+        self._task: asyncio.Task[None] | None = None
+        self._db: sqlite3.Connection | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="chatproxy-wal-checkpointer")
+
+    async def stop(self) -> None:
+        """Stop, after a last checkpoint that also truncates the log."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        with contextlib.suppress(sqlite3.Error):
+            await asyncio.to_thread(self._checkpoint, "TRUNCATE")
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    def _wal_size(self) -> int:
+        try:
+            return os.stat(self.path + "-wal").st_size
+        except OSError:
+            return 0
+
+    def _checkpoint(self, mode: str) -> None:
+        if self._db is None:
+            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            self._db.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        self._db.execute(f"PRAGMA wal_checkpoint({mode})").fetchall()
+
+    async def _loop(self) -> None:
+        idle_rounds = 0
+        while True:
+            await asyncio.sleep(self.every / 4)
+            idle_rounds += 1
+            if self._wal_size() < self.wal_bytes and idle_rounds < 4:
+                continue
+            idle_rounds = 0
+            if not self._wal_size():
+                continue
+            try:
+                await asyncio.to_thread(self._checkpoint, "PASSIVE")
+            except sqlite3.Error as exc:
+                logging.getLogger("chatproxy.store").warning("WAL checkpoint failed: %s", exc)

@@ -1,9 +1,10 @@
 """The store API: the only code that writes rows.
 
-Reads run directly. Writes go through one writer task that drains its queue and applies
-everything queued in one short transaction, so a burst of requests costs one commit, and no
-transaction is ever held open across network I/O. Checkpoints of the same message coalesce:
-only the newest one is written.
+Writes go through one writer task. It drains its queue and applies everything queued in one
+short transaction (the hot writes as a few fixed ``executemany`` statements, see
+:mod:`chatproxy.store.batch`), so a burst of requests costs one commit and no transaction is
+ever held open across network I/O. Checkpoints of the same message coalesce: only the newest
+is written. Reads run directly; the ones on the request path are plain SQL too.
 """
 
 from __future__ import annotations
@@ -11,54 +12,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from tortoise.context import TortoiseContext
+from tortoise.backends.base.client import BaseDBAsyncClient
+from tortoise.context import TortoiseContext, _current_context
 from tortoise.transactions import in_transaction
 
-from chatproxy.store.db import open_database
+from chatproxy.store.batch import Answer, Batch, Dialect, NewMessage, Turn
+from chatproxy.store.db import WalCheckpointer, open_database, sqlite_path
 from chatproxy.store.models import Chat, Message, User
 
-__all__ = ["NewMessage", "Store", "ThreadMatch", "Turn", "utcnow"]
+__all__ = ["Answer", "NewMessage", "Store", "ThreadMatch", "Turn", "utcnow"]
 
 log = logging.getLogger("chatproxy.store")
 T = TypeVar("T")
+_IN_CHUNK = 500  # prefix hashes looked up per query
 
 
 def utcnow() -> datetime:
     """The current time, aware, in UTC."""
     return datetime.now(UTC)
-
-
-@dataclass(slots=True)
-class NewMessage:
-    """A message of the request that is not stored yet."""
-
-    id: str
-    role: str
-    data: dict[str, Any]
-    text: str
-    prefix_hash: str
-
-
-@dataclass(slots=True)
-class Turn:
-    """Everything one chat-completions request adds to the store at its start."""
-
-    user_id: str
-    chat_id: str
-    chat_is_new: bool
-    title: str | None
-    parent_id: str | None
-    new_messages: list[NewMessage]
-    assistant_id: str
-    params: dict[str, Any]
-    model: str | None
-    instance_id: str
-    created_at: datetime = field(default_factory=utcnow)
 
 
 @dataclass(slots=True, frozen=True)
@@ -70,7 +46,20 @@ class ThreadMatch:
     index: int  # 0-based index into the request's messages
 
 
-_Op = Callable[[], Awaitable[Any]]
+@contextlib.contextmanager
+def _active(ctx: TortoiseContext) -> Iterator[None]:
+    # TortoiseContext's own ``with ctx:`` keeps one token on the instance, so concurrent tasks
+    # entering it would reset each other's; a token per entry is safe.
+    token = _current_context.set(ctx)
+    try:
+        yield
+    finally:
+        _current_context.reset(token)
+
+
+_Call = Callable[[], Awaitable[Any]]
+# A queued write: a turn, a checkpoint (message id), a finish, or any ORM call.
+_Item = tuple[str, Any, "asyncio.Future[Any] | None"]
 
 
 class Store:
@@ -80,16 +69,25 @@ class Store:
         self.url = url
         self.instance_id = instance_id
         self._ctx: TortoiseContext | None = None
-        self._queue: asyncio.Queue[tuple[_Op, asyncio.Future[Any] | None]] = asyncio.Queue()
-        self._checkpoints: dict[str, dict[str, Any]] = {}
+        self._conn: BaseDBAsyncClient | None = None
+        self._dialect: Dialect | None = None
+        self._queue: asyncio.Queue[_Item] = asyncio.Queue()
+        self._checkpoints: dict[str, tuple[str, dict[str, Any]]] = {}
         self._writer: asyncio.Task[None] | None = None
+        self._checkpointer: WalCheckpointer | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def open(self, *, migrate: bool = True) -> None:
         """Connect, apply migrations, start the writer."""
         self._ctx = await open_database(self.url, migrate=migrate)
-        with self._ctx:
+        self._conn = self._ctx.db("default")
+        self._dialect = Dialect(self._conn)
+        path = sqlite_path(self.url)
+        if path is not None and path != ":memory:":
+            self._checkpointer = WalCheckpointer(path)
+            self._checkpointer.start()
+        with self.active():
             self._writer = asyncio.create_task(self._write_loop(), name="chatproxy-store-writer")
 
     async def close(self) -> None:
@@ -100,21 +98,29 @@ class Store:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._writer
             self._writer = None
+        if self._checkpointer is not None:
+            await self._checkpointer.stop()
+            self._checkpointer = None
         if self._ctx is not None:
             await self._ctx.close_connections()
-            self._ctx = None
+            self._ctx = self._conn = None
 
-    @property
-    def ctx(self) -> TortoiseContext:
+    def active(self) -> contextlib.AbstractContextManager[None]:
+        """Make this store's ORM context the current one (for ORM calls in this task)."""
         if self._ctx is None:
             raise RuntimeError("store is not open")
-        return self._ctx
+        return _active(self._ctx)
+
+    @property
+    def conn(self) -> BaseDBAsyncClient:
+        if self._conn is None:
+            raise RuntimeError("store is not open")
+        return self._conn
 
     async def ping(self) -> bool:
         """True when the database answers."""
         try:
-            with self.ctx:
-                await self.ctx.db("default").execute_query("SELECT 1")
+            await self.conn.execute_query("SELECT 1")
         except Exception:
             log.exception("store ping failed")
             return False
@@ -122,32 +128,74 @@ class Store:
 
     # -- the writer --------------------------------------------------------------------------
 
-    async def _call(self, op: _Op) -> Any:
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait((op, fut))
+    def _put(self, kind: str, payload: Any, wait: bool) -> asyncio.Future[Any] | None:
+        fut = asyncio.get_running_loop().create_future() if wait else None
+        self._queue.put_nowait((kind, payload, fut))
+        return fut
+
+    async def _call(self, op: _Call) -> Any:
+        fut = self._put("call", op, True)
+        assert fut is not None
         return await fut
 
     async def _write_loop(self) -> None:
         while True:
-            batch = [await self._queue.get()]
+            items = [await self._queue.get()]
             while not self._queue.empty():
-                batch.append(self._queue.get_nowait())
+                items.append(self._queue.get_nowait())
             try:
-                async with in_transaction():
-                    results = [await op() for op, _ in batch]
+                results = await self._apply(items)
             except Exception:
-                # One bad write must not take the others down: replay them one by one.
-                for op, fut in batch:
-                    await self._run_alone(op, fut)
+                # One bad write must not take the others down: apply them one by one.
+                for item in items:
+                    await self._apply_alone(item)
                 continue
-            for (_, fut), result in zip(batch, results, strict=True):
+            for (_, _, fut), result in zip(items, results, strict=True):
                 if fut is not None and not fut.done():
                     fut.set_result(result)
 
-    async def _run_alone(self, op: _Op, fut: asyncio.Future[Any] | None) -> None:
+    async def _apply(self, items: list[_Item]) -> list[Any]:
+        batch = Batch()
+        for kind, payload, _ in items:
+            if kind == "turn":
+                batch.turns.append(payload)
+            elif kind == "checkpoint":
+                fields = self._checkpoints.pop(payload, None)
+                if fields is not None:
+                    batch.checkpoints[payload] = fields
+            elif kind == "finish":
+                batch.checkpoints.pop(payload[0], None)
+                batch.finishes.append(payload)
+        if batch:
+            await self._apply_batch(batch)
+        results = []
+        for kind, payload, _ in items:
+            if kind == "call":
+                async with in_transaction():
+                    results.append(await payload())
+            else:
+                results.append(None)
+        return results
+
+    async def _apply_batch(self, batch: Batch) -> None:
+        assert self._dialect is not None
+        conn = self.conn
+        if not self._dialect.postgres:
+            async with conn.acquire_connection() as db:
+                # aiosqlite runs calls in its own thread, one hop each; the whole batch as one
+                # call saves a hop per statement (aiosqlite has no public API for this).
+                run = getattr(db, "_execute", None)
+                raw = getattr(db, "_conn", None)
+                if run is not None and raw is not None:
+                    await run(batch.apply_sqlite, raw, self._dialect)
+                    return
+        async with in_transaction() as tx:
+            await batch.apply(tx, self._dialect)
+
+    async def _apply_alone(self, item: _Item) -> None:
+        fut = item[2]
         try:
-            async with in_transaction():
-                result = await op()
+            result = (await self._apply([item]))[0]
         except Exception as exc:
             if fut is None:
                 log.exception("store write failed")
@@ -169,30 +217,23 @@ class Store:
 
     async def begin_turn(self, turn: Turn) -> None:
         """Store the request's new messages and the assistant placeholder, together."""
-        await self._call(lambda: _write_turn(turn))
+        fut = self._put("turn", turn, True)
+        assert fut is not None
+        await fut
 
-    def checkpoint(self, message_id: str, fields: dict[str, Any]) -> None:
+    def checkpoint(self, message_id: str, text: str, data: dict[str, Any]) -> None:
         """Queue a checkpoint of a running message; does not wait (hot path)."""
-        pending = self._checkpoints.get(message_id)
-        self._checkpoints[message_id] = fields
-        if pending is None:
-            self._queue.put_nowait((lambda: self._write_checkpoint(message_id), None))
+        pending = message_id in self._checkpoints
+        self._checkpoints[message_id] = (text, data)
+        if not pending:
+            self._put("checkpoint", message_id, False)
 
-    async def _write_checkpoint(self, message_id: str) -> None:
-        fields = self._checkpoints.pop(message_id, None)
-        if fields:
-            await Message.filter(id=message_id, status="in_progress").update(**fields)
-
-    async def finish(self, message_id: str, chat_id: str, fields: dict[str, Any]) -> None:
+    async def finish(self, message_id: str, chat_id: str, answer: Answer) -> None:
         """Store the final state of a message (after any checkpoint still queued)."""
-
-        async def op() -> None:
-            self._checkpoints.pop(message_id, None)
-            now = fields.setdefault("completed_at", utcnow())
-            await Message.filter(id=message_id).update(**fields)
-            await Chat.filter(id=chat_id).update(updated_at=now)
-
-        await self._call(op)
+        self._checkpoints.pop(message_id, None)
+        fut = self._put("finish", (message_id, chat_id, answer), True)
+        assert fut is not None
+        await fut
 
     async def recover_interrupted(self) -> int:
         """Mark this instance's ``in_progress`` messages ``interrupted`` (start-up)."""
@@ -207,102 +248,63 @@ class Store:
     # -- reads -------------------------------------------------------------------------------
 
     async def read(self, fn: Callable[[], Awaitable[T]]) -> T:
-        """Run a read in this store's ORM context."""
-        with self.ctx:
+        """Run an ORM read in this store's context."""
+        with self.active():
             return await fn()
 
     async def find_thread(
         self, user_id: str, hashes: list[str], chat_id: str | None = None
     ) -> ThreadMatch | None:
-        """The stored message matching the longest prefix of ``hashes``, newest first."""
-        if not hashes:
-            return None
-        with self.ctx:
-            # The usual case is a resend of the whole history plus one new message: look at the
-            # last two first, and only then at everything.
-            for candidates in (hashes[-2:], hashes[:-2]):
-                if not candidates:
-                    continue
-                query = Message.filter(user_id=user_id, prefix_hash__in=candidates)
-                if chat_id is not None:
-                    query = query.filter(chat_id=chat_id)
-                rows = await query.values_list("id", "chat_id", "prefix_hash", "created_at")
-                if rows:
-                    position = {h: i for i, h in enumerate(hashes)}
-                    best = max(rows, key=lambda r: (position[r[2]], r[3]))
-                    return ThreadMatch(best[0], best[1], position[best[2]])
+        """The caller's stored message matching the longest prefix of ``hashes``; of equal
+        matches, the newest."""
+        assert self._dialect is not None
+        # The usual request resends the whole history plus one new message: look at the last
+        # two first, then further back, in chunks.
+        end = len(hashes)
+        first = max(0, end - 2)
+        while end > 0:
+            candidates = hashes[first:end]
+            query = (
+                "SELECT id, chat_id, prefix_hash FROM messages WHERE user_id = ? AND prefix_hash "
+                f"IN ({', '.join('?' * len(candidates))})"
+            )
+            params: list[Any] = [user_id, *candidates]
+            if chat_id is not None:
+                query += " AND chat_id = ?"
+                params.append(chat_id)
+            query += " ORDER BY created_at DESC"
+            _, rows = await self.conn.execute_query(self._dialect.sql(query), params)
+            if rows:
+                position = {h: i for i, h in enumerate(candidates, start=first)}
+                best = rows[0]
+                for row in rows:
+                    if position[row[2]] > position[best[2]]:
+                        best = row
+                return ThreadMatch(best[0], best[1], position[best[2]])
+            end, first = first, max(0, first - _IN_CHUNK)
         return None
 
+    async def chat_owner(self, chat_id: str) -> str | None:
+        """The owner of a chat, or ``None`` when it does not exist."""
+        assert self._dialect is not None
+        _, rows = await self.conn.execute_query(
+            self._dialect.sql("SELECT owner_id FROM chats WHERE id = ?"), [chat_id]
+        )
+        return rows[0][0] if rows else None
+
     async def get_chat(self, chat_id: str) -> Chat | None:
-        with self.ctx:
+        with self.active():
             return await Chat.get_or_none(id=chat_id)
 
     async def chat_messages(self, chat_id: str) -> list[Message]:
         """Every message of a chat, every branch, oldest first."""
-        with self.ctx:
+        with self.active():
             return await Message.filter(chat_id=chat_id).order_by("created_at", "id")
 
     async def get_message(self, message_id: str) -> Message | None:
-        with self.ctx:
+        with self.active():
             return await Message.get_or_none(id=message_id)
 
 
 async def _noop() -> None:
     return None
-
-
-async def _write_turn(turn: Turn) -> None:
-    now = turn.created_at
-    if turn.chat_is_new:
-        await Chat.bulk_create(
-            [
-                Chat(
-                    id=turn.chat_id,
-                    owner_id=turn.user_id,
-                    title=turn.title,
-                    metadata={},
-                    created_at=now,
-                    updated_at=now,
-                )
-            ],
-            ignore_conflicts=True,
-        )
-    rows = []
-    parent = turn.parent_id
-    # One microsecond apart, so that "oldest first" keeps the request's order.
-    for i, m in enumerate(turn.new_messages):
-        rows.append(
-            Message(
-                id=m.id,
-                chat_id=turn.chat_id,
-                parent_id=parent,
-                user_id=turn.user_id,
-                role=m.role,
-                text=m.text,
-                data=m.data,
-                prefix_hash=m.prefix_hash,
-                status="completed",
-                created_at=now + timedelta(microseconds=i),
-                completed_at=now,
-            )
-        )
-        parent = m.id
-    rows.append(
-        Message(
-            id=turn.assistant_id,
-            chat_id=turn.chat_id,
-            parent_id=parent,
-            user_id=turn.user_id,
-            role="assistant",
-            text="",
-            data={"role": "assistant", "content": ""},
-            prefix_hash="",
-            status="in_progress",
-            model=turn.model,
-            params=turn.params,
-            instance_id=turn.instance_id,
-            created_at=now + timedelta(microseconds=len(turn.new_messages)),
-        )
-    )
-    await Message.bulk_create(rows)
-    await Chat.filter(id=turn.chat_id).update(head_id=turn.assistant_id, updated_at=now)

@@ -1,0 +1,446 @@
+"""chatproxy's overhead benchmark: the proxy against a direct connection, in one run.
+
+    python benchmarks/bench.py [--tiny] [--json PATH]
+
+Three kinds of process: a fake upstream (``chatproxy.testing.FakeUpstream`` in fast mode), the
+proxy (``chatproxy serve`` on a fresh SQLite file, pinned to CPU 0 where the machine has more
+than one), and a load generator (asyncio + aiohttp, this process, on the other CPUs). Each
+scenario runs against the upstream directly and through the proxy; the table gives each figure
+with its ratio to direct. Afterwards every request made through the proxy must be in the store,
+``completed`` with the full answer: a run that lost a row is void (exit 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+ROOT = Path(__file__).resolve().parent.parent
+CHUNKS = 20
+
+
+# -- processes ------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def cpus() -> list[int]:
+    return sorted(os.sched_getaffinity(0))
+
+
+async def wait_http(url: str, within: float = 30.0) -> None:
+    deadline = time.monotonic() + within
+    async with aiohttp.ClientSession() as http:
+        while time.monotonic() < deadline:
+            try:
+                async with http.get(url) as resp:
+                    if resp.status < 500:
+                        return
+            except aiohttp.ClientConnectionError:
+                pass
+            await asyncio.sleep(0.05)
+    raise RuntimeError(f"{url} did not come up")
+
+
+def start_upstream(port: int, chunk_delay: float) -> subprocess.Popen[bytes]:
+    code = (
+        "import asyncio\n"
+        "from chatproxy.testing import FakeUpstream, Reply\n"
+        "async def main():\n"
+        f"    fake = FakeUpstream(fast=True, default=Reply(chunks=[f'tok{{i}} ' for i in "
+        f"range({CHUNKS})], chunk_delay={chunk_delay}))\n"
+        f"    await fake.start(port={port})\n"
+        "    await asyncio.Event().wait()\n"
+        "asyncio.run(main())\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.Popen([sys.executable, "-c", code], env=env)
+
+
+def start_proxy(port: int, upstream: str, db: str, pin: int | None) -> subprocess.Popen[bytes]:
+    argv = [sys.executable, "-m", "chatproxy", "serve", "--port", str(port)]
+    argv += ["--upstream", upstream, "--db", db, "--log-level", "warning"]
+    if pin is not None:
+        argv = ["taskset", "-c", str(pin), *argv]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHATPROXY_")}
+    env["OPENAI_API_KEY"] = "sk-bench"
+    env["PYTHONPATH"] = str(ROOT)
+    return subprocess.Popen(argv, env=env)
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks
+
+
+def rss_mb(pid: int, key: str = "VmRSS") -> float:
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+# -- load -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    requests: int = 0
+    errors: int = 0
+    seconds: float = 0.0
+    ttft: list[float] = field(default_factory=list)
+    gaps: list[float] = field(default_factory=list)
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.seconds if self.seconds else 0.0
+
+
+def body(messages: list[dict[str, Any]], stream: bool) -> bytes:
+    return json.dumps({"model": "bench", "messages": messages, "stream": stream}).encode()
+
+
+async def one_request(
+    http: aiohttp.ClientSession, url: str, payload: bytes, stream: bool, result: Result
+) -> str:
+    t0 = time.perf_counter()
+    async with http.post(url, data=payload, headers={"Content-Type": "application/json"}) as resp:
+        if resp.status != 200:
+            result.errors += 1
+            await resp.read()
+            return ""
+        first = True
+        last = 0.0
+        parts = []
+        while True:
+            data = await resp.content.readany()
+            if not data:
+                break
+            now = time.perf_counter()
+            if first:
+                result.ttft.append(now - t0)
+                first = False
+            elif stream:
+                result.gaps.append(now - last)
+            last = now
+            parts.append(data)
+    result.requests += 1
+    return b"".join(parts).decode()
+
+
+async def run_load(
+    base: str,
+    *,
+    clients: int,
+    requests: int,
+    stream: bool = True,
+    conversations: list[list[dict[str, Any]]] | None = None,
+) -> Result:
+    """``clients`` concurrent clients make ``requests`` requests in all."""
+    result = Result()
+    url = f"{base}/chat/completions"
+    remaining = requests
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector) as http:
+
+        async def worker(n: int) -> None:
+            nonlocal remaining
+            i = 0
+            while remaining > 0:
+                remaining -= 1
+                if conversations is None:
+                    msgs = [{"role": "user", "content": f"client {n} request {i} {time.time()}"}]
+                else:
+                    msgs = conversations[n % len(conversations)]
+                text = await one_request(http, url, body(msgs, stream), stream, result)
+                if conversations is not None and text:
+                    answer = json.loads(text)["choices"][0]["message"]["content"]
+                    msgs.append({"role": "assistant", "content": answer})
+                    msgs.append({"role": "user", "content": f"next {i}"})
+                i += 1
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker(n) for n in range(clients)))
+        result.seconds = time.perf_counter() - t0
+    return result
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q / 100 * len(values)))]
+
+
+# -- scenarios ------------------------------------------------------------------------------
+
+
+@dataclass
+class Figure:
+    name: str
+    direct: float | None
+    proxy: float
+    unit: str
+    target: str
+    ok: bool
+
+    def row(self) -> str:
+        direct = "" if self.direct is None else f"{self.direct:10.2f}"
+        ratio = ""
+        if self.direct:
+            ratio = f"{self.proxy / self.direct:6.2f}x"
+        status = "ok" if self.ok else "MISSED"
+        return (
+            f"{self.name:<44} {direct:>10} {self.proxy:10.2f} {ratio:>8} "
+            f"{self.unit:<10} {self.target:<10} {status}"
+        )
+
+
+async def scenario_fast(direct: str, proxy: str, pid: int, sizes: dict[str, int]) -> list[Figure]:
+    figures = []
+    # Warm-up (imports, connection pools, SQLite pages).
+    await run_load(direct, clients=4, requests=40)
+    await run_load(proxy, clients=4, requests=40)
+
+    n = sizes["unloaded"]
+    d = await run_load(direct, clients=1, requests=n)
+    p = await run_load(proxy, clients=1, requests=n)
+    for q, target in ((50, 1.0), (99, 3.0)):
+        added = (pct(p.ttft, q) - pct(d.ttft, q)) * 1000
+        figures.append(
+            Figure(
+                f"added time to first byte, unloaded, p{q}",
+                pct(d.ttft, q) * 1000,
+                pct(p.ttft, q) * 1000,
+                "ms",
+                f"+<= {target:g} ms",
+                added <= target,
+            )
+        )
+        figures[-1].name += f" (+{added:.2f} ms)"
+
+    n = sizes["loaded"]
+    d = await run_load(direct, clients=50, requests=n)
+    c0 = cpu_seconds(pid)
+    p = await run_load(proxy, clients=50, requests=n)
+    cpu_ms = (cpu_seconds(pid) - c0) * 1000 / max(1, p.requests)
+    figures.append(
+        Figure(
+            "throughput, 50 clients, streamed",
+            d.rps,
+            p.rps,
+            "req/s",
+            ">= 0.5x",
+            p.rps >= 0.5 * d.rps and p.errors == 0,
+        )
+    )
+    figures.append(
+        Figure(
+            "proxy CPU per streamed request, stored", None, cpu_ms, "ms", "<= 1.5 ms", cpu_ms <= 1.5
+        )
+    )
+
+    d = await run_load(direct, clients=50, requests=n, stream=False)
+    c0 = cpu_seconds(pid)
+    p = await run_load(proxy, clients=50, requests=n, stream=False)
+    cpu_ms_plain = (cpu_seconds(pid) - c0) * 1000 / max(1, p.requests)
+    figures.append(
+        Figure(
+            "throughput, 50 clients, non-streamed",
+            d.rps,
+            p.rps,
+            "req/s",
+            ">= 0.5x",
+            p.rps >= 0.5 * d.rps and p.errors == 0,
+        )
+    )
+    figures.append(
+        Figure("proxy CPU per non-streamed request", None, cpu_ms_plain, "ms", "-", True)
+    )
+
+    # Long histories: 10 conversations of 200 messages, each turn resending everything.
+    turns = sizes["history"]
+    convs = [
+        [
+            {"role": "user" if i % 2 == 0 else "assistant", "content": f"conv {c} msg {i} " * 8}
+            for i in range(199)
+        ]
+        for c in range(10)
+    ]
+    await run_load(proxy, clients=10, requests=10, stream=False, conversations=convs)
+    c0 = cpu_seconds(pid)
+    p = await run_load(proxy, clients=10, requests=turns, stream=False, conversations=convs)
+    cpu_long = (cpu_seconds(pid) - c0) * 1000 / max(1, p.requests)
+    added = cpu_long - cpu_ms_plain
+    figures.append(
+        Figure(
+            f"threading a 200-message history (CPU {cpu_long:.2f} ms/req)",
+            None,
+            added,
+            "ms CPU",
+            "<= 2 ms",
+            added <= 2.0 and p.errors == 0,
+        )
+    )
+    return figures
+
+
+async def scenario_slow(direct: str, proxy: str, pid: int, sizes: dict[str, int]) -> list[Figure]:
+    n = sizes["slow"]
+    await run_load(proxy, clients=4, requests=8)
+    d = await run_load(direct, clients=200, requests=n)
+    peak = 0.0
+    stop = asyncio.Event()
+
+    async def sample() -> None:
+        nonlocal peak
+        while not stop.is_set():
+            peak = max(peak, rss_mb(pid))
+            await asyncio.sleep(0.05)
+
+    sampler = asyncio.create_task(sample())
+    p = await run_load(proxy, clients=200, requests=n)
+    stop.set()
+    await sampler
+    added = (pct(p.gaps, 99) - pct(d.gaps, 99)) * 1000
+    return [
+        Figure(
+            f"inter-chunk gap p99, 200 slow streams (+{added:.2f} ms)",
+            pct(d.gaps, 99) * 1000,
+            pct(p.gaps, 99) * 1000,
+            "ms",
+            "+<= 15 ms",
+            added <= 15 and p.errors == 0,
+        ),
+        Figure("peak RSS, 200 concurrent streams", None, peak, "MB", "<= 150 MB", peak <= 150),
+    ]
+
+
+def check_store(db_file: Path, expected_requests: int) -> tuple[bool, str]:
+    con = sqlite3.connect(db_file)
+    try:
+        rows = con.execute(
+            "SELECT status, COUNT(*) FROM messages WHERE role = 'assistant' "
+            "AND instance_id IS NOT NULL GROUP BY status"
+        ).fetchall()
+        by_status = dict(rows)
+        texts = con.execute(
+            "SELECT COUNT(*) FROM messages WHERE role = 'assistant' AND status = 'completed' "
+            "AND instance_id IS NOT NULL "
+            "AND text NOT LIKE 'tok0 %tok" + str(CHUNKS - 1) + " '"
+        ).fetchone()[0]
+    finally:
+        con.close()
+    completed = by_status.get("completed", 0)
+    ok = completed == expected_requests and len(by_status) == 1 and texts == 0
+    return (
+        ok,
+        f"{completed} of {expected_requests} answers stored completed {by_status}; "
+        f"{texts} with a wrong text",
+    )
+
+
+async def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tiny", action="store_true", help="a few requests (smoke test)")
+    parser.add_argument("--json", type=Path, default=ROOT / "benchmarks/results/latest.json")
+    args = parser.parse_args()
+    sizes = (
+        {"unloaded": 20, "loaded": 100, "history": 20, "slow": 200}
+        if args.tiny
+        else {"unloaded": 500, "loaded": 5000, "history": 300, "slow": 2000}
+    )
+    cores = cpus()
+    pin = cores[0] if len(cores) > 1 else None
+    if pin is not None:
+        os.sched_setaffinity(0, cores[1:])  # load generator (and upstreams) off the proxy's CPU
+
+    tmp = Path(tempfile.mkdtemp(prefix="chatproxy-bench-"))
+    db_file = tmp / "bench.db"
+    db = f"sqlite://{db_file}"
+    procs: list[subprocess.Popen[bytes]] = []
+    figures: list[Figure] = []
+    proxied = 0
+    try:
+        fast_port, slow_port = free_port(), free_port()
+        procs.append(start_upstream(fast_port, 0.0))
+        procs.append(start_upstream(slow_port, 0.01))
+        fast, slow = f"http://127.0.0.1:{fast_port}/v1", f"http://127.0.0.1:{slow_port}/v1"
+        await wait_http(f"{fast}/models")
+        await wait_http(f"{slow}/models")
+        for upstream, scenario in ((fast, scenario_fast), (slow, scenario_slow)):
+            port = free_port()
+            proxy_proc = start_proxy(port, upstream, db, pin)
+            procs.append(proxy_proc)
+            base = f"http://127.0.0.1:{port}"
+            await wait_http(f"{base}/readyz")
+            figures += await scenario(upstream, f"{base}/v1", proxy_proc.pid, sizes)
+            proxy_proc.terminate()
+            proxy_proc.wait(30)
+        s = sizes
+        proxied = 40 + s["unloaded"] + 2 * s["loaded"] + 10 + s["history"] + 8 + s["slow"]
+        stored_ok, stored_msg = check_store(db_file, proxied)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait(30)
+
+    print(
+        f"\nchatproxy benchmark — {platform.node()}, {os.cpu_count()} CPUs, "
+        f"proxy pinned to CPU {pin}, Python {platform.python_version()}"
+        + (" (tiny run)" if args.tiny else "")
+    )
+    print(
+        f"{'figure':<44} {'direct':>10} {'proxy':>10} {'ratio':>8} {'unit':<10} "
+        f"{'target':<10} status"
+    )
+    for f in figures:
+        print(f.row())
+    print(f"store check: {'ok' if stored_ok else 'VOID'}: {stored_msg}")
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(
+        json.dumps(
+            {
+                "machine": {
+                    "node": platform.node(),
+                    "cpus": os.cpu_count(),
+                    "pinned": pin,
+                    "python": platform.python_version(),
+                },
+                "tiny": args.tiny,
+                "figures": [f.__dict__ for f in figures],
+                "store_ok": stored_ok,
+                "store": stored_msg,
+            },
+            indent=2,
+        )
+    )
+    if not stored_ok:
+        return 1
+    return 0 if args.tiny or all(f.ok for f in figures) else 2
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))
