@@ -1,3 +1,3 @@
-from chatproxy.cli import main
+from chatproxy.cli import run
 
-main()
+run()

@@ -18,7 +18,7 @@ import click
 from chatproxy.errors import ChatProxyError, SettingsError
 from chatproxy.settings import Settings, load_settings
 
-__all__ = ["main"]
+__all__ = ["main", "run"]
 
 T = TypeVar("T")
 
@@ -188,3 +188,18 @@ def upgrade(config_file: Path | None, db_url: str | None) -> None:
 
     _run(lambda: _with_store(settings, noop))
     click.echo(f"database is up to date: {settings.storage.url}")
+
+
+def run() -> None:
+    """The console script: like ``main``, but usage errors are one line too."""
+    try:
+        main.main(standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.exceptions.NoArgsIsHelpError as exc:
+        click.echo(exc.ctx.get_help() if exc.ctx else exc.format_message())
+        sys.exit(0)
+    except click.ClickException as exc:
+        _fail(exc.format_message(), exc.exit_code)
+    except click.exceptions.Abort:
+        _fail("aborted", 1)

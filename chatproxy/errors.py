@@ -5,6 +5,7 @@
     ChatProxyError
     ├── SettingsError            bad configuration; names the key (exit 2 / start-up stops)
     ├── NotFoundError            a chat or message that does not exist (CLI: exit 1)
+    ├── StoreUnavailable         the database cannot be opened or reached (CLI: exit 1)
     └── APIError                 anything that becomes an HTTP error response
         ├── InvalidRequest       400 invalid_request_error
         ├── AuthenticationError  401 invalid_api_key
@@ -39,6 +40,7 @@ __all__ = [
     "RateLimited",
     "ResourceNotFound",
     "SettingsError",
+    "StoreUnavailable",
     "UpstreamError",
     "error_body",
     "error_response",
@@ -68,6 +70,10 @@ class SettingsError(ChatProxyError):
 
 class NotFoundError(ChatProxyError):
     """Something asked for by id does not exist."""
+
+
+class StoreUnavailable(ChatProxyError):
+    """The database cannot be opened or does not answer."""
 
 
 class APIError(ChatProxyError):

@@ -264,7 +264,9 @@ def _coerce(key: str, tp: Any, value: Any, from_env: bool) -> Any:
     raise SettingsError(key, f"a value of type {tp}", value)  # pragma: no cover
 
 
-def _build_dataclass(cls: type, raw: Mapping[str, Any], prefix: str, from_env: set[str]) -> Any:
+def _build_dataclass(
+    cls: type, raw: Mapping[str, Any], prefix: str, from_env: Mapping[str, str]
+) -> Any:
     if not isinstance(raw, Mapping):
         raise SettingsError(prefix, "a table", raw)
     hints = typing.get_type_hints(cls)
@@ -273,26 +275,32 @@ def _build_dataclass(cls: type, raw: Mapping[str, Any], prefix: str, from_env: s
     for name, value in raw.items():
         key = f"{prefix}.{name}" if prefix else name
         if name not in fields:
-            raise SettingsError(key, "a known key (see config.example.toml)", None, unknown=True)
+            where = f"{key} (from {from_env[key]})" if key in from_env else key
+            raise SettingsError(where, "a known key (see config.example.toml)", None, unknown=True)
         tp = hints[name]
         if typing.get_origin(tp) is dict:  # limits.tiers
             _, item_tp = typing.get_args(tp)
             if not isinstance(value, Mapping):
                 raise SettingsError(key, "a table", value)
+            # Tiers a configuration names are added to the built-in ones (or replace them).
             values[name] = {
-                str(k): _build_dataclass(item_tp, v, f"{key}.{k}", from_env)
-                for k, v in value.items()
+                **_default_tiers(),
+                **{
+                    str(k): _build_dataclass(item_tp, v, f"{key}.{k}", from_env)
+                    for k, v in value.items()
+                },
             }
             continue
         if dataclasses.is_dataclass(tp):
             values[name] = _build_dataclass(tp, value, key, from_env)
             continue
-        coerced = _coerce(key, tp, value, key in from_env)
+        label = f"{key} (from {from_env[key]})" if key in from_env else key
+        coerced = _coerce(label, tp, value, key in from_env)
         check = fields[name].metadata.get("check")
         if check is not None:
             problem = check(coerced)
             if problem:
-                raise SettingsError(key, problem, value)
+                raise SettingsError(label, problem, value)
         values[name] = coerced
     return cls(**values)
 
@@ -307,22 +315,29 @@ def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _env_layer(env: Mapping[str, str]) -> tuple[dict[str, Any], set[str]]:
+# Variables with the prefix that are not settings: the config file, and the test suite's.
+ENV_NOT_SETTINGS = frozenset(
+    {"CHATPROXY_CONFIG", "CHATPROXY_TEST_POSTGRES_URL", "CHATPROXY_TEST_REDIS_URL"}
+)
+
+
+def _env_layer(env: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
+    """The ``CHATPROXY_*`` variables as a nested table, and each dotted key's variable name."""
     layer: dict[str, Any] = {}
-    keys: set[str] = set()
+    keys: dict[str, str] = {}
     for name, value in env.items():
-        if not name.startswith(ENV_PREFIX) or "__" not in name:
+        if not name.startswith(ENV_PREFIX) or name in ENV_NOT_SETTINGS:
             continue
         parts = [p.lower() for p in name[len(ENV_PREFIX) :].split("__")]
         if not all(parts):
-            continue
+            raise SettingsError(name, "CHATPROXY_SECTION__KEY", None, unknown=True)
         node = layer
         for part in parts[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise SettingsError(name, "not to clash with another variable", value)
         node[parts[-1]] = value
-        keys.add(".".join(parts))
+        keys[".".join(parts)] = name
     return layer, keys
 
 

@@ -13,6 +13,8 @@ from urllib.parse import parse_qsl, urlsplit
 from tortoise.context import TortoiseContext
 from tortoise.migrations.executor import MigrationExecutor
 
+from chatproxy.errors import StoreUnavailable
+
 __all__ = ["APP_LABEL", "WalCheckpointer", "open_database", "sqlite_path", "tortoise_config"]
 
 APP_LABEL = "models"
@@ -46,6 +48,14 @@ def _connection(url: str) -> dict[str, Any] | str:
     return {"engine": "tortoise.backends.sqlite", "credentials": credentials}
 
 
+def _redact(url: str) -> str:
+    """``url`` without its password."""
+    parts = urlsplit(url)
+    if parts.password:
+        return url.replace(f":{parts.password}@", ":***@", 1)
+    return url
+
+
 def tortoise_config(url: str) -> dict[str, Any]:
     """The Tortoise configuration for a ``storage.url``."""
     return {
@@ -66,6 +76,13 @@ async def open_database(url: str, *, migrate: bool = True) -> TortoiseContext:
     ctx = TortoiseContext()
     with ctx:
         await ctx.init(config=config)
+        try:
+            # Connect before migrating: Tortoise's migration loader swallows connection errors
+            # (and then waits forever on the lock the failed connect left taken).
+            await ctx.db("default").execute_query("SELECT 1")
+        except Exception as exc:
+            await ctx.close_connections()
+            raise StoreUnavailable(f"cannot open the database {_redact(url)}: {exc}") from None
         if migrate:
             executor = MigrationExecutor(ctx.db("default"), {APP_LABEL: config["apps"][APP_LABEL]})
             await executor.migrate()
