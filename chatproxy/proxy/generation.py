@@ -24,6 +24,7 @@ from multidict import CIMultiDict
 
 from chatproxy.errors import APIError, UpstreamError, error_body, normalize_upstream_error
 from chatproxy.proxy.accumulate import Accumulator, is_usage_only
+from chatproxy.proxy.fanout import Fanout, Subscriber
 from chatproxy.proxy.framing import EventFramer, before_event, remove_event
 from chatproxy.proxy.sse import SSEEvent, SSEParser
 from chatproxy.proxy.upstream import HOP_BY_HOP, Upstream
@@ -62,7 +63,7 @@ class _NotStored(Exception):
 
 
 class Generation:
-    """Produces one assistant message; any number of subscribers read :attr:`pieces`."""
+    """Produces one assistant message; any number of subscribers read :attr:`output`."""
 
     def __init__(
         self,
@@ -83,12 +84,10 @@ class Generation:
         self.message_id = turn.assistant_id
         self.request_id = request_id
         self.stream = stream
-        self.pieces: list[bytes] = []
-        self.done = False
+        self.output = Fanout()
         self.status = "in_progress"
         self.error: dict[str, Any] | None = None
         self.client_disconnected = False
-        self.subscribers = 0
         self.head: asyncio.Future[Head] = asyncio.get_running_loop().create_future()
         self.head.add_done_callback(_retrieve)
         self.task: asyncio.Task[None] | None = None
@@ -100,7 +99,6 @@ class Generation:
         self._store = store
         self._upstream = upstream
         self._settings = settings
-        self._event: asyncio.Event | None = None
         self._aborted = False
         self._begin: asyncio.Future[None] | None = None
         self._t0 = 0.0
@@ -111,33 +109,16 @@ class Generation:
 
     # -- subscribers -------------------------------------------------------------------------
 
-    def subscribe(self) -> None:
-        self.subscribers += 1
+    def subscribe(self, sub: Subscriber) -> None:
+        self.output.subscribers.append(sub)
 
-    def unsubscribe(self, *, disconnected: bool) -> None:
+    def unsubscribe(self, sub: Subscriber, *, disconnected: bool) -> None:
         """A subscriber left; ``disconnected`` when its client went away before the end."""
-        self.subscribers -= 1
-        if disconnected and not self.done:
+        self.output.subscribers.remove(sub)
+        if disconnected and not self.output.done:
             self.client_disconnected = True
-            if self.subscribers == 0 and self._settings.chats.on_disconnect == "abort":
+            if not self.output.subscribers and self._settings.chats.on_disconnect == "abort":
                 self.abort()
-
-    async def wait(self, seen: int) -> None:
-        """Return once there are more than ``seen`` pieces, or the generation is done."""
-        if seen < len(self.pieces) or self.done:
-            return
-        if self._event is None:
-            self._event = asyncio.Event()
-        await self._event.wait()
-
-    def _wake(self) -> None:
-        if self._event is not None:
-            self._event.set()
-            self._event = None
-
-    def _publish(self, piece: bytes) -> None:
-        self.pieces.append(piece)
-        self._wake()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -147,7 +128,7 @@ class Generation:
 
     def abort(self) -> None:
         """Cancel the upstream request; the message is stored as ``cancelled``."""
-        if self.task is not None and not self.done:
+        if self.task is not None and not self.output.done:
             self._aborted = True
             self.task.cancel()
 
@@ -190,9 +171,8 @@ class Generation:
         if not self.head.done():
             self.head.set_exception(head_error)
         if self._final:
-            self._publish(self._final)
-        self.done = True
-        self._wake()
+            self.output.publish(self._final)
+        self.output.end()
 
     async def _begun(self) -> bool:
         assert self._begin is not None
@@ -241,7 +221,7 @@ class Generation:
                 if saw_done:
                     self._final += out  # published once stored
                 elif out:
-                    self._publish(out)
+                    self.output.publish(out)
                     self._maybe_checkpoint()
 
         await self._read(resp, lambda data: forward(framer.push(data), parser.feed(data)))
@@ -283,7 +263,7 @@ class Generation:
             # One piece is held back: the last one is published once the answer is stored.
             parts.append(data)
             if self._final:
-                self._publish(self._final)
+                self.output.publish(self._final)
             self._final = data
 
         await self._read(resp, on_data)

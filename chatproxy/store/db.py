@@ -15,7 +15,14 @@ from tortoise.migrations.executor import MigrationExecutor
 
 from chatproxy.errors import StoreUnavailable
 
-__all__ = ["APP_LABEL", "WalCheckpointer", "open_database", "sqlite_path", "tortoise_config"]
+__all__ = [
+    "APP_LABEL",
+    "WalCheckpointer",
+    "open_database",
+    "open_fast_sqlite",
+    "sqlite_path",
+    "tortoise_config",
+]
 
 APP_LABEL = "models"
 _APP = {"models": ["chatproxy.store.models"], "migrations": "chatproxy.store.migrations"}
@@ -87,6 +94,15 @@ async def open_database(url: str, *, migrate: bool = True) -> TortoiseContext:
             executor = MigrationExecutor(ctx.db("default"), {APP_LABEL: config["apps"][APP_LABEL]})
             await executor.migrate()
     return ctx
+
+
+def open_fast_sqlite(path: str) -> sqlite3.Connection:
+    """A connection for the store's hot statements, used on the event loop: autocommit (the
+    batch opens its own transaction), and no busy wait, ever."""
+    db = sqlite3.connect(path, isolation_level=None)
+    for pragma in ("busy_timeout=0", "synchronous=NORMAL", "foreign_keys=ON"):
+        db.execute(f"PRAGMA {pragma}")
+    return db
 
 
 class WalCheckpointer:
