@@ -29,5 +29,8 @@ format: $(STAMP)
 test: lint
 	$(BIN)/pytest
 
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench.py
+
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -233,24 +233,17 @@ def _coerce(key: str, tp: Any, value: Any, from_env: bool) -> Any:
         if isinstance(value, bool):
             return value
         raise SettingsError(key, "true or false", value)
-    if tp is int:
+    if tp is int or tp is float:
+        expected = "an integer" if tp is int else "a number"
+        accepted = int if tp is int else int | float
         if from_env and isinstance(value, str):
             try:
-                return int(value.strip())
+                return tp(value.strip())
             except ValueError:
-                raise SettingsError(key, "an integer", value) from None
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise SettingsError(key, "an integer", value)
-    if tp is float:
-        if from_env and isinstance(value, str):
-            try:
-                return float(value.strip())
-            except ValueError:
-                raise SettingsError(key, "a number", value) from None
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        raise SettingsError(key, "a number", value)
+                raise SettingsError(key, expected, value) from None
+        if isinstance(value, accepted) and not isinstance(value, bool):
+            return tp(value)
+        raise SettingsError(key, expected, value)
     if tp is str:
         if isinstance(value, str):
             return value

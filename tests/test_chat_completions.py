@@ -13,7 +13,7 @@ import pytest
 from chatproxy.server import ProxyServer
 from chatproxy.store.store import Store
 from chatproxy.testing import FakeUpstream, Reply, ToolCall
-from tests.util import all_chats, all_messages, eventually, message
+from tests.util import all_chats, all_messages, eventually, message, post_stream
 
 USER = {"role": "user", "content": "What is the capital of France?"}
 
@@ -224,10 +224,7 @@ async def test_several_events_in_one_write_are_forwarded_and_stored(
 ) -> None:
     upstream.enqueue(Reply(content="All at once, in one write.", coalesce=True))
     body = {"model": "m", "messages": [USER], "stream": True}
-    async with http.post(f"{proxy.url}/chat/completions", json=body) as resp:
-        raw = await resp.read()
-        message_id = resp.headers["X-Message-Id"]
-    events = [e for e in raw.split(b"\n\n") if e]
+    _, events, message_id = await post_stream(http, proxy.url, body)
     assert events[-1] == b"data: [DONE]"
     chunks = [orjson.loads(e[len(b"data: ") :]) for e in events[:-1]]
     text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks)
@@ -335,9 +332,7 @@ async def test_usage_is_hidden_from_a_client_that_did_not_ask_and_stored_anyway(
     proxy: ProxyServer, upstream: FakeUpstream, http: aiohttp.ClientSession, store: Store
 ) -> None:
     body = {"model": "m", "messages": [USER], "stream": True}
-    async with http.post(f"{proxy.url}/chat/completions", json=body) as resp:
-        raw = await resp.read()
-        message_id = resp.headers["X-Message-Id"]
+    raw, _, message_id = await post_stream(http, proxy.url, body)
     chunks = [orjson.loads(e[6:]) for e in raw.split(b"\n\n") if e and e != b"data: [DONE]"]
     assert all(c["choices"] for c in chunks), "the usage-only chunk reached the client"
     assert raw.endswith(b"data: [DONE]\n\n")
@@ -505,10 +500,7 @@ async def test_upstream_dropped_mid_stream_ends_with_error_event_and_stores_part
 ) -> None:
     upstream.enqueue(Reply(chunks=[f"part{i} " for i in range(10)], drop_after=4))
     body = {"model": "m", "messages": [USER], "stream": True}
-    async with http.post(f"{proxy.url}/chat/completions", json=body) as resp:
-        raw = await resp.read()
-        message_id = resp.headers["X-Message-Id"]
-    events = [e for e in raw.split(b"\n\n") if e]
+    _, events, message_id = await post_stream(http, proxy.url, body)
     assert events[-1] == b"data: [DONE]"
     error = orjson.loads(events[-2][6:])["error"]
     assert error["code"] == "upstream_disconnected"
@@ -532,9 +524,7 @@ async def test_invalid_upstream_data_mid_stream_is_a_failed_answer(
 ) -> None:
     upstream.enqueue(Reply(chunks=["a ", "b ", "c "], garbage_after=2))
     body = {"model": "m", "messages": [USER], "stream": True}
-    async with http.post(f"{proxy.url}/chat/completions", json=body) as resp:
-        raw = await resp.read()
-        message_id = resp.headers["X-Message-Id"]
+    raw, _, message_id = await post_stream(http, proxy.url, body)
     assert b"{not json" not in raw
     assert raw.endswith(b"data: [DONE]\n\n")
     assert b'"code":"upstream_invalid"' in raw
@@ -593,10 +583,7 @@ async def test_idle_timeout_and_max_duration_end_the_stream_and_store_what_arriv
     proxy = await start_proxy(**overrides)
     upstream.enqueue(reply)
     body = {"model": "m", "messages": [USER], "stream": True}
-    async with http.post(f"{proxy.url}/chat/completions", json=body) as resp:
-        raw = await resp.read()
-        message_id = resp.headers["X-Message-Id"]
-    events = [e for e in raw.split(b"\n\n") if e]
+    _, events, message_id = await post_stream(http, proxy.url, body)
     assert events[-1] == b"data: [DONE]"
     assert orjson.loads(events[-2][6:])["error"]["code"] == code
     answer = await message(proxy.app[STORE], message_id)

@@ -21,7 +21,7 @@ STREAM = (
 
 
 def ev(data: bytes, event: str | None = None, id: str | None = None) -> Event:
-    """An expected event, without ``raw`` (checked by its own tests)."""
+    """An expected event."""
     return (data, event, id)
 
 
@@ -180,27 +180,6 @@ def test_big_event_in_small_pieces_is_reassembled() -> None:
     for i in range(0, len(stream), 7):
         events.extend(parser.feed(stream[i : i + 7]))
     assert fields(events) == [ev(payload)]
-
-
-def test_raw_is_the_event_through_its_blank_line() -> None:
-    parser = SSEParser()
-    events = parser.feed(b": ping\n\nevent: e\r\nid: 1\r\ndata: x\r\n\r\n\ndata: y\n\ndata: z")
-    assert [e.raw for e in events] == [b"event: e\nid: 1\ndata: x\n\n", b"data: y\n\n"]
-    assert [e.raw for e in parser.flush()] == [b"data: z\n\n"]
-
-
-def test_raw_is_the_same_across_every_split_point() -> None:
-    whole = [e.raw for e in feed_all([STREAM])]
-    assert whole[0] == STREAM[: STREAM.index(b"\n\n") + 2]
-    for cut in range(len(STREAM) + 1):
-        assert [e.raw for e in feed_all([STREAM[:cut], STREAM[cut:]])] == whole, cut
-
-
-def test_raw_of_a_whole_one_event_chunk_is_that_chunk() -> None:
-    chunk = b'data: {"a":1}\n\n'
-    (event,) = SSEParser().feed(chunk)
-    assert event.raw == chunk
-    assert event.data == b'{"a":1}'
 
 
 line_text = st.text(

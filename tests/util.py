@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
+
+import aiohttp
 
 from chatproxy.store.models import Chat, Message
 from chatproxy.store.store import Store
@@ -39,3 +41,14 @@ async def message(store: Store, message_id: str) -> Message:
     found = await store.get_message(message_id)
     assert found is not None, f"message {message_id} is not stored"
     return found
+
+
+async def post_stream(
+    http: aiohttp.ClientSession, base_url: str, body: dict[str, Any]
+) -> tuple[bytes, list[bytes], str]:
+    """POST a chat completion over raw HTTP: the whole body, its SSE events (without the blank
+    lines), and the ``X-Message-Id`` header."""
+    async with http.post(f"{base_url}/chat/completions", json=body) as resp:
+        raw = await resp.read()
+        message_id = resp.headers["X-Message-Id"]
+    return raw, [e for e in raw.split(b"\n\n") if e], message_id

@@ -166,29 +166,21 @@ class Accumulator:
 
     def add_chunk(self, chunk: dict[str, Any]) -> None:
         """Fold in one parsed ``chat.completion.chunk`` object."""
-        if not isinstance(chunk, dict):
-            return
-        self._take_envelope(chunk)
-        choice = _pick_choice(chunk.get("choices"))
-        if choice is None:
-            return
-        delta = choice.get("delta")
-        if isinstance(delta, dict) and self._apply(delta, streaming=True):
-            self.version += 1
-        finish_reason = choice.get("finish_reason")
-        if isinstance(finish_reason, str):
-            self.finish_reason = finish_reason
+        self._add(chunk, "delta", streaming=True)
 
     def add_completion(self, body: dict[str, Any]) -> None:
         """Fold in a whole non-streaming ``chat.completion`` response."""
-        if not isinstance(body, dict):
+        self._add(body, "message", streaming=False)
+
+    def _add(self, obj: dict[str, Any], key: str, *, streaming: bool) -> None:
+        if not isinstance(obj, dict):
             return
-        self._take_envelope(body)
-        choice = _pick_choice(body.get("choices"))
+        self._take_envelope(obj)
+        choice = _pick_choice(obj.get("choices"))
         if choice is None:
             return
-        message = choice.get("message")
-        if isinstance(message, dict) and self._apply(message, streaming=False):
+        part = choice.get(key)
+        if isinstance(part, dict) and self._apply(part, streaming=streaming):
             self.version += 1
         finish_reason = choice.get("finish_reason")
         if isinstance(finish_reason, str):

@@ -20,14 +20,13 @@ _COLON = 0x3A
 class SSEEvent(NamedTuple):
     """One dispatched event.
 
-    ``data`` is its data lines joined with ``\\n``; ``raw`` is the event as received, through the
-    blank line that ended it, with line endings normalised to ``\\n`` (ready to forward as is).
+    ``data`` is its data lines joined with ``\\n``. (What is forwarded to clients are the
+    upstream's own bytes, cut at event boundaries by :mod:`chatproxy.proxy.framing`.)
     """
 
     data: bytes
     event: str | None = None
     id: str | None = None
-    raw: bytes = b""
 
 
 class SSEParser:
@@ -131,7 +130,7 @@ def _block(data: bytes, start: int, end: int) -> SSEEvent | None:
         if value < end and data[value] == _SPACE:
             value += 1
         # A slice of bytes spanning all of it is the object itself: no copy on the common path.
-        return SSEEvent(data[value:end], None, None, data[start : end + 2])
+        return SSEEvent(data[value:end], None, None)
 
     lines: list[bytes] = []
     event: str | None = None
@@ -155,6 +154,4 @@ def _block(data: bytes, start: int, end: int) -> SSEEvent | None:
             event_id = value_bytes.decode("utf-8", "replace")
     if not lines:
         return None
-    return SSEEvent(
-        lines[0] if len(lines) == 1 else b"\n".join(lines), event, event_id, data[start : end + 2]
-    )
+    return SSEEvent(lines[0] if len(lines) == 1 else b"\n".join(lines), event, event_id)

@@ -100,7 +100,12 @@ def open_fast_sqlite(path: str) -> sqlite3.Connection:
     """A connection for the store's hot statements, used on the event loop: autocommit (the
     batch opens its own transaction), and no busy wait, ever."""
     db = sqlite3.connect(path, isolation_level=None)
-    for pragma in ("busy_timeout=0", "synchronous=NORMAL", "foreign_keys=ON"):
+    for pragma in (
+        "busy_timeout=0",
+        "synchronous=NORMAL",
+        "foreign_keys=ON",
+        "wal_autocheckpoint=0",
+    ):
         db.execute(f"PRAGMA {pragma}")
     return db
 
