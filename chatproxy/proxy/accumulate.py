@@ -205,15 +205,19 @@ class Accumulator:
 
     def _take_envelope(self, obj: dict[str, Any]) -> None:
         get = obj.get
-        value = get("id")
-        if isinstance(value, str) and value:
-            self.upstream_id = value
-        value = get("model")
-        if isinstance(value, str) and value:
-            self.model = value
-        value = get("system_fingerprint")
-        if isinstance(value, str) and value:
-            self.system_fingerprint = value
+        # Every chunk repeats these; the first non-empty value is the one kept.
+        if self.upstream_id is None:
+            value = get("id")
+            if isinstance(value, str) and value:
+                self.upstream_id = value
+        if self.model is None:
+            value = get("model")
+            if isinstance(value, str) and value:
+                self.model = value
+        if self.system_fingerprint is None:
+            value = get("system_fingerprint")
+            if isinstance(value, str) and value:
+                self.system_fingerprint = value
         usage = get("usage")
         if isinstance(usage, dict):
             self.usage = usage
@@ -227,6 +231,8 @@ class Accumulator:
         if text:
             self._content.append(text)
             changed = True
+            if len(delta) == 1:  # the usual delta: nothing else to look at
+                return True
         # vLLM has sent both keys with the same text; take one so it is not doubled.
         reasoning = delta.get("reasoning_content")
         if not (isinstance(reasoning, str) and reasoning):

@@ -8,17 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import aiohttp
-from multidict import CIMultiDict
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
     retry_if_exception,
     stop_after_attempt,
-    wait_exponential_jitter,
 )
 
 from chatproxy.errors import UpstreamError, normalize_upstream_error
@@ -87,11 +86,6 @@ class Upstream:
         self.session = session
         self.base_url = settings.base_url
         self._sleep = sleep
-        self._backoff = wait_exponential_jitter(
-            multiplier=settings.backoff_initial,
-            max=settings.backoff_max,
-            jitter=settings.backoff_initial,
-        )
         self._timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=settings.connect_timeout, connect=settings.connect_timeout
         )
@@ -104,14 +98,21 @@ class Upstream:
             return {"Authorization": f"Bearer {self.settings.api_key}"}
         return {}
 
-    def _wait(self, state: RetryCallState) -> float:
-        backoff = self._backoff(state)
-        exc = state.outcome.exception() if state.outcome else None
+    def delay(self, retry_number: int, exc: BaseException | None) -> float:
+        """How long to wait before retry ``retry_number`` (1 for the first retry): the
+        upstream's ``Retry-After`` (capped), else exponential backoff with jitter."""
         if isinstance(exc, UpstreamError):
             asked = retry_after_seconds(exc.headers)
             if asked is not None:
                 return min(asked, RETRY_AFTER_CAP)
-        return backoff
+        up = self.settings
+        backoff = min(up.backoff_max, up.backoff_initial * 2 ** (retry_number - 1))
+        return backoff + random.uniform(0, up.backoff_initial)
+
+    def _wait(self, state: RetryCallState) -> float:
+        # Tenacity counts its own attempts; the first attempt was made before it started.
+        exc = state.outcome.exception() if state.outcome else None
+        return self.delay(state.attempt_number + 1, exc)
 
     async def open(
         self,
@@ -129,20 +130,26 @@ class Upstream:
         Connection errors, timeouts and 429/5xx statuses are retried (``retry``) with
         exponential backoff and jitter, honouring the upstream's ``Retry-After``.
         """
-        attempts = self.settings.retries + 1 if retry else 1
+        url = self.base_url + path
+        # The first attempt is made directly: most requests need no retry, and a retrying
+        # controller per request costs more than the rest of opening the request.
+        try:
+            return await self._open_once(method, url, headers, data, params)
+        except UpstreamError as exc:
+            if not retry or self.settings.retries == 0 or not _retryable(exc):
+                raise
+            await self._sleep(self.delay(1, exc))
         retrying = AsyncRetrying(
-            stop=stop_after_attempt(attempts),
+            stop=stop_after_attempt(self.settings.retries),
             wait=self._wait,
             retry=retry_if_exception(_retryable),
             sleep=self._sleep,
             reraise=True,
         )
-        url = self.base_url + path
         async for attempt in retrying:
             with attempt:
-                n = attempt.retry_state.attempt_number
-                if n > 1:
-                    log.info("upstream retry request_id=%s attempt=%d", request_id, n)
+                n = attempt.retry_state.attempt_number + 1
+                log.info("upstream retry request_id=%s attempt=%d", request_id, n)
                 return await self._open_once(method, url, headers, data, params)
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -179,11 +186,11 @@ class Upstream:
             raw = b""
         finally:
             resp.release()
-        keep = CIMultiDict(
-            (k, v)
+        keep = {
+            k.lower(): v
             for k, v in resp.headers.items()
             if k.lower() in ("retry-after", "retry-after-ms", "x-should-retry")
-        )
+        }
         raise UpstreamError(
-            resp.status, normalize_upstream_error(resp.status, raw), headers=dict(keep)
+            resp.status, normalize_upstream_error(resp.status, raw), headers=keep
         )
