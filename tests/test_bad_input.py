@@ -19,6 +19,15 @@ async def assert_nothing_changed(store: Store, upstream: FakeUpstream) -> None:
     assert upstream.chat_requests == []
 
 
+async def refused(http: aiohttp.ClientSession, url: str, status: int, **kwargs: object) -> dict:
+    """POST ``url``; check the status and the OpenAI error shape; return the error."""
+    async with http.post(url, **kwargs) as resp:
+        assert resp.status == status
+        assert resp.content_type == "application/json"
+        assert resp.headers["X-Request-Id"].startswith("req_")
+        return error_shape(await resp.json())
+
+
 def error_shape(body: dict) -> dict:
     assert set(body) == {"error"}
     assert set(body["error"]) == {"message", "type", "param", "code"}
@@ -81,11 +90,7 @@ async def test_malformed_chat_request_is_a_400_and_stores_nothing(
     param: str | None,
 ) -> None:
     headers = {"Content-Type": "application/json"}
-    async with http.post(f"{proxy.url}/chat/completions", data=body, headers=headers) as resp:
-        assert resp.status == 400
-        assert resp.content_type == "application/json"
-        assert resp.headers["X-Request-Id"].startswith("req_")
-        error = error_shape(await resp.json())
+    error = await refused(http, f"{proxy.url}/chat/completions", 400, data=body, headers=headers)
     assert (error["code"], error["param"], error["type"]) == (code, param, "invalid_request_error")
     await assert_nothing_changed(store, upstream)
 
@@ -102,9 +107,7 @@ async def test_malformed_chat_id_is_a_400_and_stores_nothing(
 ) -> None:
     body = {"model": "m", "messages": [OK_MESSAGE]}
     headers = {"X-Chat-Id": chat_id}
-    async with http.post(f"{proxy.url}/chat/completions", json=body, headers=headers) as resp:
-        assert resp.status == 400
-        error = error_shape(await resp.json())
+    error = await refused(http, f"{proxy.url}/chat/completions", 400, json=body, headers=headers)
     assert error["code"] == "invalid_chat_id"
     await assert_nothing_changed(store, upstream)
 
@@ -116,9 +119,7 @@ async def test_body_over_max_body_bytes_is_a_413_and_stores_nothing(
 
     proxy = await start_proxy(**{"server.max_body_bytes": 1000})
     body = {"model": "m", "messages": [{"role": "user", "content": "x" * 2000}]}
-    async with http.post(f"{proxy.url}/chat/completions", json=body) as resp:
-        assert resp.status == 413
-        error = error_shape(await resp.json())
+    error = await refused(http, f"{proxy.url}/chat/completions", 413, json=body)
     assert error["code"] == "payload_too_large"
     await assert_nothing_changed(proxy.app[STORE], upstream)
 
@@ -128,9 +129,7 @@ async def test_invalid_utf8_body_is_a_400_and_stores_nothing(
 ) -> None:
     body = b'{"model": "m", "messages": [{"role": "user", "content": "\xff\xfe"}]}'
     headers = {"Content-Type": "application/json"}
-    async with http.post(f"{proxy.url}/chat/completions", data=body, headers=headers) as resp:
-        assert resp.status == 400
-        error = error_shape(await resp.json())
+    error = await refused(http, f"{proxy.url}/chat/completions", 400, data=body, headers=headers)
     assert error["code"] == "invalid_json"
     await assert_nothing_changed(store, upstream)
 

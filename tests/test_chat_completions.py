@@ -13,7 +13,7 @@ import pytest
 from chatproxy.server import ProxyServer
 from chatproxy.store.store import Store
 from chatproxy.testing import FakeUpstream, Reply, ToolCall
-from tests.util import all_chats, all_messages, eventually, message, post_stream
+from tests.util import all_chats, all_messages, eventually, message, post_stream, settled
 
 USER = {"role": "user", "content": "What is the capital of France?"}
 
@@ -368,11 +368,7 @@ async def test_client_disconnect_mid_stream_still_stores_the_full_answer(
     await resp.content.readuntil(b"word2")
     resp.close()  # the client goes away
 
-    async def finished() -> object:
-        m = await message(store, message_id)
-        return m if m.status != "in_progress" else None
-
-    answer = await eventually(finished)
+    answer = await settled(store, message_id)
     assert answer.status == "completed"
     assert answer.text == "".join(words)
     assert answer.client_disconnected is True
@@ -396,11 +392,7 @@ async def test_abort_policy_cancels_upstream_and_stores_the_partial_answer_cance
 
     await asyncio.wait_for(upstream.chat_requests[0].disconnected.wait(), 5)
 
-    async def finished() -> object:
-        m = await message(store, message_id)
-        return m if m.status != "in_progress" else None
-
-    answer = await eventually(finished)
+    answer = await settled(store, message_id)
     assert answer.status == "cancelled"
     assert answer.client_disconnected is True
     assert answer.text.startswith("word0 word1 word2 word3")

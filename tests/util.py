@@ -52,3 +52,13 @@ async def post_stream(
         raw = await resp.read()
         message_id = resp.headers["X-Message-Id"]
     return raw, [e for e in raw.split(b"\n\n") if e], message_id
+
+
+async def settled(store: Store, message_id: str) -> Message:
+    """The message once it is no longer ``in_progress`` (after its client went away)."""
+
+    async def check() -> Message | None:
+        m = await message(store, message_id)
+        return m if m.status != "in_progress" else None
+
+    return await eventually(check)
