@@ -191,6 +191,4 @@ class Upstream:
             for k, v in resp.headers.items()
             if k.lower() in ("retry-after", "retry-after-ms", "x-should-retry")
         }
-        raise UpstreamError(
-            resp.status, normalize_upstream_error(resp.status, raw), headers=keep
-        )
+        raise UpstreamError(resp.status, normalize_upstream_error(resp.status, raw), headers=keep)
