@@ -12,17 +12,24 @@ from aiohttp import web
 
 from chatproxy.api.health import healthz, readyz
 from chatproxy.appkeys import (
+    AUTH,
+    CALLER,
     CHAT_ID,
     GENERATIONS,
     HTTP_SESSION,
+    LIMITS,
+    RATE_EXTRA,
+    RATE_LIMIT,
     REQUEST_ID,
     SETTINGS,
     STORE,
     UPSTREAM,
 )
-from chatproxy.auth import LOCAL_USER
+from chatproxy.auth import Authenticator
 from chatproxy.errors import APIError, InvalidRequest, PayloadTooLarge, error_response
 from chatproxy.ids import new_request_id
+from chatproxy.limits.buckets import Buckets, LocalBuckets, RedisBuckets
+from chatproxy.limits.policy import Limits
 from chatproxy.proxy.chat_completions import handle_chat_completions
 from chatproxy.proxy.generation import Generations
 from chatproxy.proxy.passthrough import handle_passthrough
@@ -58,6 +65,8 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     request[REQUEST_ID] = new_request_id()
     started = time.perf_counter()
     try:
+        if request.path.startswith("/v1/"):
+            await _admit(request)
         resp = await handler(request)
     except APIError as exc:
         resp = error_response(exc)
@@ -67,23 +76,37 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
         resp = error_response(_http_error(exc))
     except UnicodeDecodeError:
         resp = error_response(InvalidRequest("the request is not valid UTF-8", code="invalid_utf8"))
+    caller = request.get(CALLER)
     log.info(
-        "%s %s %s status=%d chat=%s ms=%.1f",
+        "%s %s %s status=%d user=%s chat=%s ms=%.1f",
         request[REQUEST_ID],
         request.method,
         request.path,
         resp.status,
+        caller.user_id if caller else "-",
         request.get(CHAT_ID, "-"),
         (time.perf_counter() - started) * 1000,
     )
     return resp
 
 
-async def _add_request_id(request: web.Request, response: web.StreamResponse) -> None:
+async def _admit(request: web.Request) -> None:
+    """The client IP's limit first (it also guards against guessing keys), then identity."""
+    state = await request.app[LIMITS].check_ip(request)
+    if state is not None:
+        request[RATE_LIMIT] = state
+    request[CALLER] = await request.app[AUTH].authenticate(request)
+
+
+async def _add_response_headers(request: web.Request, response: web.StreamResponse) -> None:
     # on_response_prepare runs right before the head is sent, streams included.
     request_id = request.get(REQUEST_ID)
     if request_id is not None:
         response.headers["X-Request-Id"] = request_id
+    state = request.get(RATE_LIMIT)
+    if state is not None and "x-ratelimit-limit-requests" not in response.headers:
+        response.headers.update(state.headers())
+        response.headers.update(request.get(RATE_EXTRA) or {})
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -92,8 +115,8 @@ def create_app(settings: Settings) -> web.Application:
         middlewares=[request_context], client_max_size=settings.server.max_body_bytes
     )
     app[SETTINGS] = settings
-    app.cleanup_ctx.extend([_store_ctx, _upstream_ctx, _generations_ctx])
-    app.on_response_prepare.append(_add_request_id)
+    app.cleanup_ctx.extend([_store_ctx, _access_ctx, _upstream_ctx, _generations_ctx])
+    app.on_response_prepare.append(_add_response_headers)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_post("/v1/chat/completions", handle_chat_completions)
@@ -110,10 +133,24 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
         logging.getLogger("chatproxy").warning(
             "marked %d unfinished message(s) of this instance as interrupted", interrupted
         )
-    await store.ensure_user(LOCAL_USER.user_id, LOCAL_USER.name)
     app[STORE] = store
     yield
     await store.close()
+
+
+async def _access_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    auth = Authenticator(settings, app[STORE])
+    await auth.start()
+    app[AUTH] = auth
+    buckets: Buckets = (
+        RedisBuckets(settings.redis.url, prefix=settings.redis.prefix)
+        if settings.redis.url
+        else LocalBuckets()
+    )
+    app[LIMITS] = Limits(settings, buckets, app[STORE])
+    yield
+    await buckets.close()
 
 
 async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:

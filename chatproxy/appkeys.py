@@ -5,15 +5,22 @@ from __future__ import annotations
 import aiohttp
 from aiohttp import web
 
+from chatproxy.auth import Authenticator, Caller
+from chatproxy.limits.policy import Limits, LimitState
 from chatproxy.proxy.generation import Generations
 from chatproxy.proxy.upstream import Upstream
 from chatproxy.settings import Settings
 from chatproxy.store.store import Store
 
 __all__ = [
+    "AUTH",
+    "CALLER",
     "CHAT_ID",
     "GENERATIONS",
     "HTTP_SESSION",
+    "LIMITS",
+    "RATE_EXTRA",
+    "RATE_LIMIT",
     "REQUEST_ID",
     "SETTINGS",
     "STORE",
@@ -25,7 +32,13 @@ STORE = web.AppKey("store", Store)
 HTTP_SESSION = web.AppKey("http_session", aiohttp.ClientSession)
 UPSTREAM = web.AppKey("upstream", Upstream)
 GENERATIONS = web.AppKey("generations", Generations)
+AUTH = web.AppKey("auth", Authenticator)
+LIMITS = web.AppKey("limits", Limits)
 
 # Per request.
 REQUEST_ID = web.RequestKey("request_id", str)
 CHAT_ID = web.RequestKey("chat_id", str)
+CALLER = web.RequestKey("caller", Caller)
+# The tightest limit this request is under, and any token-quota headers, for the response head.
+RATE_LIMIT = web.RequestKey("rate_limit", LimitState)
+RATE_EXTRA = web.RequestKey("rate_extra", dict)

@@ -123,8 +123,6 @@ def serve(
             "demo": demo or None,
         },
     )
-    if settings.auth.mode != "none":
-        _fail(f"auth.mode {settings.auth.mode!r} is not available in this version", 2)
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
@@ -203,3 +201,79 @@ def run() -> None:
         _fail(exc.format_message(), exc.exit_code)
     except click.exceptions.Abort:
         _fail("aborted", 1)
+
+
+@main.group()
+def keys() -> None:
+    """Proxy keys for [auth] mode = "keys"."""
+
+
+@keys.command("create")
+@click.option("--user", "user", required=True, help="The user the key belongs to (created if new).")
+@click.option("--tier", default=None, help="Set the user's tier (a [limits.tiers.NAME] table).")
+@CONFIG_OPTION
+@DB_OPTION
+def keys_create(user: str, tier: str | None, config_file: Path | None, db_url: str | None) -> None:
+    """Create a key; it is printed once, alone on the last line, and never shown again."""
+    from chatproxy.auth import USER_ID_RE, new_api_key
+
+    settings = _settings(config_file, **{"storage.url": db_url})
+    if not USER_ID_RE.fullmatch(user):
+        _fail(f"--user must match {USER_ID_RE.pattern}", 2)
+    if tier is not None and tier not in settings.limits.tiers:
+        _fail(f"--tier {tier!r} is not a configured tier ({', '.join(settings.limits.tiers)})", 2)
+    key_id, key, key_hash, prefix = new_api_key()
+    _run(
+        lambda: _with_store(
+            settings, lambda s: s.add_api_key(key_id, (user, user, tier), key_hash, prefix)
+        )
+    )
+    shown_tier = tier or "unchanged"
+    click.echo(f"Created key {key_id} ({prefix}...) for user {user} (tier: {shown_tier}).")
+    click.echo("Keep it now: it is shown only this once.")
+    click.echo(key)
+
+
+@keys.command("list")
+@click.option("--user", "user", default=None, help="Only this user's keys.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per key.")
+@CONFIG_OPTION
+@DB_OPTION
+def keys_list(
+    user: str | None, as_json: bool, config_file: Path | None, db_url: str | None
+) -> None:
+    """List keys (never the keys themselves: their id and prefix)."""
+    import orjson
+
+    settings = _settings(config_file, **{"storage.url": db_url})
+    rows = _run(lambda: _with_store(settings, lambda s: s.api_keys(user)))
+
+    def when(value: Any) -> str | None:
+        return value.isoformat(timespec="seconds") if value is not None else None
+
+    for key, tier in rows:
+        record = {
+            "id": key.id,
+            "prefix": key.prefix,
+            "user": key.user_id,
+            "tier": tier or settings.limits.default_tier,
+            "created": when(key.created_at),
+            "last_used": when(key.last_used_at),
+            "revoked": when(key.revoked_at),
+        }
+        if as_json:
+            click.echo(orjson.dumps(record).decode())
+        else:
+            click.echo("  ".join(f"{k}={v if v is not None else '-'}" for k, v in record.items()))
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+@CONFIG_OPTION
+@DB_OPTION
+def keys_revoke(key_id: str, config_file: Path | None, db_url: str | None) -> None:
+    """Revoke a key (it stops working within 10 seconds on running proxies)."""
+    settings = _settings(config_file, **{"storage.url": db_url})
+    if not _run(lambda: _with_store(settings, lambda s: s.revoke_api_key(key_id))):
+        _fail(f"no active key with id {key_id!r}", 1)
+    click.echo(f"Revoked {key_id}.")

@@ -162,11 +162,18 @@ class StorageSettings:
 @dataclass(frozen=True, slots=True)
 class RedisSettings:
     url: str = field(default="", metadata=_meta(_check_redis_url))
+    prefix: str = "chatproxy:"  # every key chatproxy writes starts with this
 
 
 @dataclass(frozen=True, slots=True)
 class AuthSettings:
     mode: Literal["none", "keys", "passthrough", "header"] = "none"
+    # The HMAC secret that turns a passthrough credential into a user id; empty: one is
+    # generated at first start and kept in the database.
+    secret: str = ""
+    secret_env: str = ""
+    # How long a proxy key's state is cached: a revocation takes effect within this time.
+    key_cache_seconds: float = field(default=10.0, metadata=_meta(_check_non_negative))
 
 
 @dataclass(frozen=True, slots=True)
@@ -345,11 +352,12 @@ def _read_toml(path: Path) -> dict[str, Any]:
 
 
 def _resolve_secrets(settings: Settings, env: Mapping[str, str]) -> Settings:
-    upstream = settings.upstream
+    upstream, auth = settings.upstream, settings.auth
     if not upstream.api_key and upstream.api_key_env:
-        key = env.get(upstream.api_key_env, "")
-        upstream = dataclasses.replace(upstream, api_key=key)
-    return settings.replace(upstream=upstream)
+        upstream = dataclasses.replace(upstream, api_key=env.get(upstream.api_key_env, ""))
+    if not auth.secret and auth.secret_env:
+        auth = dataclasses.replace(auth, secret=env.get(auth.secret_env, ""))
+    return settings.replace(upstream=upstream, auth=auth)
 
 
 def load_settings(

@@ -19,13 +19,23 @@ from tortoise.context import TortoiseContext
 from tortoise.migrations.autodetector import MigrationAutodetector
 from tortoise.models import Model
 
+from chatproxy.store import migrations as migrations_package
 from chatproxy.store.db import APP_LABEL, SQLITE_BUSY_TIMEOUT_MS, open_database, tortoise_config
-from chatproxy.store.models import Chat, Message, User
+from chatproxy.store.models import ApiKey, Chat, Message, Meta, User
 from chatproxy.store.store import Store
 
-MODELS: dict[str, type[Model]] = {"users": User, "chats": Chat, "messages": Message}
+MODELS: dict[str, type[Model]] = {
+    "users": User,
+    "chats": Chat,
+    "messages": Message,
+    "api_keys": ApiKey,
+    "meta": Meta,
+}
 MIGRATION_TABLE = "tortoise_migrations"
-INITIAL = (APP_LABEL, "0001_initial")
+# Every committed migration file, in order: what a fully migrated database has applied.
+ALL_MIGRATIONS = [
+    (APP_LABEL, p.stem) for p in sorted(Path(migrations_package.__file__).parent.glob("[0-9]*.py"))
+]
 
 
 @contextlib.contextmanager
@@ -87,12 +97,12 @@ async def test_tables_have_exactly_the_models_columns_and_nullability(tmp_path: 
             assert actual == model_columns(model), table
 
 
-async def test_primary_keys_are_the_id_columns(tmp_path: Path) -> None:
+async def test_primary_keys_are_the_models_primary_keys(tmp_path: Path) -> None:
     path = await migrated_file(tmp_path)
     with sqlite(path) as conn:
-        for table in MODELS:
+        for table, model in MODELS.items():
             info = conn.execute(f"PRAGMA table_info({table})").fetchall()
-            assert [row[1] for row in info if row[5]] == ["id"], table
+            assert [row[1] for row in info if row[5]] == [model._meta.pk_attr], table
 
 
 async def test_indexes_serve_prefix_lookup_chat_listing_and_daily_counts(tmp_path: Path) -> None:
@@ -158,7 +168,7 @@ async def test_store_open_applies_the_migrations_to_a_blank_file(tmp_path: Path)
     await store.open()
     await store.close()
     assert {"users", "chats", "messages", MIGRATION_TABLE} <= tables(path)
-    assert applied_migrations(path) == [INITIAL]
+    assert applied_migrations(path) == ALL_MIGRATIONS
     with sqlite(path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal"
     # Same schema whichever entry point created it.
@@ -178,7 +188,7 @@ async def test_store_open_without_migrate_creates_no_tables(tmp_path: Path) -> N
 
 async def test_migration_recorder_lists_the_initial_migration(tmp_path: Path) -> None:
     path = await migrated_file(tmp_path)
-    assert applied_migrations(path) == [INITIAL]
+    assert applied_migrations(path) == ALL_MIGRATIONS
 
 
 async def test_applying_migrations_twice_is_a_no_op_and_keeps_data(tmp_path: Path) -> None:
@@ -194,7 +204,7 @@ async def test_applying_migrations_twice_is_a_no_op_and_keeps_data(tmp_path: Pat
     await store.close()
 
     assert schema_sql(path) == before
-    assert applied_migrations(path) == [INITIAL]
+    assert applied_migrations(path) == ALL_MIGRATIONS
     with sqlite(path) as conn:
         assert conn.execute("SELECT id, name FROM users").fetchall() == [("u1", "Ada")]
 
@@ -217,7 +227,7 @@ async def test_models_and_committed_migrations_agree(tmp_path: Path) -> None:
 async def test_change_detection_sees_the_models(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The check above is not vacuous: against no migrations, all three tables are pending."""
+    """The check above is not vacuous: against no migrations, every table is pending."""
     package = tmp_path / "no_migrations_yet"
     package.mkdir()
     (package / "__init__.py").write_text("")
@@ -233,7 +243,7 @@ async def test_change_detection_sees_the_models(
         await ctx.close_connections()
     assert len(writers) == 1
     created = {op.name for op in writers[0].operations if type(op).__name__ == "CreateModel"}
-    assert created == {"User", "Chat", "Message"}
+    assert created == {model.__name__ for model in MODELS.values()}
 
 
 # -- PostgreSQL ---------------------------------------------------------------------------------
@@ -303,4 +313,4 @@ async def test_postgres_migration_creates_the_tables_indexes_and_history(
         assert columns[table] == set(model._meta.fields_db_projection.values()), table
         for index in model._meta.indexes:
             assert index.name in indexes
-    assert history == [INITIAL]
+    assert history == ALL_MIGRATIONS

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from chatproxy.appkeys import STORE
+from chatproxy.appkeys import LIMITS, STORE
+from chatproxy.limits.buckets import RedisBuckets
 
 __all__ = ["healthz", "readyz"]
 
@@ -14,7 +15,14 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
+    """Ready while the store answers. Redis is reported, but the proxy serves without it
+    (limits fail open), so an unreachable Redis does not make the instance unready."""
     ok = await request.app[STORE].ping()
-    return web.json_response(
-        {"status": "ok" if ok else "unavailable", "store": ok}, status=200 if ok else 503
-    )
+    body: dict[str, object] = {"status": "ok" if ok else "unavailable", "store": ok}
+    buckets = request.app[LIMITS].buckets
+    if isinstance(buckets, RedisBuckets):
+        redis_ok = await buckets.ping()
+        body["redis"] = redis_ok
+        if ok and not redis_ok:
+            body["status"] = "degraded"
+    return web.json_response(body, status=200 if ok else 503)

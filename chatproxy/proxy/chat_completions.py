@@ -8,10 +8,22 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from chatproxy.appkeys import CHAT_ID, GENERATIONS, REQUEST_ID, SETTINGS, STORE, UPSTREAM
-from chatproxy.auth import Caller, authenticate
+from chatproxy.appkeys import (
+    CALLER,
+    CHAT_ID,
+    GENERATIONS,
+    LIMITS,
+    RATE_EXTRA,
+    RATE_LIMIT,
+    REQUEST_ID,
+    SETTINGS,
+    STORE,
+    UPSTREAM,
+)
+from chatproxy.auth import Caller
 from chatproxy.errors import InvalidRequest, PermissionDenied
 from chatproxy.ids import CHAT_ID_RE, new_chat_id, new_message_id
+from chatproxy.limits.policy import tightest
 from chatproxy.proxy.generation import Generation
 from chatproxy.proxy.relay import relay
 from chatproxy.settings import Settings
@@ -175,13 +187,17 @@ async def handle_chat_completions(request: web.Request) -> web.StreamResponse:
     app = request.app
     settings = app[SETTINGS]
     store = app[STORE]
-    caller = authenticate(request, settings)
+    caller = request[CALLER]
     chat_id = header_value(request, settings.headers.chat_id)
     if chat_id is not None and not CHAT_ID_RE.fullmatch(chat_id):
         raise _invalid(
             "the chat id header must match [A-Za-z0-9_-]{1,128}", "invalid_chat_id", "X-Chat-Id"
         )
     req = parse_chat_request(await request.read())
+    daily, extra = await app[LIMITS].check_daily(caller)
+    if daily is not None:
+        request[RATE_LIMIT] = tightest(request.get(RATE_LIMIT), daily)
+    request[RATE_EXTRA] = extra
     turn, parent_hash = await plan_turn(store, settings, caller, req, chat_id)
     body, hide_usage = upstream_body(req)
     upstream = app[UPSTREAM]

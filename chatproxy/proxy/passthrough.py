@@ -5,8 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 from aiohttp.client_exceptions import ClientError
 
-from chatproxy.appkeys import REQUEST_ID, SETTINGS, UPSTREAM
-from chatproxy.auth import authenticate
+from chatproxy.appkeys import CALLER, REQUEST_ID, UPSTREAM
 from chatproxy.proxy.upstream import HOP_BY_HOP
 
 __all__ = ["handle_passthrough"]
@@ -19,7 +18,7 @@ _CHUNK = 64 * 1024
 
 async def handle_passthrough(request: web.Request) -> web.StreamResponse:
     """Forward ``request`` to the upstream path below ``/v1`` and stream the answer back."""
-    caller = authenticate(request, request.app[SETTINGS])
+    caller = request[CALLER]
     upstream = request.app[UPSTREAM]
     path = request.match_info["tail"]
     headers = {k: v for k, v in request.headers.items() if k.lower() not in _DROP_REQUEST_HEADERS}

@@ -20,7 +20,7 @@ from tortoise import fields
 from tortoise.indexes import Index
 from tortoise.models import Model
 
-__all__ = ["MESSAGE_STATUSES", "Chat", "Message", "User"]
+__all__ = ["MESSAGE_STATUSES", "ApiKey", "Chat", "Message", "Meta", "User"]
 
 MESSAGE_STATUSES = ("in_progress", "completed", "incomplete", "failed", "cancelled", "interrupted")
 
@@ -33,6 +33,38 @@ class User(Model):
 
     class Meta:
         table = "users"
+
+
+# A model's docstring would become its table's SQL comment (in the migration): plain comments.
+
+
+class ApiKey(Model):
+    # A proxy key (mode "keys"). Only its SHA-256 is stored; the prefix identifies it.
+
+    id = fields.CharField(max_length=32, primary_key=True)
+    user: fields.ForeignKeyRelation[User] = fields.ForeignKeyField(
+        "models.User", related_name="api_keys", on_delete=fields.CASCADE
+    )
+    hash = fields.CharField(max_length=64, unique=True)
+    prefix = fields.CharField(max_length=16)
+    created_at = fields.DatetimeField()
+    revoked_at = fields.DatetimeField(null=True)
+    last_used_at = fields.DatetimeField(null=True)
+
+    user_id: str
+
+    class Meta:
+        table = "api_keys"
+
+
+class Meta(Model):
+    # Instance-wide values kept in the database (the passthrough-mode HMAC secret).
+
+    key = fields.CharField(max_length=64, primary_key=True)
+    value = fields.TextField()
+
+    class Meta:
+        table = "meta"
 
 
 class Chat(Model):

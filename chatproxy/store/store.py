@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 import sqlite3
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -30,7 +31,7 @@ from tortoise.transactions import in_transaction
 
 from chatproxy.store.batch import Answer, Batch, Dialect, NewMessage, Turn
 from chatproxy.store.db import WalCheckpointer, open_database, open_fast_sqlite, sqlite_path
-from chatproxy.store.models import Chat, Message, User
+from chatproxy.store.models import ApiKey, Chat, Message, Meta, User
 
 __all__ = ["Answer", "NewMessage", "Store", "ThreadMatch", "Turn", "utcnow"]
 
@@ -220,11 +221,7 @@ class Store:
 
     async def ensure_user(self, user_id: str, name: str, tier: str | None = None) -> None:
         """Create the user if it does not exist yet."""
-
-        async def op() -> None:
-            await User.bulk_create([User(id=user_id, name=name, tier=tier)], ignore_conflicts=True)
-
-        await self._call(op)
+        await self.ensure_users([(user_id, name, tier)])
 
     async def begin_turn(self, turn: Turn) -> None:
         """Store the request's new messages and the assistant placeholder, together."""
@@ -245,6 +242,56 @@ class Store:
         fut = self._put("finish", (message_id, chat_id, answer), True)
         assert fut is not None
         await fut
+
+    async def ensure_users(self, users: list[tuple[str, str, str | None]]) -> None:
+        """Create the users ``(id, name, tier)`` that do not exist yet."""
+
+        async def op() -> None:
+            rows = [User(id=uid, name=name, tier=tier) for uid, name, tier in users]
+            await User.bulk_create(rows, ignore_conflicts=True)
+
+        await self._call(op)
+
+    async def add_api_key(
+        self, key_id: str, user: tuple[str, str, str | None], key_hash: str, prefix: str
+    ) -> None:
+        """Store a new key's hash for ``user`` ``(id, name, tier)``; a given tier is set."""
+        user_id, name, tier = user
+
+        async def op() -> None:
+            await User.bulk_create([User(id=user_id, name=name, tier=tier)], ignore_conflicts=True)
+            if tier is not None:
+                await User.filter(id=user_id).update(tier=tier)
+            await ApiKey.create(
+                id=key_id, user_id=user_id, hash=key_hash, prefix=prefix, created_at=utcnow()
+            )
+
+        await self._call(op)
+
+    async def revoke_api_key(self, key_id: str) -> bool:
+        """Revoke a key; ``False`` when there is no such key (or it was revoked already)."""
+
+        async def op() -> int:
+            return await ApiKey.filter(id=key_id, revoked_at=None).update(revoked_at=utcnow())
+
+        return bool(await self._call(op))
+
+    def touch_api_key(self, key_id: str) -> None:
+        """Record that a key was used (queued; does not wait)."""
+
+        async def op() -> None:
+            await ApiKey.filter(id=key_id).update(last_used_at=utcnow())
+
+        self._put("call", op, False)
+
+    async def meta_value(self, key: str, default: str) -> str:
+        """The stored value of ``key``; ``default`` is stored first if there is none."""
+
+        async def op() -> str:
+            await Meta.bulk_create([Meta(key=key, value=default)], ignore_conflicts=True)
+            return (await Meta.get(key=key)).value
+
+        return str(await self._call(op))
 
     async def recover_interrupted(self) -> int:
         """Mark this instance's ``in_progress`` messages ``interrupted`` (start-up)."""
@@ -308,6 +355,54 @@ class Store:
         assert self._dialect is not None
         _, rows = await self.conn.execute_query(self._dialect.sql(query), params)
         return rows
+
+    async def api_key_by_hash(self, key_hash: str) -> tuple[str, str, str, str | None, bool] | None:
+        """``(key id, user id, user name, tier, revoked)`` of the key with this hash."""
+        rows = await self._query(
+            "SELECT k.id, k.user_id, u.name, u.tier, k.revoked_at IS NOT NULL, k.hash "
+            "FROM api_keys k JOIN users u ON u.id = k.user_id WHERE k.hash = ?",
+            [key_hash],
+        )
+        if not rows or not hmac.compare_digest(rows[0][5], key_hash):
+            return None
+        key_id, user_id, name, tier, revoked, _ = rows[0]
+        return key_id, user_id, name, tier, bool(revoked)
+
+    async def api_keys(self, user_id: str | None = None) -> list[tuple[ApiKey, str | None]]:
+        """Every key (of one user), oldest first, with its user's tier."""
+        with self.active():
+            query = ApiKey.all().prefetch_related("user").order_by("created_at")
+            if user_id is not None:
+                query = query.filter(user_id=user_id)
+            keys = await query
+        return [(k, k.user.tier) for k in keys]
+
+    async def daily_usage(
+        self, user_id: str, since: datetime, *, at_most: int, tokens: bool
+    ) -> tuple[int, int, datetime | None]:
+        """A user's answers since ``since`` (counted up to ``at_most``: the index range scanned
+        stays as small as the quota), tokens used (summed only when asked), and the oldest
+        answer's time. Every answer counts, failed ones too."""
+        assert self._dialect is not None
+        window = "FROM messages WHERE user_id = ? AND role = 'assistant' AND created_at > ?"
+        params: list[Any] = [user_id, self._dialect.ts(since)]
+        rows = await self._query(
+            f"SELECT COUNT(*) FROM (SELECT 1 {window} LIMIT ?) AS recent", [*params, at_most]
+        )
+        count = int(rows[0][0])
+        used = 0
+        if tokens:
+            rows = await self._query(f"SELECT COALESCE(SUM(total_tokens), 0) {window}", params)
+            used = int(rows[0][0])
+        oldest = None
+        if count:
+            rows = await self._query(
+                f"SELECT created_at {window} ORDER BY created_at LIMIT 1", params
+            )
+            oldest = rows[0][0]
+            if isinstance(oldest, str):
+                oldest = datetime.fromisoformat(oldest)
+        return count, used, oldest
 
     async def get_chat(self, chat_id: str) -> Chat | None:
         with self.active():
