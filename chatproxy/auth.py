@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import ipaddress
 import re
 import secrets
 import time
@@ -29,7 +28,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from chatproxy.errors import AuthenticationError
-from chatproxy.limits.client_ip import parse_trusted
+from chatproxy.limits.client_ip import is_trusted_peer, parse_trusted
 from chatproxy.settings import Settings
 from chatproxy.store.store import Store
 
@@ -154,8 +153,7 @@ class Authenticator:
         return caller
 
     async def _from_gateway(self, request: web.Request) -> Caller:
-        peer = request.remote
-        if not peer or not self._is_trusted(peer):
+        if not is_trusted_peer(request.remote, self._trusted):
             raise _unauthorized("X-User-Id is only accepted from a trusted proxy")
         user_id = None
         for name in self._settings.headers.user_id:
@@ -167,13 +165,6 @@ class Authenticator:
         caller = Caller(user_id, user_id)
         await self._ensure(caller)
         return caller
-
-    def _is_trusted(self, peer: str) -> bool:
-        try:
-            address = ipaddress.ip_address(peer)
-        except ValueError:
-            return False
-        return any(address in network for network in self._trusted)
 
     async def _ensure(self, caller: Caller) -> None:
         if caller.user_id not in self._known_users:

@@ -36,8 +36,8 @@ class Serve:
         self.env.update(env or {})
         self.proc: asyncio.subprocess.Process | None = None
 
-    async def start(self) -> None:
-        self.proc = await asyncio.create_subprocess_exec(*self.argv, env=self.env)
+    async def start(self, *, stderr: int | None = None) -> None:
+        self.proc = await asyncio.create_subprocess_exec(*self.argv, env=self.env, stderr=stderr)
         deadline = asyncio.get_running_loop().time() + 20
         async with aiohttp.ClientSession() as http:
             while asyncio.get_running_loop().time() < deadline:
@@ -139,3 +139,24 @@ async def test_kill_9_mid_stream_then_restart_marks_the_answer_interrupted_with_
     assert stored.text.startswith("tok0 tok1 ") and "tok20 " in stored.text
     assert stored.data["content"] == stored.text
     assert stored.completed_at is not None
+
+
+async def test_serve_warns_loudly_when_auth_none_binds_a_non_loopback_address(
+    tmp_path: Path,
+) -> None:
+    server = Serve("--demo", "--host", "0.0.0.0", db=f"sqlite://{tmp_path / 'w.db'}")
+    await server.start(stderr=asyncio.subprocess.PIPE)
+    assert await server.stop() == 0
+    assert server.proc is not None and server.proc.stderr is not None
+    log = await server.proc.stderr.read()
+    assert b"WARNING" in log and b"auth mode 'none' on 0.0.0.0" in log
+
+
+async def test_serve_on_loopback_does_not_warn(tmp_path: Path) -> None:
+    server = Serve("--demo", db=f"sqlite://{tmp_path / 'q.db'}")
+    await server.start(stderr=asyncio.subprocess.PIPE)
+    assert await server.stop() == 0
+    assert server.proc is not None and server.proc.stderr is not None
+    log = await server.proc.stderr.read()
+    assert b"listening on" in log
+    assert b"WARNING" not in log

@@ -11,7 +11,7 @@ import ipaddress
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
 
-__all__ = ["Network", "client_ip", "parse_trusted"]
+__all__ = ["Network", "client_ip", "is_trusted_peer", "parse_trusted"]
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 _Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -63,6 +63,12 @@ def client_ip(peer: str | None, forwarded_for: str | None, trusted: Sequence[Net
             return str(hop)
         last = hop
     return str(last)
+
+
+def is_trusted_peer(peer: str | None, trusted: Sequence[Network]) -> bool:
+    """Whether the socket peer is one of the trusted proxies."""
+    addr = _parse(peer) if peer else None
+    return addr is not None and _is_trusted(addr, trusted)
 
 
 def _is_trusted(addr: _Address, trusted: Sequence[Network]) -> bool:
