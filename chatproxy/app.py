@@ -31,8 +31,9 @@ from chatproxy.ids import new_request_id
 from chatproxy.limits.buckets import Buckets, LocalBuckets, RedisBuckets
 from chatproxy.limits.policy import Limits
 from chatproxy.proxy.chat_completions import handle_chat_completions
-from chatproxy.proxy.generation import Generations
 from chatproxy.proxy.passthrough import handle_passthrough
+from chatproxy.proxy.registry import Generations
+from chatproxy.proxy.resume import handle_resume
 from chatproxy.proxy.upstream import Upstream
 from chatproxy.settings import Settings
 from chatproxy.store.store import Store
@@ -120,6 +121,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_post("/v1/chat/completions", handle_chat_completions)
+    app.router.add_get("/v1/conversations/{chat_id}/stream", handle_resume)
     app.router.add_route("*", "/v1/{tail:.*}", handle_passthrough)
     return app
 
@@ -165,7 +167,7 @@ async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _generations_ctx(app: web.Application) -> AsyncIterator[None]:
-    generations = Generations()
+    generations = Generations(app[SETTINGS].chats.resume_grace)
     app[GENERATIONS] = generations
     yield
     await generations.drain(app[SETTINGS].chats.drain_timeout)

@@ -7,7 +7,7 @@ from aiohttp import web
 
 from chatproxy.auth import Authenticator, Caller
 from chatproxy.limits.policy import Limits, LimitState
-from chatproxy.proxy.generation import Generations
+from chatproxy.proxy.registry import Generations
 from chatproxy.proxy.upstream import Upstream
 from chatproxy.settings import Settings
 from chatproxy.store.store import Store

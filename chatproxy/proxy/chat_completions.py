@@ -21,7 +21,7 @@ from chatproxy.appkeys import (
     UPSTREAM,
 )
 from chatproxy.auth import Caller
-from chatproxy.errors import InvalidRequest, PermissionDenied
+from chatproxy.errors import Conflict, InvalidRequest, PermissionDenied
 from chatproxy.ids import CHAT_ID_RE, new_chat_id, new_message_id
 from chatproxy.limits.policy import tightest
 from chatproxy.proxy.generation import Generation
@@ -199,6 +199,15 @@ async def handle_chat_completions(request: web.Request) -> web.StreamResponse:
         request[RATE_LIMIT] = tightest(request.get(RATE_LIMIT), daily)
     request[RATE_EXTRA] = extra
     turn, parent_hash = await plan_turn(store, settings, caller, req, chat_id)
+    generations = app[GENERATIONS]
+    # From this check to the registration below nothing awaits: no second generation can start
+    # on the chat in between.
+    if generations.busy(turn.chat_id):
+        raise Conflict(
+            "an answer is being generated in this chat; wait for it, or follow it at "
+            f"GET /v1/conversations/{turn.chat_id}/stream",
+            code="chat_busy",
+        )
     body, hide_usage = upstream_body(req)
     upstream = app[UPSTREAM]
     headers = {"Content-Type": "application/json", "Accept-Encoding": "identity"}
@@ -219,6 +228,6 @@ async def handle_chat_completions(request: web.Request) -> web.StreamResponse:
         request_id=request[REQUEST_ID],
     )
     gen.start()
-    app[GENERATIONS].add(gen)
+    generations.add(gen)
     request[CHAT_ID] = turn.chat_id
     return await relay(request, gen, {"X-Chat-Id": turn.chat_id, "X-Message-Id": turn.assistant_id})

@@ -33,7 +33,7 @@ from chatproxy.settings import Settings
 from chatproxy.store.store import Answer, Store, Turn, utcnow
 from chatproxy.store.threading import prefix_hashes
 
-__all__ = ["DONE_EVENT", "Generation", "Generations", "Head"]
+__all__ = ["DONE_EVENT", "Generation", "Head"]
 
 log = logging.getLogger("chatproxy.generation")
 
@@ -84,7 +84,10 @@ class Generation:
         self.message_id = turn.assistant_id
         self.request_id = request_id
         self.stream = stream
+        # What the requesting client gets: the upstream's bytes in whole events.
         self.output = Fanout()
+        # The same events' data, one piece each, for clients that resume (numbered by index).
+        self.events = Fanout()
         self.status = "in_progress"
         self.error: dict[str, Any] | None = None
         self.client_disconnected = False
@@ -106,18 +109,20 @@ class Generation:
         self._next_checkpoint = 0.0
         self._checkpointed_version = 0
         self._final = b""  # the end of the output, published once the answer is stored
+        self._final_events: list[bytes] = []
 
     # -- subscribers -------------------------------------------------------------------------
 
-    def subscribe(self, sub: Subscriber) -> None:
-        self.output.subscribers.append(sub)
+    def subscribe(self, sub: Subscriber, to: Fanout) -> None:
+        to.subscribers.append(sub)
 
-    def unsubscribe(self, sub: Subscriber, *, disconnected: bool) -> None:
+    def unsubscribe(self, sub: Subscriber, to: Fanout, *, disconnected: bool) -> None:
         """A subscriber left; ``disconnected`` when its client went away before the end."""
-        self.output.subscribers.remove(sub)
+        to.subscribers.remove(sub)
         if disconnected and not self.output.done:
             self.client_disconnected = True
-            if not self.output.subscribers and self._settings.chats.on_disconnect == "abort":
+            followed = self.output.subscribers or self.events.subscribers
+            if not followed and self._settings.chats.on_disconnect == "abort":
                 self.abort()
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -150,11 +155,14 @@ class Generation:
             self.status = "cancelled" if self._aborted else "interrupted"
         except UpstreamError as exc:  # before the first byte
             self.status, self.error, head_error = "failed", exc.body()["error"], exc
+            # The requesting client gets an HTTP error; a resuming one, the same in-band.
+            self._final_events += [orjson.dumps(exc.body()), b"[DONE]"]
         except _StreamBroken as exc:
             self.status, self.error = exc.status, exc.error
             if self.stream:
-                error_event = b"data: " + orjson.dumps({"error": exc.error}) + b"\n\n"
-                self._final += error_event + DONE_EVENT
+                error = orjson.dumps({"error": exc.error})
+                self._final += b"data: " + error + b"\n\n" + DONE_EVENT
+                self._final_events += [error, b"[DONE]"]
         except _NotStored:
             head_error = APIError("could not store the request", code="store_unavailable")
         except Exception:
@@ -172,7 +180,10 @@ class Generation:
             self.head.set_exception(head_error)
         if self._final:
             self.output.publish(self._final)
+        for data in self._final_events:
+            self.events.publish(data)
         self.output.end()
+        self.events.end()
 
     async def _begun(self) -> bool:
         assert self._begin is not None
@@ -207,6 +218,7 @@ class Generation:
 
         def forward(out: bytes, events: list[SSEEvent]) -> None:
             nonlocal saw_done
+            taken = []
             try:
                 for ev in events:
                     try:
@@ -214,14 +226,19 @@ class Generation:
                     except _StreamBroken:
                         out = before_event(out, ev.data)
                         raise
-                    if not take:
+                    if take:
+                        taken.append(ev.data)
+                    else:
                         out = remove_event(out, ev.data)
                     saw_done = saw_done or ev.data == b"[DONE]"
             finally:  # what came before a broken event is still forwarded
-                if saw_done:
-                    self._final += out  # published once stored
+                if saw_done:  # published once stored
+                    self._final += out
+                    self._final_events += taken
                 elif out:
                     self.output.publish(out)
+                    for data in taken:
+                        self.events.publish(data)
                     self._maybe_checkpoint()
 
         await self._read(resp, lambda data: forward(framer.push(data), parser.feed(data)))
@@ -383,26 +400,3 @@ def _retrieve(fut: asyncio.Future[Any]) -> None:
     # Nobody may be waiting for the head (every client left): do not log the exception.
     if not fut.cancelled():
         fut.exception()
-
-
-class Generations:
-    """The running generations of this process, by chat."""
-
-    def __init__(self) -> None:
-        self.running: dict[str, Generation] = {}
-
-    def add(self, gen: Generation) -> None:
-        self.running[gen.message_id] = gen
-        assert gen.task is not None
-        gen.task.add_done_callback(lambda _: self.running.pop(gen.message_id, None))
-
-    async def drain(self, grace: float) -> None:
-        """Let running generations finish for up to ``grace`` s, then stop the rest."""
-        tasks = [g.task for g in self.running.values() if g.task is not None]
-        if not tasks:
-            return
-        _, pending = await asyncio.wait(tasks, timeout=grace)
-        for task in pending:
-            task.cancel()
-        if pending:
-            await asyncio.wait(pending)

@@ -19,10 +19,10 @@ from aiohttp import web
 from aiohttp.client_exceptions import ClientConnectionResetError
 
 from chatproxy.errors import APIError
-from chatproxy.proxy.fanout import Subscriber
+from chatproxy.proxy.fanout import Fanout, Subscriber
 from chatproxy.proxy.generation import Generation
 
-__all__ = ["direct_writer", "relay"]
+__all__ = ["direct_writer", "relay", "relay_events"]
 
 HIGH_WATER = 64 * 1024
 
@@ -59,7 +59,7 @@ async def relay(
     ``gen.head``) propagate to the error middleware.
     """
     sub = Subscriber()
-    gen.subscribe(sub)
+    gen.subscribe(sub, gen.output)
     disconnected = False
     try:
         try:
@@ -71,21 +71,65 @@ async def relay(
         resp.headers.update(headers)
         await resp.prepare(request)
         sub.direct = direct_writer(request, resp)
-        output = gen.output
-        pieces = output.pieces
-        while True:
-            n = len(pieces)
-            if sub.seen < n:
-                seen, sub.seen = sub.seen, n
-                await resp.write(pieces[seen] if n - seen == 1 else b"".join(pieces[seen:n]))
-            elif output.done:
-                break
-            else:
-                await output.wait(sub)
-        await resp.write_eof()
+        await _follow(resp, gen.output, sub, b"".join)
         return resp
     except (asyncio.CancelledError, ConnectionResetError, ClientConnectionResetError):
         disconnected = True
         raise
     finally:
-        gen.unsubscribe(sub, disconnected=disconnected)
+        gen.unsubscribe(sub, gen.output, disconnected=disconnected)
+
+
+async def relay_events(
+    request: web.Request, gen: Generation, after: int, headers: Mapping[str, str]
+) -> web.StreamResponse:
+    """Stream ``gen``'s events from number ``after + 1`` on, each with its ``id: N``."""
+    sub = Subscriber()
+    sub.seen = min(after, len(gen.events.pieces))
+    gen.subscribe(sub, gen.events)
+    disconnected = False
+    first = sub.seen
+
+    def render(events: list[bytes]) -> bytes:
+        nonlocal first
+        out = b"".join(_frame(first + i + 1, data) for i, data in enumerate(events))
+        first += len(events)
+        return out
+
+    try:
+        resp = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", **headers}
+        )
+        await resp.prepare(request)
+        await _follow(resp, gen.events, sub, render)
+        return resp
+    except (asyncio.CancelledError, ConnectionResetError, ClientConnectionResetError):
+        disconnected = True
+        raise
+    finally:
+        gen.unsubscribe(sub, gen.events, disconnected=disconnected)
+
+
+def _frame(number: int, data: bytes) -> bytes:
+    lines = data.split(b"\n") if b"\n" in data else [data]
+    return b"id: %d\n" % number + b"".join(b"data: " + line + b"\n" for line in lines) + b"\n"
+
+
+async def _follow(
+    resp: web.StreamResponse,
+    fanout: Fanout,
+    sub: Subscriber,
+    render: Callable[[list[bytes]], bytes],
+) -> None:
+    """Write ``fanout``'s pieces from ``sub``'s position until it is done, then end."""
+    pieces = fanout.pieces
+    while True:
+        n = len(pieces)
+        if sub.seen < n:
+            seen, sub.seen = sub.seen, n
+            await resp.write(render(pieces[seen:n]))
+        elif fanout.done:
+            break
+        else:
+            await fanout.wait(sub)
+    await resp.write_eof()

@@ -342,6 +342,11 @@ class Store:
             end, first = first, max(0, first - _IN_CHUNK)
         return None
 
+    async def chat_access(self, chat_id: str) -> tuple[str, str] | None:
+        """``(owner, visibility)`` of a chat, or ``None`` when it does not exist."""
+        rows = await self._query("SELECT owner_id, visibility FROM chats WHERE id = ?", [chat_id])
+        return (rows[0][0], rows[0][1]) if rows else None
+
     async def chat_owner(self, chat_id: str) -> str | None:
         """The owner of a chat, or ``None`` when it does not exist."""
         rows = await self._query("SELECT owner_id FROM chats WHERE id = ?", [chat_id])

@@ -1,0 +1,49 @@
+"""``GET /v1/conversations/{chat_id}/stream``: follow a chat's generation from anywhere in it.
+
+It replays the events produced so far, each with ``id: N`` (its number, from 1), then goes on
+live and ends exactly as the original stream did. ``Last-Event-ID: N`` or ``?after=N`` resumes
+after event N. Nothing running (and nothing that ended within ``chats.resume_grace``): 204.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from chatproxy.appkeys import CALLER, CHAT_ID, GENERATIONS, STORE
+from chatproxy.errors import InvalidRequest, ResourceNotFound
+from chatproxy.ids import CHAT_ID_RE
+from chatproxy.proxy.relay import relay_events
+
+__all__ = ["handle_resume"]
+
+
+def _after(request: web.Request) -> int:
+    value = request.headers.get("Last-Event-ID", request.query.get("after", "0"))
+    if not value.isascii() or not value.isdigit() or len(value) > 12:
+        raise InvalidRequest(
+            "Last-Event-ID / after must be a non-negative event number",
+            code="invalid_value",
+            param="after",
+        )
+    return int(value)
+
+
+async def handle_resume(request: web.Request) -> web.StreamResponse:
+    """Re-attach to the chat's running (or just finished) generation."""
+    chat_id = request.match_info["chat_id"]
+    if not CHAT_ID_RE.fullmatch(chat_id):
+        raise InvalidRequest(
+            "a chat id matches [A-Za-z0-9_-]{1,128}", code="invalid_chat_id", param="chat_id"
+        )
+    after = _after(request)
+    access = await request.app[STORE].chat_access(chat_id)
+    caller = request[CALLER]
+    if access is None or (access[0] != caller.user_id and access[1] != "public"):
+        # Another user's private chat does not exist, as far as this caller can tell.
+        raise ResourceNotFound(f"no chat with id {chat_id!r}", code="chat_not_found")
+    request[CHAT_ID] = chat_id
+    gen = request.app[GENERATIONS].find(chat_id)
+    if gen is None or not gen.stream:
+        return web.Response(status=204)
+    headers = {"X-Chat-Id": chat_id, "X-Message-Id": gen.message_id}
+    return await relay_events(request, gen, after, headers)
