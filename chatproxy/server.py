@@ -13,6 +13,7 @@ import signal
 from aiohttp import web
 
 from chatproxy.app import create_app
+from chatproxy.appkeys import GENERATIONS
 from chatproxy.settings import Settings
 
 __all__ = ["ProxyServer", "serve"]
@@ -67,8 +68,13 @@ class ProxyServer:
         return self.url
 
     async def stop(self) -> None:
-        """Stop accepting, let running generations finish (``drain_timeout``), close."""
+        """Stop accepting, let running generations finish (``drain_timeout``; the rest are
+        stored as ``interrupted``), then close everything."""
         if self._runner is not None:
+            for site in list(self._runner.sites):
+                await site.stop()
+            assert self.app is not None
+            await self.app[GENERATIONS].drain(self.settings.chats.drain_timeout)
             await self._runner.cleanup()
             self._runner = None
         if self._demo is not None:
@@ -115,7 +121,10 @@ async def serve(settings: Settings) -> None:
         await stop.wait()
         log.info("shutting down: draining running generations")
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(Exception):
-                loop.remove_signal_handler(sig)
-        await server.stop()
+        # The handlers stay until the drain is over: a second signal does not cut it short.
+        try:
+            await server.stop()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                with contextlib.suppress(Exception):
+                    loop.remove_signal_handler(sig)

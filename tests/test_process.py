@@ -160,3 +160,64 @@ async def test_serve_on_loopback_does_not_warn(tmp_path: Path) -> None:
     log = await server.proc.stderr.read()
     assert b"listening on" in log
     assert b"WARNING" not in log
+
+
+async def test_sigterm_mid_stream_lets_the_answer_finish_and_exits_0(tmp_path: Path) -> None:
+    db = f"sqlite://{tmp_path / 'term.db'}"
+    words = [f"tok{i} " for i in range(30)]
+    async with FakeUpstream() as fake:
+        fake.enqueue(Reply(chunks=words, chunk_delay=0.03))
+        server = Serve("--upstream", fake.url, db=db)
+        await server.start()
+        body = {"model": "m", "stream": True, "messages": [{"role": "user", "content": "x"}]}
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(f"{server.base}/v1/chat/completions", json=body) as resp,
+        ):
+            message_id = resp.headers["X-Message-Id"]
+            await resp.content.readuntil(b"tok3 ")
+            assert server.proc is not None
+            server.proc.send_signal(signal.SIGTERM)
+            rest = await resp.read()
+        assert rest.endswith(b"data: [DONE]\n\n")
+        assert b"tok29 " in rest
+        assert await server.stop() == 0
+    stored = await stored_message(db, message_id)
+    assert (stored.status, stored.text) == ("completed", "".join(words))
+
+
+async def test_sigterm_stores_what_outlives_the_drain_timeout_as_interrupted(
+    tmp_path: Path,
+) -> None:
+    db = f"sqlite://{tmp_path / 'drain.db'}"
+    async with FakeUpstream() as fake:
+        fake.enqueue(Reply(chunks=[f"tok{i} " for i in range(100)], chunk_delay=0.05))
+        env = {"CHATPROXY_CHATS__DRAIN_TIMEOUT": "0.5"}
+        server = Serve("--upstream", fake.url, db=db, env=env)
+        await server.start()
+        body = {"model": "m", "stream": True, "messages": [{"role": "user", "content": "x"}]}
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(f"{server.base}/v1/chat/completions", json=body) as resp,
+        ):
+            message_id = resp.headers["X-Message-Id"]
+            await resp.content.readuntil(b"tok2 ")
+            assert server.proc is not None
+            server.proc.send_signal(signal.SIGTERM)
+            await resp.read()
+        assert await server.stop() == 0
+    stored = await stored_message(db, message_id)
+    assert stored.status == "interrupted"
+    assert stored.text.startswith("tok0 tok1 tok2 ")
+    assert "tok99" not in stored.text
+
+
+async def stored_message(db: str, message_id: str):  # type: ignore[no-untyped-def]
+    store = Store(db)
+    await store.open()
+    try:
+        found = await store.get_message(message_id)
+    finally:
+        await store.close()
+    assert found is not None
+    return found
