@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import aiohttp
 from aiohttp import web
 
+from chatproxy import logfilter
 from chatproxy.api.health import healthz, readyz
 from chatproxy.appkeys import (
     AUTH,
@@ -112,6 +113,7 @@ async def _add_response_headers(request: web.Request, response: web.StreamRespon
 
 def create_app(settings: Settings) -> web.Application:
     """The chatproxy application for ``settings``."""
+    logfilter.install()
     app = web.Application(
         middlewares=[request_context], client_max_size=settings.server.max_body_bytes
     )
