@@ -106,3 +106,24 @@ async def test_a_real_retry_after_wait_takes_at_least_that_long(
     ) as resp:
         assert resp.status == 200
     assert time.monotonic() - started >= 1.0
+
+
+async def test_no_response_head_within_first_byte_timeout_is_a_504_after_the_retries(
+    start_proxy, upstream: FakeUpstream, http: aiohttp.ClientSession
+) -> None:
+    proxy = await start_proxy(
+        **{
+            "upstream.first_byte_timeout": 0.2,
+            "upstream.retries": 1,
+            "upstream.backoff_initial": 0.01,
+        }
+    )
+    upstream.enqueue(Reply(delay=1.0), Reply(delay=1.0))
+    async with http.post(
+        f"{proxy.url}/chat/completions", json={"model": "m", "messages": [USER]}
+    ) as resp:
+        assert resp.status == 504
+        assert (await resp.json())["error"]["code"] == "upstream_timeout"
+        message_id = resp.headers["X-Message-Id"]
+    assert len(upstream.chat_requests) == 2
+    assert (await message(proxy.app[STORE], message_id)).status == "failed"
