@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import openai
 import orjson
 
+from chatproxy.store.models import Message
 from chatproxy.store.store import Store
 from chatproxy.testing import FakeUpstream, Reply
 
@@ -56,6 +59,17 @@ class Serve:
         if self.proc.returncode is None:
             self.proc.send_signal(sig)
         return await asyncio.wait_for(self.proc.wait(), 20)
+
+
+@contextlib.asynccontextmanager
+async def streaming(server: Serve) -> AsyncIterator[tuple[aiohttp.ClientResponse, str]]:
+    """A streamed chat request through ``server``: the open response and its message id."""
+    body = {"model": "m", "stream": True, "messages": [{"role": "user", "content": "x"}]}
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"{server.base}/v1/chat/completions", json=body) as resp,
+    ):
+        yield resp, resp.headers["X-Message-Id"]
 
 
 async def run_cli(*args: str) -> tuple[int, bytes, bytes]:
@@ -111,12 +125,7 @@ async def test_kill_9_mid_stream_then_restart_marks_the_answer_interrupted_with_
         env = {"CHATPROXY_STORAGE__CHECKPOINT_INTERVAL": "0.05"}
         server = Serve("--upstream", fake.url, db=db, env=env)
         await server.start()
-        body = {"model": "m", "stream": True, "messages": [{"role": "user", "content": "x"}]}
-        async with (
-            aiohttp.ClientSession() as http,
-            http.post(f"{server.base}/v1/chat/completions", json=body) as resp,
-        ):
-            message_id = resp.headers["X-Message-Id"]
+        async with streaming(server) as (resp, message_id):
             await resp.content.readuntil(b"tok20 ")
             await asyncio.sleep(0.3)  # a few checkpoints later
             assert await server.stop(signal.SIGKILL) == -signal.SIGKILL
@@ -128,13 +137,7 @@ async def test_kill_9_mid_stream_then_restart_marks_the_answer_interrupted_with_
         await restarted.start()
         assert await restarted.stop() == 0
 
-    store = Store(db)
-    await store.open()
-    try:
-        stored = await store.get_message(message_id)
-    finally:
-        await store.close()
-    assert stored is not None
+    stored = await stored_message(db, message_id)
     assert stored.status == "interrupted"
     assert stored.text.startswith("tok0 tok1 ") and "tok20 " in stored.text
     assert stored.data["content"] == stored.text
@@ -169,12 +172,7 @@ async def test_sigterm_mid_stream_lets_the_answer_finish_and_exits_0(tmp_path: P
         fake.enqueue(Reply(chunks=words, chunk_delay=0.03))
         server = Serve("--upstream", fake.url, db=db)
         await server.start()
-        body = {"model": "m", "stream": True, "messages": [{"role": "user", "content": "x"}]}
-        async with (
-            aiohttp.ClientSession() as http,
-            http.post(f"{server.base}/v1/chat/completions", json=body) as resp,
-        ):
-            message_id = resp.headers["X-Message-Id"]
+        async with streaming(server) as (resp, message_id):
             await resp.content.readuntil(b"tok3 ")
             assert server.proc is not None
             server.proc.send_signal(signal.SIGTERM)
@@ -195,12 +193,7 @@ async def test_sigterm_stores_what_outlives_the_drain_timeout_as_interrupted(
         env = {"CHATPROXY_CHATS__DRAIN_TIMEOUT": "0.5"}
         server = Serve("--upstream", fake.url, db=db, env=env)
         await server.start()
-        body = {"model": "m", "stream": True, "messages": [{"role": "user", "content": "x"}]}
-        async with (
-            aiohttp.ClientSession() as http,
-            http.post(f"{server.base}/v1/chat/completions", json=body) as resp,
-        ):
-            message_id = resp.headers["X-Message-Id"]
+        async with streaming(server) as (resp, message_id):
             await resp.content.readuntil(b"tok2 ")
             assert server.proc is not None
             server.proc.send_signal(signal.SIGTERM)
@@ -212,7 +205,7 @@ async def test_sigterm_stores_what_outlives_the_drain_timeout_as_interrupted(
     assert "tok99" not in stored.text
 
 
-async def stored_message(db: str, message_id: str):  # type: ignore[no-untyped-def]
+async def stored_message(db: str, message_id: str) -> Message:
     store = Store(db)
     await store.open()
     try:

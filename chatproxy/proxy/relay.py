@@ -13,7 +13,8 @@ socket buffer fills up is served by this handler's own awaited writes, with back
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+import contextlib
+from collections.abc import Callable, Iterator, Mapping
 
 from aiohttp import web
 from aiohttp.client_exceptions import ClientConnectionResetError
@@ -59,9 +60,7 @@ async def relay(
     ``gen.head``) propagate to the error middleware.
     """
     sub = Subscriber()
-    gen.subscribe(sub, gen.output)
-    disconnected = False
-    try:
+    with _subscription(gen, gen.output, sub):
         try:
             head = await gen.head
         except APIError as exc:
@@ -73,11 +72,6 @@ async def relay(
         sub.direct = direct_writer(request, resp)
         await _follow(resp, gen.output, sub, b"".join)
         return resp
-    except (asyncio.CancelledError, ConnectionResetError, ClientConnectionResetError):
-        disconnected = True
-        raise
-    finally:
-        gen.unsubscribe(sub, gen.output, disconnected=disconnected)
 
 
 async def relay_events(
@@ -85,10 +79,7 @@ async def relay_events(
 ) -> web.StreamResponse:
     """Stream ``gen``'s events from number ``after + 1`` on, each with its ``id: N``."""
     sub = Subscriber()
-    sub.seen = min(after, len(gen.events.pieces))
-    gen.subscribe(sub, gen.events)
-    disconnected = False
-    first = sub.seen
+    sub.seen = first = min(after, len(gen.events.pieces))
 
     def render(events: list[bytes]) -> bytes:
         nonlocal first
@@ -96,18 +87,28 @@ async def relay_events(
         first += len(events)
         return out
 
-    try:
+    with _subscription(gen, gen.events, sub):
         resp = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", **headers}
         )
         await resp.prepare(request)
         await _follow(resp, gen.events, sub, render)
         return resp
+
+
+@contextlib.contextmanager
+def _subscription(gen: Generation, fanout: Fanout, sub: Subscriber) -> Iterator[None]:
+    """``sub`` follows ``fanout`` for the block; leaving by an exception that means the client
+    went away counts as a disconnect."""
+    gen.subscribe(sub, fanout)
+    disconnected = False
+    try:
+        yield
     except (asyncio.CancelledError, ConnectionResetError, ClientConnectionResetError):
         disconnected = True
         raise
     finally:
-        gen.unsubscribe(sub, gen.events, disconnected=disconnected)
+        gen.unsubscribe(sub, fanout, disconnected=disconnected)
 
 
 def _frame(number: int, data: bytes) -> bytes:
