@@ -166,3 +166,23 @@ async def test_a_second_post_on_a_busy_chat_is_409_and_stores_nothing(
         assert third.status == 200
         await third.read()
     assert len(upstream.chat_requests) == 2
+
+
+async def test_finished_replays_stay_within_their_memory_budget() -> None:
+    from types import SimpleNamespace
+
+    from chatproxy.proxy.fanout import Fanout
+    from chatproxy.proxy.registry import Generations
+
+    generations = Generations(grace=30, budget=3000)
+    for i in range(5):
+        events = Fanout()
+        events.pieces = [b"x" * 900]
+        events.done = True
+        generations._finish(  # a finished stream of ~1 kB
+            SimpleNamespace(chat_id=f"c{i}", message_id=f"m{i}", stream=True, events=events)
+        )
+    kept = [i for i in range(5) if generations.find(f"c{i}") is not None]
+    # Each counts 900 bytes of data + 64 of overhead: three fit in 3,000; the oldest went first.
+    assert kept == [2, 3, 4]
+    assert generations.find("c4").events.pieces == [b"x" * 900]

@@ -1,22 +1,52 @@
-"""This process's generations, by chat: at most one running per chat, and finished ones kept
-for the resume grace period (a client that comes back just after the end still gets it all)."""
+"""This process's generations, by chat: at most one running per chat, and the events of
+finished ones kept for the resume grace period (a client that comes back just after the end
+still gets it all).
+
+Only the finished stream's events are kept (not the generation, its request or its raw
+output), and within a memory budget: under a flood of short answers the oldest replays go
+first, before their grace period is over.
+"""
 
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
+from dataclasses import dataclass
 
+from chatproxy.proxy.fanout import Fanout, Subscriber
 from chatproxy.proxy.generation import Generation
 
-__all__ = ["Generations"]
+__all__ = ["REPLAY_BUDGET_BYTES", "Generations", "Replay"]
+
+REPLAY_BUDGET_BYTES = 32 * 1024 * 1024
+
+
+@dataclass(slots=True)
+class Replay:
+    """A finished stream, as a resuming client needs it."""
+
+    chat_id: str
+    message_id: str
+    events: Fanout
+    size: int
+    stream: bool = True
+
+    def subscribe(self, sub: Subscriber, to: Fanout) -> None:
+        to.subscribers.append(sub)
+
+    def unsubscribe(self, sub: Subscriber, to: Fanout, *, disconnected: bool) -> None:
+        to.subscribers.remove(sub)
 
 
 class Generations:
     """The registry the chat handler, the resume endpoint and shutdown share."""
 
-    def __init__(self, grace: float) -> None:
+    def __init__(self, grace: float, *, budget: int = REPLAY_BUDGET_BYTES) -> None:
         self.grace = grace
+        self.budget = budget
         self.running: dict[str, Generation] = {}
-        self._finished: dict[str, Generation] = {}
+        self._finished: OrderedDict[str, Replay] = OrderedDict()
+        self._finished_bytes = 0
 
     def add(self, gen: Generation) -> None:
         """Register a started generation (the caller checked :meth:`busy` without awaiting)."""
@@ -27,20 +57,33 @@ class Generations:
     def busy(self, chat_id: str) -> bool:
         return chat_id in self.running
 
-    def find(self, chat_id: str) -> Generation | None:
-        """The chat's running generation, or the one that ended within the grace period."""
+    def find(self, chat_id: str) -> Generation | Replay | None:
+        """The chat's running generation, or the replay of one that ended within the grace
+        period."""
         return self.running.get(chat_id) or self._finished.get(chat_id)
 
     def _finish(self, gen: Generation) -> None:
         if self.running.get(gen.chat_id) is gen:
             del self.running[gen.chat_id]
-        if self.grace > 0:
-            self._finished[gen.chat_id] = gen
-            asyncio.get_running_loop().call_later(self.grace, self._forget, gen)
+        if self.grace <= 0 or not gen.stream:
+            return
+        size = sum(len(data) for data in gen.events.pieces) + 64 * len(gen.events.pieces)
+        replay = Replay(gen.chat_id, gen.message_id, gen.events, size)
+        self._drop(gen.chat_id)
+        self._finished[gen.chat_id] = replay
+        self._finished_bytes += size
+        while self._finished_bytes > self.budget and self._finished:
+            self._drop(next(iter(self._finished)))
+        asyncio.get_running_loop().call_later(self.grace, self._forget, replay)
 
-    def _forget(self, gen: Generation) -> None:
-        if self._finished.get(gen.chat_id) is gen:
-            del self._finished[gen.chat_id]
+    def _forget(self, replay: Replay) -> None:
+        if self._finished.get(replay.chat_id) is replay:
+            self._drop(replay.chat_id)
+
+    def _drop(self, chat_id: str) -> None:
+        replay = self._finished.pop(chat_id, None)
+        if replay is not None:
+            self._finished_bytes -= replay.size
 
     async def drain(self, grace: float) -> None:
         """Let running generations finish for up to ``grace`` s, then stop the rest (their

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 from aiohttp.client_exceptions import ClientConnectionResetError
@@ -22,6 +23,9 @@ from aiohttp.client_exceptions import ClientConnectionResetError
 from chatproxy.errors import APIError
 from chatproxy.proxy.fanout import Fanout, Subscriber
 from chatproxy.proxy.generation import Generation
+
+if TYPE_CHECKING:
+    from chatproxy.proxy.registry import Replay
 
 __all__ = ["direct_writer", "relay", "relay_events"]
 
@@ -75,7 +79,7 @@ async def relay(
 
 
 async def relay_events(
-    request: web.Request, gen: Generation, after: int, headers: Mapping[str, str]
+    request: web.Request, gen: Generation | Replay, after: int, headers: Mapping[str, str]
 ) -> web.StreamResponse:
     """Stream ``gen``'s events from number ``after + 1`` on, each with its ``id: N``."""
     sub = Subscriber()
@@ -97,7 +101,7 @@ async def relay_events(
 
 
 @contextlib.contextmanager
-def _subscription(gen: Generation, fanout: Fanout, sub: Subscriber) -> Iterator[None]:
+def _subscription(gen: Generation | Replay, fanout: Fanout, sub: Subscriber) -> Iterator[None]:
     """``sub`` follows ``fanout`` for the block; leaving by an exception that means the client
     went away counts as a disconnect."""
     gen.subscribe(sub, fanout)
