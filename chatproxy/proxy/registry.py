@@ -18,7 +18,7 @@ from chatproxy.proxy.generation import Generation
 
 __all__ = ["REPLAY_BUDGET_BYTES", "Generations", "Replay"]
 
-REPLAY_BUDGET_BYTES = 32 * 1024 * 1024
+REPLAY_BUDGET_BYTES = 16 * 1024 * 1024
 
 
 @dataclass(slots=True)
