@@ -11,6 +11,7 @@ import aiohttp
 from aiohttp import web
 
 from chatproxy import logfilter
+from chatproxy.api import completions, conversations
 from chatproxy.api.health import healthz, readyz
 from chatproxy.appkeys import (
     AUTH,
@@ -124,6 +125,8 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/readyz", readyz)
     app.router.add_post("/v1/chat/completions", handle_chat_completions)
     app.router.add_get("/v1/conversations/{chat_id}/stream", handle_resume)
+    conversations.add_routes(app.router)
+    completions.add_routes(app.router)
     app.router.add_route("*", "/v1/{tail:.*}", handle_passthrough)
     return app
 

@@ -21,7 +21,7 @@ from tortoise.models import Model
 
 from chatproxy.store import migrations as migrations_package
 from chatproxy.store.db import APP_LABEL, SQLITE_BUSY_TIMEOUT_MS, open_database, tortoise_config
-from chatproxy.store.models import ApiKey, Chat, Message, Meta, User
+from chatproxy.store.models import ApiKey, Chat, Message, Meta, User, Vote
 from chatproxy.store.store import Store
 
 MODELS: dict[str, type[Model]] = {
@@ -30,6 +30,7 @@ MODELS: dict[str, type[Model]] = {
     "messages": Message,
     "api_keys": ApiKey,
     "meta": Meta,
+    "votes": Vote,
 }
 MIGRATION_TABLE = "tortoise_migrations"
 # Every committed migration file, in order: what a fully migrated database has applied.

@@ -20,7 +20,7 @@ from tortoise import fields
 from tortoise.indexes import Index
 from tortoise.models import Model
 
-__all__ = ["MESSAGE_STATUSES", "ApiKey", "Chat", "Message", "Meta", "User"]
+__all__ = ["MESSAGE_STATUSES", "ApiKey", "Chat", "Message", "Meta", "User", "Vote"]
 
 MESSAGE_STATUSES = ("in_progress", "completed", "incomplete", "failed", "cancelled", "interrupted")
 
@@ -116,6 +116,8 @@ class Message(Model):
     ttft_ms = fields.IntField(null=True)
     duration_ms = fields.IntField(null=True)
     instance_id = fields.CharField(max_length=64, null=True)
+    # The stored completion's metadata (POST /v1/chat/completions/{id}); assistant messages.
+    metadata = fields.JSONField(null=True)
     created_at = fields.DatetimeField()
     completed_at = fields.DatetimeField(null=True)
 
@@ -129,3 +131,24 @@ class Message(Model):
             Index(fields=("user_id", "role", "created_at"), name="messages_user_daily"),
             Index(fields=("status", "instance_id"), name="messages_status_instance"),
         )
+
+
+class Vote(Model):
+    # Feedback on a message: one per user and message, replaced by a new vote.
+    id = fields.IntField(primary_key=True)
+    message: fields.ForeignKeyRelation[Message] = fields.ForeignKeyField(
+        "models.Message", related_name="votes", on_delete=fields.CASCADE
+    )
+    chat: fields.ForeignKeyRelation[Chat] = fields.ForeignKeyField(
+        "models.Chat", related_name="votes", on_delete=fields.CASCADE
+    )
+    user_id = fields.CharField(max_length=128)
+    up = fields.BooleanField()
+    created_at = fields.DatetimeField()
+
+    message_id: str
+    chat_id: str
+
+    class Meta:
+        table = "votes"
+        unique_together = (("message", "user_id"),)

@@ -223,6 +223,11 @@ class Store:
         """Create the user if it does not exist yet."""
         await self.ensure_users([(user_id, name, tier)])
 
+    async def write(self, fn: Callable[[], Awaitable[T]]) -> T:
+        """Run an ORM write (or several: one transaction) in the writer task, after every
+        write queued before it."""
+        return await self._call(fn)  # type: ignore[no-any-return]
+
     async def begin_turn(self, turn: Turn) -> None:
         """Store the request's new messages and the assistant placeholder, together."""
         fut = self._put("turn", turn, True)
