@@ -20,15 +20,12 @@ from chatproxy.appkeys import (
     STORE,
     UPSTREAM,
 )
-from chatproxy.auth import Caller
-from chatproxy.errors import Conflict, InvalidRequest, PermissionDenied
-from chatproxy.ids import CHAT_ID_RE, new_chat_id, new_message_id
+from chatproxy.errors import Conflict, InvalidRequest
+from chatproxy.ids import CHAT_ID_RE
 from chatproxy.limits.policy import tightest
 from chatproxy.proxy.generation import Generation
+from chatproxy.proxy.planning import plan_client_history, plan_server_history
 from chatproxy.proxy.relay import relay
-from chatproxy.settings import Settings
-from chatproxy.store.store import NewMessage, Store, Turn, utcnow
-from chatproxy.store.threading import message_text, prefix_hashes
 
 __all__ = ["ChatRequest", "handle_chat_completions", "parse_chat_request"]
 
@@ -53,8 +50,10 @@ def _invalid(message: str, code: str, param: str | None = None) -> InvalidReques
     return InvalidRequest(message, code=code, param=param)
 
 
-def parse_chat_request(raw: bytes) -> ChatRequest:
-    """Parse and check a request body; anything malformed raises :class:`InvalidRequest`."""
+def parse_chat_request(raw: bytes, *, allow_empty: bool = False) -> ChatRequest:
+    """Parse and check a request body; anything malformed raises :class:`InvalidRequest`.
+
+    ``allow_empty``: with server-side history, no new message means "answer again"."""
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError:
@@ -66,7 +65,7 @@ def parse_chat_request(raw: bytes) -> ChatRequest:
         raise _invalid("'messages' is required", "missing_required_parameter", "messages")
     if not isinstance(messages, list):
         raise _invalid("'messages' must be an array", "invalid_type", "messages")
-    if not messages:
+    if not messages and not allow_empty:
         raise _invalid("'messages' must contain at least one message", "empty_array", "messages")
     for i, m in enumerate(messages):
         param = f"messages[{i}]"
@@ -111,75 +110,35 @@ def header_value(request: web.Request, names: list[str]) -> str | None:
     return None
 
 
-def _title(messages: list[dict[str, Any]]) -> str | None:
-    for m in messages:
-        if m.get("role") == "user":
-            text = " ".join(message_text(m.get("content")).split())
-            if len(text) > TITLE_LENGTH:
-                text = text[:TITLE_LENGTH].rsplit(" ", 1)[0] + "…"
-            return text or None
-    return None
-
-
-async def plan_turn(
-    store: Store, settings: Settings, caller: Caller, req: ChatRequest, chat_id: str | None
-) -> tuple[Turn, str]:
-    """Decide where the request's messages go (SPEC §3.4); returns the turn and the hash of
-    its last message (the parent of the assistant answer)."""
-    hashes = prefix_hashes(req.messages)
-    chat_is_new = False
-    if chat_id is not None:
-        owner = await store.chat_owner(chat_id)
-        if owner is not None and owner != caller.user_id:
-            raise PermissionDenied("this chat belongs to another user", code="chat_forbidden")
-        chat_is_new = owner is None
-    match = None if chat_is_new else await store.find_thread(caller.user_id, hashes, chat_id)
-    if match is not None:
-        chat_id, parent_id, first_new = match.chat_id, match.message_id, match.index + 1
-    else:
-        parent_id, first_new = None, 0
-        if chat_id is None:
-            chat_id, chat_is_new = new_chat_id(), True
-    new_messages = [
-        NewMessage(
-            id=new_message_id(),
-            role=m["role"],
-            data=m,
-            text=message_text(m.get("content")),
-            prefix_hash=hashes[i],
-        )
-        for i, m in enumerate(req.messages[first_new:], start=first_new)
-    ]
-    params = {k: v for k, v in req.body.items() if k != "messages"}
-    turn = Turn(
-        user_id=caller.user_id,
-        chat_id=chat_id,
-        chat_is_new=chat_is_new,
-        title=_title(req.messages) if chat_is_new and settings.chats.title != "none" else None,
-        parent_id=parent_id,
-        new_messages=new_messages,
-        assistant_id=new_message_id(),
-        params=params,
-        model=req.model,
-        instance_id=store.instance_id,
-        created_at=utcnow(),
-    )
-    return turn, hashes[-1]
-
-
-def upstream_body(req: ChatRequest) -> tuple[bytes, bool]:
+def upstream_body(req: ChatRequest, history: list[dict[str, Any]]) -> tuple[bytes, bool]:
     """The body to send upstream, and whether the usage-only chunk must be hidden.
 
-    Streams ask for usage (to store it); a client that did not ask is not shown it. Otherwise
-    the client's bytes are sent as they came.
+    Stored history (server-side history) goes before the request's messages. Streams ask for
+    usage (to store it); a client that did not ask is not shown it. Otherwise the client's
+    bytes are sent as they came.
     """
-    if not req.stream:
-        return req.raw, False
     options = req.body.get("stream_options") or {}
-    if options.get("include_usage") is True:
+    add_usage = req.stream and options.get("include_usage") is not True
+    if not history and not add_usage:
         return req.raw, False
-    body = dict(req.body, stream_options=dict(options, include_usage=True))
-    return orjson.dumps(body), True
+    body = dict(req.body)
+    if history:
+        body["messages"] = [*history, *req.messages]
+    if add_usage:
+        body["stream_options"] = dict(options, include_usage=True)
+    return orjson.dumps(body), add_usage
+
+
+def _flag(request: web.Request, name: str, default: bool) -> bool:
+    value = request.headers.get(name)
+    if value is None:
+        return default
+    lowered = value.strip().lower()
+    if lowered in ("true", "1", "yes"):
+        return True
+    if lowered in ("false", "0", "no"):
+        return False
+    raise _invalid(f"{name} must be true or false", "invalid_value", name)
 
 
 async def handle_chat_completions(request: web.Request) -> web.StreamResponse:
@@ -193,22 +152,43 @@ async def handle_chat_completions(request: web.Request) -> web.StreamResponse:
         raise _invalid(
             "the chat id header must match [A-Za-z0-9_-]{1,128}", "invalid_chat_id", "X-Chat-Id"
         )
-    req = parse_chat_request(await request.read())
+    history_mode = request.headers.get("X-Chat-History", settings.chats.history).strip().lower()
+    if history_mode not in ("client", "server"):
+        raise _invalid("X-Chat-History must be client or server", "invalid_value", "X-Chat-History")
+    branch_from = request.headers.get("X-Chat-Parent")
+    if branch_from is not None:
+        if history_mode != "server":
+            raise _invalid(
+                "X-Chat-Parent goes with X-Chat-History: server", "invalid_request", "X-Chat-Parent"
+            )
+        if not CHAT_ID_RE.fullmatch(branch_from):
+            raise _invalid("X-Chat-Parent is not a message id", "invalid_parent", "X-Chat-Parent")
+    stored = _flag(request, "X-Chat-Store", True)
+    req = parse_chat_request(await request.read(), allow_empty=history_mode == "server")
     daily, extra = await app[LIMITS].check_daily(caller)
     if daily is not None:
         request[RATE_LIMIT] = tightest(request.get(RATE_LIMIT), daily)
     request[RATE_EXTRA] = extra
-    turn, parent_hash = await plan_turn(store, settings, caller, req, chat_id)
+    if history_mode == "server":
+        turn, parent_hash, history = await plan_server_history(
+            store, settings, caller, req.body, req.messages, chat_id, branch_from
+        )
+    elif stored:
+        turn, parent_hash, history = await plan_client_history(
+            store, settings, caller, req.body, req.messages, chat_id
+        )
+    else:  # incognito with the client's own history: nothing to look up
+        turn, parent_hash, history = None, "", []
     generations = app[GENERATIONS]
     # From this check to the registration below nothing awaits: no second generation can start
     # on the chat in between.
-    if generations.busy(turn.chat_id):
+    if stored and turn is not None and generations.busy(turn.chat_id, branch_from):
         raise Conflict(
             "an answer is being generated in this chat; wait for it, or follow it at "
             f"GET /v1/conversations/{turn.chat_id}/stream",
             code="chat_busy",
         )
-    body, hide_usage = upstream_body(req)
+    body, hide_usage = upstream_body(req, history)
     upstream = app[UPSTREAM]
     headers = {"Content-Type": "application/json", "Accept-Encoding": "identity"}
     headers.update(upstream.auth_headers(caller.upstream_authorization))
@@ -216,18 +196,20 @@ async def handle_chat_completions(request: web.Request) -> web.StreamResponse:
         if name in request.headers:
             headers[name] = request.headers[name]
     gen = Generation(
-        turn=turn,
+        turn=turn if stored else None,
         parent_hash=parent_hash,
         body=body,
         upstream_headers=headers,
         stream=req.stream,
         hide_usage=hide_usage,
-        store=store,
+        store=store if stored else None,
         upstream=upstream,
         settings=settings,
         request_id=request[REQUEST_ID],
     )
     gen.start()
+    if not stored or turn is None:  # incognito: forwarded, never written
+        return await relay(request, gen, {})
     generations.add(gen)
     request[CHAT_ID] = turn.chat_id
     return await relay(request, gen, {"X-Chat-Id": turn.chat_id, "X-Message-Id": turn.assistant_id})

@@ -68,20 +68,21 @@ class Generation:
     def __init__(
         self,
         *,
-        turn: Turn,
+        turn: Turn | None,
         parent_hash: str,
         body: bytes,
         upstream_headers: Mapping[str, str],
         stream: bool,
         hide_usage: bool,
-        store: Store,
+        store: Store | None,
         upstream: Upstream,
         settings: Settings,
         request_id: str,
     ) -> None:
+        # No turn and no store: an incognito request (X-Chat-Store: false), forwarded only.
         self.turn = turn
-        self.chat_id = turn.chat_id
-        self.message_id = turn.assistant_id
+        self.chat_id = turn.chat_id if turn else ""
+        self.message_id = turn.assistant_id if turn else ""
         self.request_id = request_id
         self.stream = stream
         # What the requesting client gets: the upstream's bytes in whole events.
@@ -141,7 +142,11 @@ class Generation:
         loop = asyncio.get_running_loop()
         self._t0 = loop.time()
         self._next_checkpoint = self._t0 + self._settings.storage.checkpoint_interval
-        self._begin = asyncio.ensure_future(self._store.begin_turn(self.turn))
+        if self._store is not None and self.turn is not None:
+            self._begin = asyncio.ensure_future(self._store.begin_turn(self.turn))
+        else:
+            self._begin = asyncio.get_running_loop().create_future()
+            self._begin.set_result(None)
         head_error: APIError = APIError("the request was stopped before the upstream answered")
         resp: aiohttp.ClientResponse | None = None
         try:
@@ -358,11 +363,15 @@ class Generation:
         now = asyncio.get_running_loop().time()
         if now < self._next_checkpoint or self.acc.version == self._checkpointed_version:
             return
+        if self._store is None:
+            return
         self._next_checkpoint = now + self._settings.storage.checkpoint_interval
         self._checkpointed_version = self.acc.version
         self._store.checkpoint(self.message_id, self.acc.content, self.acc.message())
 
     async def _finish(self) -> None:
+        if self._store is None:
+            return
         acc = self.acc
         message = acc.message()
         usage = acc.usage if isinstance(acc.usage, dict) else {}

@@ -44,27 +44,39 @@ class Generations:
     def __init__(self, grace: float, *, budget: int = REPLAY_BUDGET_BYTES) -> None:
         self.grace = grace
         self.budget = budget
-        self.running: dict[str, Generation] = {}
+        # Usually one per chat; more only on different branches (X-Chat-Parent).
+        self.running: dict[str, list[Generation]] = {}
         self._finished: OrderedDict[str, Replay] = OrderedDict()
         self._finished_bytes = 0
 
     def add(self, gen: Generation) -> None:
         """Register a started generation (the caller checked :meth:`busy` without awaiting)."""
         assert gen.task is not None
-        self.running[gen.chat_id] = gen
+        self.running.setdefault(gen.chat_id, []).append(gen)
         gen.task.add_done_callback(lambda _: self._finish(gen))
 
-    def busy(self, chat_id: str) -> bool:
-        return chat_id in self.running
+    def busy(self, chat_id: str, branch_from: str | None = None) -> bool:
+        """Whether a new answer in the chat must wait: always while one runs, unless the
+        request names a branch point (``X-Chat-Parent``) no running answer hangs from."""
+        running = self.running.get(chat_id)
+        if not running:
+            return False
+        if branch_from is None:
+            return True
+        return any(g.turn is not None and g.turn.parent_id == branch_from for g in running)
 
     def find(self, chat_id: str) -> Generation | Replay | None:
-        """The chat's running generation, or the replay of one that ended within the grace
-        period."""
-        return self.running.get(chat_id) or self._finished.get(chat_id)
+        """The chat's newest running generation, or the replay of one that ended within the
+        grace period."""
+        running = self.running.get(chat_id)
+        return running[-1] if running else self._finished.get(chat_id)
 
     def _finish(self, gen: Generation) -> None:
-        if self.running.get(gen.chat_id) is gen:
-            del self.running[gen.chat_id]
+        running = self.running.get(gen.chat_id, [])
+        if gen in running:
+            running.remove(gen)
+            if not running:
+                del self.running[gen.chat_id]
         if self.grace <= 0 or not gen.stream:
             return
         size = sum(len(data) for data in gen.events.pieces) + 64 * len(gen.events.pieces)
@@ -88,7 +100,7 @@ class Generations:
     async def drain(self, grace: float) -> None:
         """Let running generations finish for up to ``grace`` s, then stop the rest (their
         answers are stored as ``interrupted``)."""
-        tasks = [g.task for g in self.running.values() if g.task is not None]
+        tasks = [g.task for gens in self.running.values() for g in gens if g.task is not None]
         if not tasks:
             return
         _, pending = await asyncio.wait(tasks, timeout=grace)

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+import orjson
 from tortoise.backends.base.client import BaseDBAsyncClient
 from tortoise.context import TortoiseContext, _current_context
 from tortoise.transactions import in_transaction
@@ -33,7 +34,7 @@ from chatproxy.store.batch import Answer, Batch, Dialect, NewMessage, Turn
 from chatproxy.store.db import WalCheckpointer, open_database, open_fast_sqlite, sqlite_path
 from chatproxy.store.models import ApiKey, Chat, Message, Meta, User
 
-__all__ = ["Answer", "NewMessage", "Store", "ThreadMatch", "Turn", "utcnow"]
+__all__ = ["Answer", "BranchEntry", "NewMessage", "Store", "ThreadMatch", "Turn", "utcnow"]
 
 log = logging.getLogger("chatproxy.store")
 T = TypeVar("T")
@@ -43,6 +44,17 @@ _IN_CHUNK = 500  # prefix hashes looked up per query
 def utcnow() -> datetime:
     """The current time, aware, in UTC."""
     return datetime.now(UTC)
+
+
+@dataclass(slots=True, frozen=True)
+class BranchEntry:
+    """One message of a branch, as server-side history needs it."""
+
+    id: str
+    role: str
+    data: dict[str, Any]
+    prefix_hash: str
+    status: str
 
 
 @dataclass(slots=True, frozen=True)
@@ -347,10 +359,32 @@ class Store:
             end, first = first, max(0, first - _IN_CHUNK)
         return None
 
-    async def chat_access(self, chat_id: str) -> tuple[str, str] | None:
-        """``(owner, visibility)`` of a chat, or ``None`` when it does not exist."""
-        rows = await self._query("SELECT owner_id, visibility FROM chats WHERE id = ?", [chat_id])
-        return (rows[0][0], rows[0][1]) if rows else None
+    async def chat_access(self, chat_id: str) -> tuple[str, str, str | None] | None:
+        """``(owner, visibility, head message id)`` of a chat, or ``None`` when it does not
+        exist."""
+        rows = await self._query(
+            "SELECT owner_id, visibility, head_id FROM chats WHERE id = ?", [chat_id]
+        )
+        return (rows[0][0], rows[0][1], rows[0][2]) if rows else None
+
+    async def branch(self, chat_id: str, leaf_id: str) -> list[BranchEntry]:
+        """The messages from the chat's first one down to ``leaf_id``, oldest first (empty when
+        ``leaf_id`` is not a message of the chat)."""
+        rows = await self._query(
+            "WITH RECURSIVE branch(id, parent_id, role, data, prefix_hash, status, depth) AS ("
+            " SELECT id, parent_id, role, data, prefix_hash, status, 0 FROM messages"
+            " WHERE id = ? AND chat_id = ?"
+            " UNION ALL SELECT m.id, m.parent_id, m.role, m.data, m.prefix_hash, m.status,"
+            " b.depth + 1 FROM messages m JOIN branch b ON m.id = b.parent_id)"
+            " SELECT id, role, data, prefix_hash, status FROM branch ORDER BY depth DESC",
+            [leaf_id, chat_id],
+        )
+        return [
+            BranchEntry(
+                r[0], r[1], orjson.loads(r[2]) if isinstance(r[2], str) else r[2], r[3], r[4]
+            )
+            for r in rows
+        ]
 
     async def chat_owner(self, chat_id: str) -> str | None:
         """The owner of a chat, or ``None`` when it does not exist."""
@@ -430,3 +464,8 @@ class Store:
 
 async def _noop() -> None:
     return None
+
+
+def _json_value(value: Any) -> Any:
+    # SQLite (and asyncpg without a codec) hands JSON columns back as text.
+    return orjson.loads(value) if isinstance(value, str | bytes) else value

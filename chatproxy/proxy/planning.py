@@ -1,0 +1,161 @@
+"""Where a request's messages go: the chat, the parent message, what is new (SPEC §3.2, §3.4).
+
+Client history (the default, as OpenAI clients send it): the request carries the whole
+conversation; the longest stored prefix (by prefix hash, among the caller's chats) is found and
+only what follows it is new. Server history (``X-Chat-History: server``): the request carries
+only the new messages; the stored branch ending at the chat's head (or at ``X-Chat-Parent``) is
+prepended for the upstream.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from chatproxy.auth import Caller
+from chatproxy.errors import InvalidRequest, PermissionDenied
+from chatproxy.ids import new_chat_id, new_message_id
+from chatproxy.settings import Settings
+from chatproxy.store.store import BranchEntry, NewMessage, Store, Turn, utcnow
+from chatproxy.store.threading import message_text, prefix_hashes
+
+__all__ = ["Plan", "plan_client_history", "plan_server_history"]
+
+TITLE_LENGTH = 80
+Plan = tuple[Turn, str, list[dict[str, Any]]]  # the turn, the parent's hash, the history sent
+
+
+def _title(messages: list[dict[str, Any]]) -> str | None:
+    for m in messages:
+        if m.get("role") == "user":
+            text = " ".join(message_text(m.get("content")).split())
+            if len(text) > TITLE_LENGTH:
+                text = text[:TITLE_LENGTH].rsplit(" ", 1)[0] + "…"
+            return text or None
+    return None
+
+
+def _turn(
+    store: Store,
+    settings: Settings,
+    caller: Caller,
+    chat: tuple[str, bool],
+    parent_id: str | None,
+    new: list[tuple[dict[str, Any], str]],
+    body: dict[str, Any],
+    title_from: list[dict[str, Any]],
+) -> Turn:
+    chat_id, chat_is_new = chat
+    return Turn(
+        user_id=caller.user_id,
+        chat_id=chat_id,
+        chat_is_new=chat_is_new,
+        title=_title(title_from) if chat_is_new and settings.chats.title != "none" else None,
+        parent_id=parent_id,
+        new_messages=[
+            NewMessage(new_message_id(), m["role"], m, message_text(m.get("content")), h)
+            for m, h in new
+        ],
+        assistant_id=new_message_id(),
+        params={k: v for k, v in body.items() if k != "messages"},
+        model=body.get("model") if isinstance(body.get("model"), str) else None,
+        instance_id=store.instance_id,
+        created_at=utcnow(),
+    )
+
+
+async def _own_chat(
+    store: Store, caller: Caller, chat_id: str
+) -> tuple[str, str, str | None] | None:
+    access = await store.chat_access(chat_id)
+    if access is not None and access[0] != caller.user_id:
+        raise PermissionDenied("this chat belongs to another user", code="chat_forbidden")
+    return access
+
+
+async def plan_client_history(
+    store: Store,
+    settings: Settings,
+    caller: Caller,
+    body: dict[str, Any],
+    messages: list[dict[str, Any]],
+    chat_id: str | None,
+) -> Plan:
+    """Thread a request that resends the whole conversation."""
+    hashes = prefix_hashes(messages)
+    chat_is_new = chat_id is not None and await _own_chat(store, caller, chat_id) is None
+    match = None if chat_is_new else await store.find_thread(caller.user_id, hashes, chat_id)
+    if match is not None:
+        chat_id, parent_id, first_new = match.chat_id, match.message_id, match.index + 1
+    else:
+        parent_id, first_new = None, 0
+        if chat_id is None:
+            chat_id, chat_is_new = new_chat_id(), True
+    new = list(zip(messages[first_new:], hashes[first_new:], strict=True))
+    turn = _turn(store, settings, caller, (chat_id, chat_is_new), parent_id, new, body, messages)
+    return turn, hashes[-1], []
+
+
+def _replayable(entry: BranchEntry) -> bool:
+    """Whether a stored message is sent back upstream: not an answer that failed empty."""
+    if entry.role != "assistant" or entry.status == "completed":
+        return True
+    return bool(entry.data.get("content") or entry.data.get("tool_calls"))
+
+
+async def plan_server_history(
+    store: Store,
+    settings: Settings,
+    caller: Caller,
+    body: dict[str, Any],
+    messages: list[dict[str, Any]],
+    chat_id: str | None,
+    branch_from: str | None,
+) -> Plan:
+    """Continue the stored conversation with the request's new messages."""
+    if chat_id is None and branch_from is not None:
+        parent = await store.get_message(branch_from)
+        if parent is None or parent.user_id != caller.user_id:
+            raise _bad_parent()
+        chat_id = parent.chat_id
+    access = await _own_chat(store, caller, chat_id) if chat_id is not None else None
+    history: list[BranchEntry] = []
+    if access is not None:
+        leaf = branch_from or access[2]
+        if leaf is not None:
+            history = await store.branch(chat_id or "", leaf)
+            if not history:
+                raise _bad_parent()
+        while history and not _replayable(history[-1]):
+            history.pop()  # hang the new messages under the last message worth sending
+    elif branch_from is not None:
+        raise _bad_parent()
+    if not messages and not history:
+        raise InvalidRequest(
+            "'messages' must contain at least one message", code="empty_array", param="messages"
+        )
+    chat_is_new = access is None
+    if chat_id is None:
+        chat_id = new_chat_id()
+    parent = history[-1] if history else None
+    hashes = prefix_hashes(messages, parent=parent.prefix_hash if parent else "")
+    new = list(zip(messages, hashes, strict=True))
+    turn = _turn(
+        store,
+        settings,
+        caller,
+        (chat_id, chat_is_new),
+        parent.id if parent else None,
+        new,
+        body,
+        messages,
+    )
+    sent = [e.data for e in history if _replayable(e)]
+    return turn, hashes[-1] if hashes else (parent.prefix_hash if parent else ""), sent
+
+
+def _bad_parent() -> InvalidRequest:
+    return InvalidRequest(
+        "X-Chat-Parent does not name a message of this chat",
+        code="invalid_parent",
+        param="X-Chat-Parent",
+    )
