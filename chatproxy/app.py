@@ -25,6 +25,7 @@ from chatproxy.appkeys import (
     REQUEST_ID,
     SETTINGS,
     STORE,
+    TITLER,
     UPSTREAM,
 )
 from chatproxy.auth import Authenticator
@@ -39,6 +40,7 @@ from chatproxy.proxy.resume import handle_resume
 from chatproxy.proxy.upstream import Upstream
 from chatproxy.settings import Settings
 from chatproxy.store.store import Store
+from chatproxy.titles import Titler
 
 __all__ = ["create_app", "instance_id"]
 
@@ -156,7 +158,11 @@ async def _access_ctx(app: web.Application) -> AsyncIterator[None]:
         else LocalBuckets()
     )
     app[LIMITS] = Limits(settings, buckets, app[STORE])
+    if settings.chats.title == "upstream":
+        app[TITLER] = Titler(settings, app[STORE])
     yield
+    if TITLER in app:
+        await app[TITLER].close()
     await buckets.close()
 
 

@@ -11,6 +11,7 @@ from chatproxy.proxy.registry import Generations
 from chatproxy.proxy.upstream import Upstream
 from chatproxy.settings import Settings
 from chatproxy.store.store import Store
+from chatproxy.titles import Titler
 
 __all__ = [
     "AUTH",
@@ -24,6 +25,7 @@ __all__ = [
     "REQUEST_ID",
     "SETTINGS",
     "STORE",
+    "TITLER",
     "UPSTREAM",
 ]
 
@@ -34,6 +36,7 @@ UPSTREAM = web.AppKey("upstream", Upstream)
 GENERATIONS = web.AppKey("generations", Generations)
 AUTH = web.AppKey("auth", Authenticator)
 LIMITS = web.AppKey("limits", Limits)
+TITLER = web.AppKey("titler", Titler)  # only with [chats] title = "upstream"
 
 # Per request.
 REQUEST_ID = web.RequestKey("request_id", str)

@@ -18,14 +18,18 @@ from chatproxy.appkeys import (
     REQUEST_ID,
     SETTINGS,
     STORE,
+    TITLER,
     UPSTREAM,
 )
+from chatproxy.auth import Caller
 from chatproxy.errors import Conflict, InvalidRequest
 from chatproxy.ids import CHAT_ID_RE
 from chatproxy.limits.policy import tightest
 from chatproxy.proxy.generation import Generation
 from chatproxy.proxy.planning import plan_client_history, plan_server_history
 from chatproxy.proxy.relay import relay
+from chatproxy.store.store import Turn
+from chatproxy.titles import Titler
 
 __all__ = ["ChatRequest", "handle_chat_completions", "parse_chat_request"]
 
@@ -129,6 +133,19 @@ def upstream_body(req: ChatRequest, history: list[dict[str, Any]]) -> tuple[byte
     return orjson.dumps(body), add_usage
 
 
+def _title_when_answered(titler: Titler, gen: Generation, turn: Turn, caller: Caller) -> None:
+    """Once the first answer of a new chat is complete, ask the upstream for its title."""
+    first = next((m.text for m in turn.new_messages if m.role == "user" and m.text), None)
+    if first is None or gen.task is None:
+        return
+
+    def done(_: object) -> None:
+        if gen.status == "completed":
+            titler.schedule(turn.chat_id, first, turn.model, caller.upstream_authorization)
+
+    gen.task.add_done_callback(done)
+
+
 def _flag(request: web.Request, name: str, default: bool) -> bool:
     value = request.headers.get(name)
     if value is None:
@@ -211,5 +228,7 @@ async def handle_chat_completions(request: web.Request) -> web.StreamResponse:
     if not stored or turn is None:  # incognito: forwarded, never written
         return await relay(request, gen, {})
     generations.add(gen)
+    if turn.chat_is_new and TITLER in app:
+        _title_when_answered(app[TITLER], gen, turn, caller)
     request[CHAT_ID] = turn.chat_id
     return await relay(request, gen, {"X-Chat-Id": turn.chat_id, "X-Message-Id": turn.assistant_id})
