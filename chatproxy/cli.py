@@ -7,11 +7,13 @@ one-line message on stderr and no traceback.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, BinaryIO, NoReturn, TypeVar
 
 import click
 
@@ -132,7 +134,7 @@ def serve(
 
 
 @main.command()
-@click.argument("chat_id")
+@click.argument("chat_id", required=False)
 @CONFIG_OPTION
 @DB_OPTION
 @click.option(
@@ -140,9 +142,9 @@ def serve(
     "--format",
     "fmt",
     type=click.Choice(["json", "jsonl", "markdown", "openai"]),
-    default="json",
-    show_default=True,
-    help="json: lossless, re-importable; markdown: readable; openai: {'messages': [...]}.",
+    default=None,
+    help="json (default): lossless, re-importable; jsonl: the same on one line (--all: always); "
+    "markdown: readable; openai: {'messages': [...]}.",
 )
 @click.option(
     "-o",
@@ -151,22 +153,101 @@ def serve(
     default=None,
     help="Write to this file instead of standard output.",
 )
+@click.option("--all", "everything", is_flag=True, help="Every chat, as JSON lines (a backup).")
+@click.option("--user", "user", default=None, help="With --all: only this user's chats.")
+@click.option(
+    "--since",
+    type=click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"]),
+    default=None,
+    help="With --all: only chats updated since this date (UTC).",
+)
 def export(
-    chat_id: str, config_file: Path | None, db_url: str | None, fmt: str, output: Path | None
+    chat_id: str | None,
+    config_file: Path | None,
+    db_url: str | None,
+    fmt: str | None,
+    output: Path | None,
+    everything: bool,
+    user: str | None,
+    since: datetime | None,
 ) -> None:
-    """Export one chat."""
-    from chatproxy.export import export_chat
+    """Export one chat, or every chat with --all."""
+    from chatproxy.export import export_all, export_chat
 
     settings = _settings(config_file, **{"storage.url": db_url})
-    data = _run(lambda: _with_store(settings, lambda store: export_chat(store, chat_id, fmt)))
-    if output is None:
-        sys.stdout.buffer.write(data)
+    if everything == (chat_id is not None):
+        _fail("give a CHAT_ID or --all", 2)
+    if not everything and (user or since):
+        _fail("--user and --since go with --all", 2)
+    if everything:
+        if fmt not in (None, "jsonl"):
+            _fail("--all writes jsonl", 2)
+        since_utc = since.replace(tzinfo=UTC) if since else None
+        with _open_output(output) as out, _progress() as progress:
+            count = _run(
+                lambda: _with_store(
+                    settings,
+                    lambda store: export_all(
+                        store, out, user_id=user, since=since_utc, progress=progress
+                    ),
+                )
+            )
+        click.echo(f"exported {count} chat(s)", err=True)
+        return
+    assert chat_id is not None
+    data = _run(
+        lambda: _with_store(settings, lambda store: export_chat(store, chat_id, fmt or "json"))
+    )
+    with _open_output(output) as out:
+        out.write(data)
+
+
+@contextlib.contextmanager
+def _open_output(path: Path | None) -> Iterator[BinaryIO]:
+    if path is None:
+        yield sys.stdout.buffer
         sys.stdout.flush()
-    else:
-        try:
-            output.write_bytes(data)
-        except OSError as exc:
-            _fail(f"cannot write {output}: {exc.strerror}", 1)
+        return
+    try:
+        with path.open("wb") as out:
+            yield out
+    except OSError as exc:
+        _fail(f"cannot write {path}: {exc.strerror}", 1)
+
+
+@contextlib.contextmanager
+def _progress() -> Iterator[Callable[[int, int], None] | None]:
+    """A progress bar on a terminal (stderr), nothing otherwise."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    from rich.progress import Progress
+
+    with Progress(transient=True) as bar:
+        task = bar.add_task("exporting", total=None)
+
+        def update(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield update
+
+
+@main.command(name="import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@CONFIG_OPTION
+@DB_OPTION
+def import_(file: Path, config_file: Path | None, db_url: str | None) -> None:
+    """Restore a json or jsonl export (every branch, status and timestamp). Importing twice
+    changes nothing."""
+    from chatproxy.export import import_documents, read_documents
+
+    settings = _settings(config_file, **{"storage.url": db_url})
+    try:
+        docs = read_documents(file.read_bytes())
+    except ValueError as exc:
+        _fail(f"{file}: {exc}", 1)
+    chats, messages = _run(lambda: _with_store(settings, lambda s: import_documents(s, docs)))
+    click.echo(f"imported {chats} chat(s) and {messages} message(s) from {file}")
 
 
 @main.group()

@@ -13,17 +13,28 @@ turned into the others without a database.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, BinaryIO
 
 import orjson
 
 from chatproxy.errors import NotFoundError
-from chatproxy.store.models import Chat, Message
+from chatproxy.store.models import Chat, Message, User
 from chatproxy.store.store import Store
 from chatproxy.store.threading import message_text
 
-__all__ = ["FORMATS", "active_branch", "chat_document", "export_chat", "render"]
+__all__ = [
+    "FORMATS",
+    "active_branch",
+    "chat_document",
+    "export_all",
+    "export_chat",
+    "import_documents",
+    "read_documents",
+    "render",
+]
 
 FORMATS = ("json", "jsonl", "markdown", "openai")
 DOCUMENT_FORMAT = "chatproxy.chat"
@@ -46,6 +57,7 @@ _MESSAGE_FIELDS = (
     "duration_ms",
     "instance_id",
     "prefix_hash",
+    "metadata",
 )
 
 
@@ -160,3 +172,106 @@ async def export_chat(store: Store, chat_id: str, fmt: str) -> bytes:
     if chat is None:
         raise NotFoundError(f"no chat with id {chat_id!r}")
     return render(chat_document(chat, await store.chat_messages(chat_id)), fmt)
+
+
+async def export_all(
+    store: Store,
+    out: BinaryIO,
+    *,
+    user_id: str | None = None,
+    since: datetime | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> int:
+    """Write every chat (of one user; updated since ``since``) to ``out`` as JSON lines, the
+    backup format; returns how many. ``progress(done, total)`` is called after each chat."""
+
+    async def ids() -> list[str]:
+        query = Chat.all().order_by("created_at", "id")
+        if user_id is not None:
+            query = query.filter(owner_id=user_id)
+        if since is not None:
+            query = query.filter(updated_at__gte=since)
+        return [str(i) for i in await query.values_list("id", flat=True)]
+
+    chat_ids = await store.read(ids)
+    for done, chat_id in enumerate(chat_ids, start=1):
+        out.write(await export_chat(store, chat_id, "jsonl"))
+        if progress is not None:
+            progress(done, len(chat_ids))
+    return len(chat_ids)
+
+
+def _when(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+def read_documents(data: bytes) -> list[dict[str, Any]]:
+    """The chat documents of a ``json`` or ``jsonl`` export; malformed input raises
+    :class:`ValueError` saying where."""
+    text = data.strip()
+    if not text:
+        return []
+    try:
+        docs = (
+            [orjson.loads(text)]
+            if text.startswith(b"{") and b"\n{" not in text
+            else [orjson.loads(line) for line in text.splitlines() if line.strip()]
+        )
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"not a json or jsonl export ({exc})") from None
+    for n, doc in enumerate(docs, start=1):
+        if not isinstance(doc, dict) or doc.get("format") != DOCUMENT_FORMAT:
+            raise ValueError(f"document {n} is not a chatproxy chat export")
+        if doc.get("version") != DOCUMENT_VERSION:
+            raise ValueError(f"document {n} has an unknown version {doc.get('version')!r}")
+    return docs
+
+
+async def _restore(doc: dict[str, Any]) -> tuple[int, int]:
+    chat = doc["chat"]
+    owner = chat["owner"]
+    await User.bulk_create([User(id=owner, name=owner)], ignore_conflicts=True)
+    new_chat = not await Chat.exists(id=chat["id"])
+    if new_chat:
+        await Chat.create(
+            id=chat["id"],
+            owner_id=owner,
+            title=chat["title"],
+            visibility=chat["visibility"],
+            metadata=chat["metadata"] or {},
+            head_id=chat["head_id"],
+            created_at=_when(chat["created_at"]),
+            updated_at=_when(chat["updated_at"]),
+        )
+    ids = [m["id"] for m in doc["messages"]]
+    present = set(await Message.filter(id__in=ids).values_list("id", flat=True))
+    rows = [
+        Message(
+            id=m["id"],
+            chat_id=chat["id"],
+            parent_id=m["parent_id"],
+            user_id=owner,
+            role=m["role"],
+            text=message_text(m["message"].get("content")),
+            data=m["message"],
+            **{name: m.get(name) for name in _MESSAGE_FIELDS},
+            created_at=_when(m["created_at"]),
+            completed_at=_when(m["completed_at"]),
+        )
+        for m in doc["messages"]
+        if m["id"] not in present
+    ]
+    if rows:  # parents come before children in an export
+        await Message.bulk_create(rows)
+    return int(new_chat), len(rows)
+
+
+async def import_documents(store: Store, docs: list[dict[str, Any]]) -> tuple[int, int]:
+    """Restore exported chats with every branch, status and timestamp. Idempotent: what is
+    already stored (by id) is left as it is. Returns (chats added, messages added)."""
+    added_chats = added_messages = 0
+    for doc in docs:
+        chats, messages = await store.write(functools.partial(_restore, doc))
+        added_chats += chats
+        added_messages += messages
+    return added_chats, added_messages

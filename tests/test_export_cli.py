@@ -512,8 +512,9 @@ def test_serve_help_mentions_every_flag_of_the_spec() -> None:
 def test_export_help_mentions_format_and_output() -> None:
     result = invoke(["export", "--help"])
     assert result.exit_code == 0
-    for flag in ("--format", "-o", "-c", "--db", "CHAT_ID"):
-        assert re.search(rf"(^|[\s,]){re.escape(flag)}\b", result.stdout), flag
+    # CHAT_ID is optional since --all exports every chat.
+    for flag in ("--format", "-o", "-c", "--db", "CHAT_ID", "--all", "--user", "--since"):
+        assert re.search(rf"(^|[\s,\[]){re.escape(flag)}\b", result.stdout), flag
     for fmt in ("json", "jsonl", "markdown", "openai"):
         assert fmt in result.stdout
 

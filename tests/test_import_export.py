@@ -1,0 +1,123 @@
+"""Backups: `export --all` as JSON lines, and `import` restoring them exactly, idempotently."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import aiohttp
+import orjson
+from click.testing import CliRunner
+
+from chatproxy.cli import main
+from chatproxy.server import ProxyServer
+from chatproxy.testing import FakeUpstream, Reply
+
+QUESTION = {"role": "user", "content": "Name a colour."}
+
+
+async def make_chats(proxy: ProxyServer, upstream: FakeUpstream) -> None:
+    """Three chats; one with a branch (a regenerate) and a failed answer."""
+    upstream.enqueue(
+        Reply(content="Blue."), Reply(content="Green."), Reply(status=500), Reply(content="Red.")
+    )
+    async with aiohttp.ClientSession() as http:
+        for messages, headers in (
+            ([QUESTION], {"X-Chat-Id": "colours"}),
+            ([QUESTION], {"X-Chat-Id": "colours"}),  # a sibling answer
+            ([{"role": "user", "content": "fail please"}], {}),
+            ([{"role": "user", "content": "Another one?"}], {"X-Chat-Id": "more"}),
+        ):
+            body = {"model": "m", "messages": messages}
+            async with http.post(f"{proxy.url}/chat/completions", json=body, headers=headers) as r:
+                await r.read()
+
+
+def cli(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(main, list(args))
+    return result.exit_code, result.stdout, result.stderr
+
+
+async def test_export_all_then_import_into_an_empty_database_is_identical_and_idempotent(
+    proxy: ProxyServer, upstream: FakeUpstream, db_path: Path, tmp_path: Path
+) -> None:
+    await make_chats(proxy, upstream)
+    await proxy.stop()
+    db = f"sqlite://{db_path}"
+    backup = tmp_path / "backup.jsonl"
+    code, _, err = await asyncio.to_thread(cli, "export", "--all", "--db", db, "-o", str(backup))
+    assert code == 0, err
+    assert "exported 3 chat(s)" in err
+    lines = backup.read_bytes().splitlines()
+    assert len(lines) == 3
+    docs = [orjson.loads(line) for line in lines]
+    # colours: a question and two sibling answers; the failed chat and "more": two each.
+    assert sum(len(d["messages"]) for d in docs) == 3 + 2 + 2
+    statuses = {m["status"] for d in docs for m in d["messages"]}
+    assert statuses == {"completed", "failed"}
+
+    fresh = f"sqlite://{tmp_path / 'restored.db'}"
+    code, out, err = await asyncio.to_thread(cli, "import", str(backup), "--db", fresh)
+    assert code == 0, err
+    assert out.startswith("imported 3 chat(s)")
+    again = tmp_path / "again.jsonl"
+    await asyncio.to_thread(cli, "export", "--all", "--db", fresh, "-o", str(again))
+    assert again.read_bytes() == backup.read_bytes()
+
+    code, out, _ = await asyncio.to_thread(cli, "import", str(backup), "--db", fresh)
+    assert (code, out.split(" from ")[0]) == (0, "imported 0 chat(s) and 0 message(s)")
+    third = tmp_path / "third.jsonl"
+    await asyncio.to_thread(cli, "export", "--all", "--db", fresh, "-o", str(third))
+    assert third.read_bytes() == backup.read_bytes()
+
+
+async def test_a_single_json_export_imports_back(
+    proxy: ProxyServer, upstream: FakeUpstream, db_path: Path, tmp_path: Path
+) -> None:
+    await make_chats(proxy, upstream)
+    await proxy.stop()
+    db = f"sqlite://{db_path}"
+    one = tmp_path / "colours.json"
+    await asyncio.to_thread(cli, "export", "colours", "--db", db, "-o", str(one))
+    fresh = f"sqlite://{tmp_path / 'one.db'}"
+    code, out, _ = await asyncio.to_thread(cli, "import", str(one), "--db", fresh)
+    assert (code, out.split(" from ")[0]) == (0, "imported 1 chat(s) and 3 message(s)")
+    back = tmp_path / "back.json"
+    await asyncio.to_thread(cli, "export", "colours", "--db", fresh, "-o", str(back))
+    assert back.read_bytes() == one.read_bytes()
+
+
+async def test_export_all_filters_by_user_and_date(
+    proxy: ProxyServer, upstream: FakeUpstream, db_path: Path, tmp_path: Path
+) -> None:
+    await make_chats(proxy, upstream)
+    await proxy.stop()
+    db = f"sqlite://{db_path}"
+    for args, expected in (
+        (["--user", "local"], 3),
+        (["--user", "nobody"], 0),
+        (["--since", "2000-01-01"], 3),
+        (["--since", "2999-01-01"], 0),
+    ):
+        out = tmp_path / "x.jsonl"
+        code, _, err = await asyncio.to_thread(
+            cli, "export", "--all", *args, "--db", db, "-o", str(out)
+        )
+        assert code == 0, err
+        assert len(out.read_bytes().splitlines()) == expected, args
+
+
+def test_bad_import_files_and_arguments_exit_with_one_line(tmp_path: Path) -> None:
+    db = f"sqlite://{tmp_path / 'x.db'}"
+    junk = tmp_path / "junk.jsonl"
+    junk.write_text('{"not": "an export"}\n')
+    code, _, err = cli("import", str(junk), "--db", db)
+    assert code == 1 and err.count("\n") == 1 and "not a chatproxy chat export" in err
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text("{nope\n")
+    code, _, err = cli("import", str(broken), "--db", db)
+    assert code == 1 and "not a json or jsonl export" in err
+    assert cli("export", "--db", db)[0] == 2  # neither CHAT_ID nor --all
+    assert cli("export", "x", "--all", "--db", db)[0] == 2
+    assert cli("export", "x", "--user", "u", "--db", db)[0] == 2
+    assert cli("export", "--all", "-f", "markdown", "--db", db)[0] == 2
