@@ -1,0 +1,239 @@
+"""Stored completions (SPEC §4): the reads and writes behind ``/v1/chat/completions/{id}``.
+
+A **stored completion** is an assistant message the proxy generated itself: role
+``assistant`` and an ``instance_id`` (an assistant message a client sent back inside its
+history has none: it was not generated here). Its id is the message id; its request messages
+are the message's ancestors, oldest first.
+
+Its metadata is ``Message.metadata`` once set through the API; before that, the ``metadata``
+the client sent with the request (kept in ``Message.params``), as OpenAI's
+``create(store=True, metadata=...)`` does. Listing filters on the same value, in SQL.
+
+Reads run through :meth:`Store.read`, writes through :meth:`Store.write` (one transaction in
+the writer task); a write checks ownership again inside its transaction.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from chatproxy.store.batch import Dialect
+from chatproxy.store.models import Chat, Message, Vote
+from chatproxy.store.store import Store, utcnow
+
+__all__ = [
+    "Page",
+    "UnknownCursor",
+    "completion_metadata",
+    "delete_completion",
+    "get_completion",
+    "list_completions",
+    "request_messages",
+    "update_metadata",
+]
+
+_CHUNK = 500  # ids per IN (...) list
+
+
+@dataclass(slots=True, frozen=True)
+class Page:
+    """One page of a list, and whether more follow it."""
+
+    items: list[Message]
+    has_more: bool
+
+
+class UnknownCursor(LookupError):
+    """The ``after`` of a list is not an item of that list."""
+
+
+def completion_metadata(message: Message) -> dict[str, str]:
+    """The completion's metadata: set through the API, else sent with the request."""
+    if message.metadata is not None:
+        return dict(message.metadata)
+    sent = (message.params or {}).get("metadata")
+    if isinstance(sent, Mapping) and all(
+        isinstance(k, str) and isinstance(v, str) for k, v in sent.items()
+    ):
+        return dict(sent)
+    return {}
+
+
+def _completions(**filters: Any) -> Any:
+    return Message.filter(role="assistant", instance_id__not_isnull=True, **filters)
+
+
+async def get_completion(store: Store, completion_id: str) -> tuple[Message, Chat] | None:
+    """The stored completion and its chat, whoever owns it."""
+
+    async def read() -> tuple[Message, Chat] | None:
+        message = await _completions(id=completion_id).first()
+        if message is None:
+            return None
+        chat = await Chat.get_or_none(id=message.chat_id)
+        return None if chat is None else (message, chat)
+
+    return await store.read(read)
+
+
+def _list_query(
+    d: Dialect,
+    user_id: str,
+    model: str | None,
+    metadata: Mapping[str, str],
+    after: str | None,
+    descending: bool,
+    limit: int,
+) -> tuple[str, list[Any]]:
+    where = ["m.user_id = ?", "m.role = 'assistant'", "m.instance_id IS NOT NULL"]
+    params: list[Any] = [user_id]
+    if model is not None:
+        where.append("m.model = ?")
+        params.append(model)
+    for key, value in metadata.items():
+        if d.postgres:
+            where.append(
+                "COALESCE(m.metadata, m.params -> 'metadata') -> CAST(? AS TEXT) "
+                "= to_jsonb(CAST(? AS TEXT))"
+            )
+        else:
+            # json_each compares the key exactly (a JSON path would need quoting).
+            where.append(
+                "EXISTS (SELECT 1 FROM json_each(COALESCE(m.metadata, CASE WHEN "
+                "json_type(m.params, '$.metadata') = 'object' THEN "
+                "json_extract(m.params, '$.metadata') END)) AS j "
+                "WHERE j.key = ? AND j.type = 'text' AND j.value = ?)"
+            )
+        params += [key, value]
+    if after is not None:
+        where.append(
+            f"(m.created_at, m.id) {'<' if descending else '>'} "
+            "(SELECT c.created_at, c.id FROM messages AS c WHERE c.id = ?)"
+        )
+        params.append(after)
+    direction = "DESC" if descending else "ASC"
+    query = (
+        f"SELECT m.id FROM messages AS m WHERE {' AND '.join(where)} "
+        f"ORDER BY m.created_at {direction}, m.id {direction} LIMIT ?"
+    )
+    return d.sql(query), [*params, limit + 1]
+
+
+async def list_completions(
+    store: Store,
+    user_id: str,
+    *,
+    model: str | None = None,
+    metadata: Mapping[str, str] | None = None,
+    after: str | None = None,
+    limit: int = 20,
+    descending: bool = False,
+) -> Page:
+    """A page of the user's completions by creation time (then id), after ``after`` in that
+    order; raises :class:`UnknownCursor` when ``after`` is not one of the user's completions."""
+
+    async def read() -> Page:
+        if after is not None and not await _completions(id=after, user_id=user_id).exists():
+            raise UnknownCursor(after)
+        conn = Message._meta.db
+        query, params = _list_query(
+            Dialect(conn), user_id, model, metadata or {}, after, descending, limit
+        )
+        _, rows = await conn.execute_query(query, params)
+        ids = [row[0] for row in rows]
+        found = {m.id: m for m in await Message.filter(id__in=ids[:limit])}
+        return Page([found[i] for i in ids[:limit] if i in found], len(ids) > limit)
+
+    return await store.read(read)
+
+
+async def request_messages(
+    store: Store, message: Message, *, after: str | None, limit: int, descending: bool
+) -> Page:
+    """A page of the messages ``message`` answered (its ancestors), oldest first unless
+    ``descending``; raises :class:`UnknownCursor` when ``after`` is not one of them."""
+
+    async def read() -> list[Message]:
+        parents = dict(await Message.filter(chat_id=message.chat_id).values_list("id", "parent_id"))
+        chain: list[str] = []
+        current = message.parent_id
+        while current is not None and current in parents and current not in chain:
+            chain.append(current)
+            current = parents[current]
+        chain.reverse()
+        found = {m.id: m for m in await Message.filter(id__in=chain)}
+        return [found[i] for i in chain if i in found]
+
+    messages = await store.read(read)
+    if descending:
+        messages.reverse()
+    start = 0
+    if after is not None:
+        ids = [m.id for m in messages]
+        if after not in ids:
+            raise UnknownCursor(after)
+        start = ids.index(after) + 1
+    return Page(messages[start : start + limit], len(messages) > start + limit)
+
+
+async def update_metadata(
+    store: Store, completion_id: str, user_id: str, metadata: dict[str, str]
+) -> Message | None:
+    """Replace the metadata of the user's completion; ``None`` when there is no such one."""
+
+    async def write() -> Message | None:
+        changed = await _completions(id=completion_id, user_id=user_id).update(metadata=metadata)
+        return await Message.get(id=completion_id) if changed else None
+
+    return await store.write(write)
+
+
+def _subtree(root: str, rows: list[tuple[str, str | None, Any]]) -> set[str]:
+    children: dict[str, list[str]] = defaultdict(list)
+    for message_id, parent_id, _ in rows:
+        if parent_id is not None:
+            children[parent_id].append(message_id)
+    doomed, todo = set(), [root]
+    while todo:
+        current = todo.pop()
+        if current not in doomed:
+            doomed.add(current)
+            todo.extend(children[current])
+    return doomed
+
+
+def _newest_leaf(rows: list[tuple[str, str | None, Any]]) -> str | None:
+    parents = {parent_id for _, parent_id, _ in rows}
+    leaves = [(created_at, message_id) for message_id, _, created_at in rows]
+    leaves = [leaf for leaf in leaves if leaf[1] not in parents]
+    return max(leaves)[1] if leaves else None
+
+
+async def delete_completion(store: Store, completion_id: str, user_id: str) -> bool:
+    """Delete the user's completion, everything that continues from it, and their votes; the
+    chat's head moves to the newest leaf left. ``False`` when there is no such completion."""
+
+    async def write() -> bool:
+        message = await _completions(id=completion_id, user_id=user_id).first()
+        if message is None:
+            return False
+        rows = await Message.filter(chat_id=message.chat_id).values_list(
+            "id", "parent_id", "created_at"
+        )
+        doomed = _subtree(message.id, rows)
+        ordered = sorted(doomed)
+        for i in range(0, len(ordered), _CHUNK):
+            chunk = ordered[i : i + _CHUNK]
+            await Vote.filter(message_id__in=chunk).delete()
+            await Message.filter(id__in=chunk).delete()
+        chat = await Chat.get(id=message.chat_id)
+        head = chat.head_id
+        if head is None or head in doomed:
+            head = _newest_leaf([row for row in rows if row[0] not in doomed])
+        await Chat.filter(id=chat.id).update(head_id=head, updated_at=utcnow())
+        return True
+
+    return bool(await store.write(write))

@@ -1,0 +1,477 @@
+"""Stored completions (SPEC §4) through the official SDK: ``client.chat.completions.list /
+retrieve / update / delete`` and ``messages.list``, per-user scoping, public chats, paging,
+deletion that really deletes, and bad input that changes nothing."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import aiohttp
+import openai
+import pytest
+from openai.types.chat import ChatCompletion, ChatCompletionDeleted, ChatCompletionStoreMessage
+from tortoise.backends.base.executor import EXECUTOR_CACHE
+
+from chatproxy.server import ProxyServer
+from chatproxy.store.models import Chat, Message, Vote
+from chatproxy.store.store import Store, utcnow
+from chatproxy.testing import FakeUpstream, Reply, ToolCall
+from tests.util import all_chats, all_messages
+
+SETTINGS = {
+    "auth.mode": "header",
+    "server.trusted_proxies": ["127.0.0.0/8"],
+    "limits.ip_rate": "0",  # these tests make many requests; limits are tested elsewhere
+}
+USAGE = {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}
+
+
+POSTGRES_URL = os.environ.get("CHATPROXY_TEST_POSTGRES_URL", "")
+
+
+@pytest.fixture(params=["sqlite", "postgres"] if POSTGRES_URL else ["sqlite"])
+async def proxy(
+    request: pytest.FixtureRequest, start_proxy, make_settings
+) -> AsyncIterator[ProxyServer]:
+    # X-User-Id picks the user (from a trusted peer), so one test can be several users. The
+    # listing is SQL of its own per database: with CHATPROXY_TEST_POSTGRES_URL set, every test
+    # also runs on a fresh PostgreSQL database.
+    if request.param == "sqlite":
+        yield await start_proxy(**SETTINGS)
+        return
+    asyncpg = pytest.importorskip("asyncpg")
+    name = f"chatproxy_test_{secrets.token_hex(6)}"
+    admin = await asyncpg.connect(POSTGRES_URL)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    url = urlunsplit(urlsplit(POSTGRES_URL)._replace(path=f"/{name}"))
+    server = ProxyServer(make_settings(**SETTINGS, **{"storage.url": url}))
+    # Tortoise caches each model's INSERT statement per connection name, whatever the
+    # database: one process normally has one. Here it has both, one after the other.
+    EXECUTOR_CACHE.clear()
+    try:
+        await server.start()
+        yield server
+    finally:
+        await server.stop()
+        EXECUTOR_CACHE.clear()
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+def _client(proxy: ProxyServer, user: str) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(
+        base_url=proxy.url, api_key="unused", max_retries=0, default_headers={"X-User-Id": user}
+    )
+
+
+@pytest.fixture
+async def alice(proxy: ProxyServer) -> AsyncIterator[openai.AsyncOpenAI]:
+    async with _client(proxy, "alice") as c:
+        yield c
+
+
+@pytest.fixture
+async def bob(proxy: ProxyServer) -> AsyncIterator[openai.AsyncOpenAI]:
+    async with _client(proxy, "bob") as c:
+        yield c
+
+
+async def ask(
+    client: openai.AsyncOpenAI,
+    messages: str | list[dict[str, Any]],
+    *,
+    model: str = "m",
+    **kwargs: Any,
+) -> str:
+    """Create a completion through the proxy; its stored id (``X-Message-Id``)."""
+    if isinstance(messages, str):
+        messages = [{"role": "user", "content": messages}]
+    raw = await client.chat.completions.with_raw_response.create(
+        model=model, messages=messages, **kwargs
+    )
+    raw.parse()
+    return raw.headers["X-Message-Id"]
+
+
+async def snapshot(store: Store) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    messages = [(m.id, m.parent_id, m.metadata, m.data) for m in await all_messages(store)]
+    chats = [(c.id, c.head_id, c.visibility) for c in await all_chats(store)]
+    return messages, sorted(chats)
+
+
+async def make_public(store: Store, completion_id: str) -> None:
+    message = await store.get_message(completion_id)
+    assert message is not None
+    await store.write(lambda: Chat.filter(id=message.chat_id).update(visibility="public"))
+
+
+# -- retrieve --------------------------------------------------------------------------------
+
+
+async def test_retrieve_returns_the_stored_answer_as_a_chat_completion(
+    alice: openai.AsyncOpenAI, upstream: FakeUpstream
+) -> None:
+    upstream.enqueue(Reply(content="Paris.", usage=USAGE))
+    before = int(time.time())
+    completion_id = await ask(alice, "Capital of France?", model="gpt-test")
+
+    got = await alice.chat.completions.retrieve(completion_id)
+
+    assert isinstance(got, ChatCompletion)
+    assert got.id == completion_id
+    assert got.object == "chat.completion"
+    assert got.model == "gpt-test"
+    assert before - 1 <= got.created <= time.time() + 1
+    assert len(got.choices) == 1
+    choice = got.choices[0]
+    assert (choice.index, choice.finish_reason) == (0, "stop")
+    assert choice.message.role == "assistant"
+    assert choice.message.content == "Paris."
+    assert got.usage is not None and got.usage.model_dump(exclude_none=True) == USAGE
+    assert got.metadata == {}
+    extra = got.model_extra or {}
+    assert extra["status"] == "completed"
+    assert extra["chat_id"].startswith("chat_")
+
+
+async def test_retrieve_keeps_tool_calls_and_reasoning_of_a_streamed_answer(
+    alice: openai.AsyncOpenAI, upstream: FakeUpstream
+) -> None:
+    upstream.enqueue(
+        Reply(
+            reasoning="The user wants weather.",
+            tool_calls=[ToolCall("get_weather", '{"city": "Paris"}', id="call_1")],
+        )
+    )
+    raw = await alice.chat.completions.with_raw_response.create(
+        model="m", messages=[{"role": "user", "content": "Weather?"}], stream=True
+    )
+    async for _ in raw.parse():
+        pass
+    completion_id = raw.headers["X-Message-Id"]
+
+    choice = (await alice.chat.completions.retrieve(completion_id)).choices[0]
+
+    assert choice.finish_reason == "tool_calls"
+    assert choice.message.content is None
+    assert choice.message.tool_calls is not None
+    call = choice.message.tool_calls[0]
+    assert (call.id, call.type) == ("call_1", "function")
+    assert (call.function.name, call.function.arguments) == ("get_weather", '{"city": "Paris"}')
+    assert (choice.message.model_extra or {})["reasoning_content"] == "The user wants weather."
+
+
+async def test_an_answer_cut_short_without_a_finish_reason_says_length(
+    alice: openai.AsyncOpenAI, upstream: FakeUpstream, store: Store
+) -> None:
+    completion_id = await ask(alice, "Tell me a story")
+    await store.write(
+        lambda: Message.filter(id=completion_id).update(status="interrupted", finish_reason=None)
+    )
+    got = await alice.chat.completions.retrieve(completion_id)
+    assert got.choices[0].finish_reason == "length"
+    assert (got.model_extra or {})["status"] == "interrupted"
+
+
+# -- messages --------------------------------------------------------------------------------
+
+
+async def test_messages_list_gives_the_request_messages_oldest_first(
+    alice: openai.AsyncOpenAI, store: Store
+) -> None:
+    history: list[dict[str, Any]] = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+    ]
+    first = await ask(alice, history)
+    answer = (await alice.chat.completions.retrieve(first)).choices[0].message.content
+    history += [
+        {"role": "assistant", "content": answer},
+        {
+            "role": "user",
+            "content": [{"type": "text", "text": "Look "}, {"type": "text", "text": "here"}],
+        },
+    ]
+    second = await ask(alice, history)
+
+    page = await alice.chat.completions.messages.list(second)
+
+    assert all(isinstance(m, ChatCompletionStoreMessage) for m in page.data)
+    assert [m.role for m in page.data] == ["system", "user", "assistant", "user"]
+    assert [m.content for m in page.data] == ["Be brief.", "Hi", answer, "Look here"]
+    assert page.data[2].id == first  # the earlier answer, as stored
+    assert page.data[0].content_parts is None
+    parts = page.data[3].content_parts
+    assert parts is not None and [p.text for p in parts] == ["Look ", "here"]  # type: ignore[union-attr]
+    assert page.has_more is False
+    stored_ids = {m.id for m in await all_messages(store)}
+    assert {m.id for m in page.data} <= stored_ids
+
+    newest_first = await alice.chat.completions.messages.list(second, order="desc", limit=2)
+    assert [m.content for m in newest_first.data] == ["Look here", answer]
+    assert newest_first.has_more is True
+    rest = await alice.chat.completions.messages.list(
+        second, order="desc", after=newest_first.data[-1].id
+    )
+    assert [m.content for m in rest.data] == ["Hi", "Be brief."]
+    walked = [m.id async for m in alice.chat.completions.messages.list(second, limit=1)]
+    assert walked == [m.id for m in page.data]
+
+
+async def test_assistant_messages_sent_by_the_client_are_not_completions(
+    alice: openai.AsyncOpenAI,
+) -> None:
+    completion_id = await ask(
+        alice,
+        [
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Made up by the client"},
+            {"role": "user", "content": "And?"},
+        ],
+    )
+    page = await alice.chat.completions.list()
+    assert [c.id for c in page.data] == [completion_id]
+    client_sent = (await alice.chat.completions.messages.list(completion_id)).data[1]
+    assert client_sent.role == "assistant"
+    with pytest.raises(openai.NotFoundError):
+        await alice.chat.completions.retrieve(client_sent.id)
+
+
+# -- list ------------------------------------------------------------------------------------
+
+
+async def test_paging_25_completions_by_10_gives_each_exactly_once(
+    alice: openai.AsyncOpenAI,
+) -> None:
+    created = [await ask(alice, f"question {i}") for i in range(25)]
+
+    pages = [await alice.chat.completions.list(limit=10)]
+    while pages[-1].has_next_page():
+        pages.append(await pages[-1].get_next_page())
+
+    assert [len(p.data) for p in pages] == [10, 10, 5]
+    assert [p.has_more for p in pages] == [True, True, False]
+    assert [c.id for p in pages for c in p.data] == created  # oldest first by default
+    extra = pages[0].model_extra or {}
+    assert (extra["first_id"], extra["last_id"]) == (created[0], created[9])
+
+    newest_first = [c.id async for c in alice.chat.completions.list(limit=10, order="desc")]
+    assert newest_first == created[::-1]
+    after = await alice.chat.completions.list(after=created[19], limit=10)
+    assert [c.id for c in after.data] == created[20:]
+    assert after.has_more is False
+
+
+async def test_list_filters_by_model_and_metadata(alice: openai.AsyncOpenAI) -> None:
+    a = await ask(alice, "one", model="model-a")
+    b = await ask(alice, "two", model="model-b")
+    # Metadata sent with the request is the completion's metadata, as with OpenAI's store.
+    c = await ask(alice, "three", model="model-a", metadata={"project": "x", "env": "dev"})
+    await alice.chat.completions.update(a, metadata={"project": "x", "env": "prod"})
+
+    assert [x.id for x in (await alice.chat.completions.list(model="model-a")).data] == [a, c]
+    assert [x.id for x in (await alice.chat.completions.list(model="model-b")).data] == [b]
+    assert (await alice.chat.completions.list(model="model-z")).data == []
+    by_project = await alice.chat.completions.list(metadata={"project": "x"})
+    assert [x.id for x in by_project.data] == [a, c]
+    both = await alice.chat.completions.list(metadata={"project": "x", "env": "dev"})
+    assert [x.id for x in both.data] == [c]
+    assert both.data[0].metadata == {"project": "x", "env": "dev"}
+    assert (await alice.chat.completions.list(metadata={"project": "y"})).data == []
+    assert [
+        x.id for x in (await alice.chat.completions.list(model="model-b", metadata={})).data
+    ] == [b]
+
+
+# -- update ----------------------------------------------------------------------------------
+
+
+async def test_update_replaces_the_metadata(alice: openai.AsyncOpenAI, store: Store) -> None:
+    completion_id = await ask(alice, "Hi", metadata={"old": "1"})
+
+    updated = await alice.chat.completions.update(completion_id, metadata={"topic": "greeting"})
+
+    assert isinstance(updated, ChatCompletion)
+    assert updated.id == completion_id
+    assert updated.metadata == {"topic": "greeting"}
+    assert (await alice.chat.completions.retrieve(completion_id)).metadata == {"topic": "greeting"}
+    stored = await store.get_message(completion_id)
+    assert stored is not None and stored.metadata == {"topic": "greeting"}
+    cleared = await alice.chat.completions.update(completion_id, metadata=None)
+    assert cleared.metadata == {}
+    assert (await alice.chat.completions.list(metadata={"old": "1"})).data == []
+
+
+# -- delete ----------------------------------------------------------------------------------
+
+
+async def test_delete_removes_the_answer_and_what_followed_it_and_fixes_the_head(
+    alice: openai.AsyncOpenAI, store: Store, upstream: FakeUpstream
+) -> None:
+    upstream.enqueue(Reply(content="Joke one"), Reply(content="Joke two"))
+    user1 = {"role": "user", "content": "Tell me a joke"}
+    first = await ask(alice, [user1])
+    regenerated = await ask(alice, [user1])  # a sibling of ``first``
+    followup = await ask(
+        alice,
+        [user1, {"role": "assistant", "content": "Joke one"}, {"role": "user", "content": "More"}],
+    )
+    stored = {m.id: m for m in await all_messages(store)}
+    chat_id = stored[first].chat_id
+    assert {m.chat_id for m in stored.values()} == {chat_id}
+    chat = await store.get_chat(chat_id)
+    assert chat is not None and chat.head_id == followup
+    await store.write(
+        lambda: Vote.create(
+            message_id=followup, chat_id=chat_id, user_id="alice", up=True, created_at=utcnow()
+        )
+    )
+    doomed = {first, followup, stored[followup].parent_id}  # and the question "More"
+
+    deleted = await alice.chat.completions.delete(first)
+
+    assert isinstance(deleted, ChatCompletionDeleted)
+    assert (deleted.id, deleted.object, deleted.deleted) == (first, "chat.completion.deleted", True)
+    remaining = await all_messages(store)
+    assert not doomed & {m.id for m in remaining}
+    assert [m.role for m in remaining] == ["user", "assistant"]
+    assert remaining[1].id == regenerated
+    assert await store.read(lambda: Vote.all()) == []
+    chat = await store.get_chat(chat_id)
+    assert chat is not None and chat.head_id == regenerated  # the newest leaf left
+    assert [c.id for c in (await alice.chat.completions.list()).data] == [regenerated]
+    for call in (
+        lambda: alice.chat.completions.retrieve(first),
+        lambda: alice.chat.completions.delete(first),
+        lambda: alice.chat.completions.retrieve(followup),
+    ):
+        with pytest.raises(openai.NotFoundError):
+            await call()
+
+    await alice.chat.completions.delete(regenerated)
+    chat = await store.get_chat(chat_id)
+    assert chat is not None and chat.head_id == remaining[0].id  # the question, now a leaf
+
+
+# -- who may see what ------------------------------------------------------------------------
+
+
+async def test_another_users_completion_is_404_on_every_endpoint(
+    alice: openai.AsyncOpenAI, bob: openai.AsyncOpenAI, store: Store
+) -> None:
+    completion_id = await ask(alice, "My secret plan")
+    await ask(bob, "Bob's own question")
+    before = await snapshot(store)
+
+    for call in (
+        lambda: bob.chat.completions.retrieve(completion_id),
+        lambda: bob.chat.completions.messages.list(completion_id),
+        lambda: bob.chat.completions.update(completion_id, metadata={"mine": "now"}),
+        lambda: bob.chat.completions.delete(completion_id),
+    ):
+        with pytest.raises(openai.NotFoundError) as caught:
+            await call()
+        assert caught.value.code == "not_found"
+        assert "secret" not in caught.value.message
+
+    assert completion_id not in [c.id for c in (await bob.chat.completions.list()).data]
+    with pytest.raises(openai.BadRequestError) as caught:
+        await bob.chat.completions.list(after=completion_id)
+    assert caught.value.code == "invalid_cursor"
+    assert await snapshot(store) == before
+    assert (await alice.chat.completions.retrieve(completion_id)).id == completion_id
+
+
+async def test_a_public_chats_completion_is_readable_but_not_writable_by_others(
+    alice: openai.AsyncOpenAI, bob: openai.AsyncOpenAI, store: Store
+) -> None:
+    completion_id = await ask(alice, "Shared knowledge")
+    await make_public(store, completion_id)
+    before = await snapshot(store)
+
+    got = await bob.chat.completions.retrieve(completion_id)
+    assert got.choices[0].message.content
+    messages = await bob.chat.completions.messages.list(completion_id)
+    assert [m.content for m in messages.data] == ["Shared knowledge"]
+    for call in (
+        lambda: bob.chat.completions.update(completion_id, metadata={"k": "v"}),
+        lambda: bob.chat.completions.delete(completion_id),
+    ):
+        with pytest.raises(openai.PermissionDeniedError) as caught:
+            await call()
+        assert caught.value.code == "permission_denied"
+    assert (await bob.chat.completions.list()).data == []  # listing stays one's own
+    assert await snapshot(store) == before
+
+
+# -- bad input -------------------------------------------------------------------------------
+
+LIST, ONE = "/chat/completions", "/chat/completions/{id}"  # {id}: a real completion's id
+BAD_ID = "/chat/completions/bad.id"
+META, NOT_ID = "metadata", "completion_id"  # the params the errors name
+BAD_INPUT = [
+    ("GET", LIST + "?limit=0", None, "invalid_value", "limit"),
+    ("GET", LIST + "?limit=101", None, "invalid_value", "limit"),
+    ("GET", LIST + "?limit=ten", None, "invalid_value", "limit"),
+    ("GET", LIST + "?limit=-1", None, "invalid_value", "limit"),
+    ("GET", LIST + "?order=newest", None, "invalid_value", "order"),
+    ("GET", LIST + "?after=msg_unknown", None, "invalid_cursor", "after"),
+    ("GET", LIST + "?after=not%20an%20id", None, "invalid_cursor", "after"),
+    ("GET", BAD_ID, None, "invalid_id", NOT_ID),
+    ("GET", LIST + "/" + "x" * 129, None, "invalid_id", NOT_ID),
+    ("GET", ONE + "/messages?limit=0", None, "invalid_value", "limit"),
+    ("GET", ONE + "/messages?order=up", None, "invalid_value", "order"),
+    ("GET", ONE + "/messages?after=msg_nope", None, "invalid_cursor", "after"),
+    ("GET", BAD_ID + "/messages", None, "invalid_id", NOT_ID),
+    ("DELETE", BAD_ID, None, "invalid_id", NOT_ID),
+    ("POST", BAD_ID, {META: {}}, "invalid_id", NOT_ID),
+    ("POST", ONE, b"{not json", "invalid_json", None),
+    ("POST", ONE, [], "invalid_type", None),
+    ("POST", ONE, {}, "missing_required_parameter", META),
+    ("POST", ONE, {META: "x"}, "invalid_type", META),
+    ("POST", ONE, {META: ["x"]}, "invalid_type", META),
+    ("POST", ONE, {META: {"k": 1}}, "invalid_type", META),
+    ("POST", ONE, {META: {f"k{i}": "v" for i in range(17)}}, "invalid_value", META),
+    ("POST", ONE, {META: {"k" * 65: "v"}}, "invalid_value", META),
+    ("POST", ONE, {META: {"": "v"}}, "invalid_value", META),
+    ("POST", ONE, {META: {"k": "v" * 513}}, "invalid_value", META),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "body", "code", "param"), BAD_INPUT)
+async def test_bad_input_is_a_400_with_its_code_and_changes_nothing(
+    alice: openai.AsyncOpenAI,
+    proxy: ProxyServer,
+    store: Store,
+    http: aiohttp.ClientSession,
+    method: str,
+    path: str,
+    body: Any,
+    code: str,
+    param: str | None,
+) -> None:
+    completion_id = await ask(alice, "Hi", metadata={"keep": "me"})
+    before = await snapshot(store)
+    kwargs: dict[str, Any] = {"data": body} if isinstance(body, bytes) else {"json": body}
+    url = proxy.url + path.replace("{id}", completion_id)
+
+    async with http.request(method, url, headers={"X-User-Id": "alice"}, **kwargs) as resp:
+        status, error = resp.status, (await resp.json())["error"]
+
+    assert (status, error["code"], error["param"]) == (400, code, param)
+    assert error["type"] == "invalid_request_error" and error["message"]
+    assert await snapshot(store) == before
+
+
+async def test_the_proxy_route_and_the_pass_through_still_answer(
+    alice: openai.AsyncOpenAI, upstream: FakeUpstream
+) -> None:
+    await ask(alice, "Hi")  # POST /v1/chat/completions is still the proxy
+    models = await alice.models.list()
+    assert [m.id for m in models.data]
+    assert upstream.chat_requests  # the upstream saw the chat request
