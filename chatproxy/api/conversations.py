@@ -1,11 +1,434 @@
-"""Management API: conversations (being written in this session)."""
+"""Management API: conversations (SPEC §4), shaped like OpenAI's Conversations API so that
+``client.conversations...`` of the official SDKs works unchanged, plus three extensions: the
+list (``GET /v1/conversations``), ``/messages`` (chat-completions format) and votes.
+
+Access: the owner reads and writes. A ``public`` chat may be read by any authenticated user
+and voted on (a vote is feedback, not a change to the chat), but other writes by a non-owner
+are ``403 permission_denied``. Another user's ``private`` chat is ``404 chat_not_found`` on
+every endpoint, exactly like a chat that does not exist. Writes that change messages (adding
+or deleting items, deleting the chat) are ``409 chat_busy`` while an answer is generated.
+
+Items are the active branch, one or more per stored message (:func:`message_items`). An
+item's id is its message's id; the k-th further item of one message (the tool calls of an
+answer with text, say) is ``{message_id}_{k}``. Deleting any item deletes its message.
+"""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
 from aiohttp import web
 
-__all__ = ["add_routes"]
+from chatproxy.appkeys import CALLER, CHAT_ID, GENERATIONS, SETTINGS, STORE
+from chatproxy.errors import Conflict, InvalidRequest, PermissionDenied, ResourceNotFound
+from chatproxy.ids import CHAT_ID_RE
+from chatproxy.store import history
+from chatproxy.store.history import ChatView, ItemError
+from chatproxy.store.models import Chat, Message
+from chatproxy.store.threading import message_text
+
+__all__ = ["add_routes", "message_items"]
+
+VISIBILITIES = ("private", "public")
+MAX_TITLE = 256  # the column's size
+MAX_QUERY = 1000
+_ITEM_SUFFIX = re.compile(r"(.+)_([1-9][0-9]{0,3})")
 
 
 def add_routes(router: web.UrlDispatcher) -> None:
     """Register this module's routes (before the pass-through catch-all)."""
+    chat = "/v1/conversations/{chat_id}"
+    routes: dict[str, dict[str, Any]] = {
+        "/v1/conversations": {"POST": create_conversation, "GET": list_conversations},
+        chat: {"GET": get_conversation, "POST": update_conversation, "DELETE": delete},
+        chat + "/items": {"GET": list_items, "POST": create_items},
+        chat + "/items/{item_id}": {"GET": get_item, "DELETE": delete_item},
+        chat + "/messages": {"GET": list_messages},
+        chat + "/messages/{message_id}/vote": {"PUT": vote},
+    }
+    for path, handlers in routes.items():
+        for method, handler in handlers.items():
+            router.add_route(method, path, handler)
+        # Another method is refused here, not forwarded upstream by the catch-all.
+        router.add_route("*", path, _method_not_allowed)
+
+
+async def _method_not_allowed(request: web.Request) -> web.Response:
+    raise web.HTTPMethodNotAllowed(request.method, [])
+
+
+# -- requests --------------------------------------------------------------------------------
+
+
+def _invalid(message: str, code: str, param: str | None = None) -> InvalidRequest:
+    return InvalidRequest(message, code=code, param=param)
+
+
+async def _body(request: web.Request, allowed: tuple[str, ...]) -> dict[str, Any]:
+    """The request's JSON object (an empty body is ``{}``); unknown keys are refused."""
+    raw = await request.read()
+    try:
+        body = orjson.loads(raw) if raw.strip() else {}
+    except orjson.JSONDecodeError:
+        raise _invalid("the request body is not valid JSON", "invalid_json") from None
+    if not isinstance(body, dict):
+        raise _invalid("the request body must be a JSON object", "invalid_type")
+    for key in body:
+        if key not in allowed:
+            raise _invalid(f"unknown parameter {key!r}", "unknown_parameter", key)
+    return body
+
+
+def _path_id(request: web.Request, name: str, code: str) -> str:
+    value = request.match_info[name]
+    if not CHAT_ID_RE.fullmatch(value):
+        raise _invalid(f"'{name}' must match [A-Za-z0-9_-]{{1,128}}", code, name)
+    return value
+
+
+def _query(request: web.Request, name: str, choices: tuple[str, ...], default: str) -> str:
+    value = request.query.get(name, default)
+    if value not in choices:
+        raise _invalid(f"'{name}' must be one of {', '.join(choices)}", "invalid_value", name)
+    return value
+
+
+def _limit(request: web.Request) -> int:
+    value = request.query.get("limit", "20")
+    if not (value.isascii() and value.isdigit() and len(value) <= 3 and 1 <= int(value) <= 100):
+        raise _invalid("'limit' must be an integer from 1 to 100", "invalid_value", "limit")
+    return int(value)
+
+
+def _settings(body: dict[str, Any]) -> dict[str, Any]:
+    """The given ones of ``metadata`` (OpenAI's rules: at most 16 string pairs, keys up to 64
+    and values up to 512 characters; null clears it), ``title`` and ``visibility``, checked."""
+    out: dict[str, Any] = {}
+    if "metadata" in body:
+        md = body["metadata"] or {}
+        if not isinstance(md, dict) or not all(isinstance(v, str) for v in md.values()):
+            raise _invalid("'metadata' must be an object of strings", "invalid_type", "metadata")
+        if len(md) > 16 or any(len(k) > 64 or len(v) > 512 for k, v in md.items()):
+            what = "at most 16 pairs, keys up to 64 and values up to 512 characters"
+            raise _invalid(f"'metadata' holds {what}", "invalid_value", "metadata")
+        out["metadata"] = md
+    if "title" in body:
+        title = body["title"]
+        if title is not None and not isinstance(title, str):
+            raise _invalid("'title' must be a string or null", "invalid_type", "title")
+        if title is not None and len(title) > MAX_TITLE:
+            raise _invalid("'title' is longer than 256 characters", "invalid_value", "title")
+        out["title"] = title or None
+    if "visibility" in body:
+        visibility = body["visibility"]
+        if not isinstance(visibility, str):
+            raise _invalid("'visibility' must be a string", "invalid_type", "visibility")
+        if visibility not in VISIBILITIES:
+            raise _invalid("'visibility' must be private or public", "invalid_value", "visibility")
+        out["visibility"] = visibility
+    return out
+
+
+def _messages(body: dict[str, Any], *, required: bool) -> list[dict[str, Any]]:
+    if body.get("items") is None and required:
+        raise _invalid("'items' is required", "missing_required_parameter", "items")
+    try:
+        return history.items_to_messages(body.get("items") or [])
+    except ItemError as exc:
+        code, param, message = exc.args
+        raise _invalid(message, code, param) from None
+
+
+# -- access ----------------------------------------------------------------------------------
+
+
+async def _chat(request: web.Request, *, write: bool = False) -> Chat:
+    """The chat of the path, if the caller may read it (and change it, for ``write``)."""
+    chat_id = _path_id(request, "chat_id", "invalid_chat_id")
+    chat = await request.app[STORE].get_chat(chat_id)
+    user = request[CALLER].user_id
+    if chat is None or (chat.owner_id != user and chat.visibility != "public"):
+        # Another user's private chat does not exist, as far as this caller can tell.
+        raise _no_chat(chat_id)
+    if write and chat.owner_id != user:
+        raise PermissionDenied(
+            "this conversation belongs to another user: it is read-only for you",
+            code="permission_denied",
+        )
+    request[CHAT_ID] = chat_id
+    return chat
+
+
+def _no_chat(chat_id: str) -> ResourceNotFound:
+    return ResourceNotFound(f"no conversation with id {chat_id!r}", code="chat_not_found")
+
+
+def _no_item(item_id: str) -> ResourceNotFound:
+    return ResourceNotFound(f"no item {item_id!r} in this conversation", code="item_not_found")
+
+
+def _not_busy(request: web.Request, chat_id: str) -> None:
+    if request.app[GENERATIONS].busy(chat_id):
+        raise Conflict(
+            "an answer is being generated in this conversation; change it once it is done",
+            code="chat_busy",
+        )
+
+
+# -- responses -------------------------------------------------------------------------------
+
+
+def _json(body: Any) -> web.Response:
+    return web.Response(body=orjson.dumps(body), content_type="application/json")
+
+
+def _conversation(view: ChatView) -> dict[str, Any]:
+    chat = view.chat
+    return {
+        "id": chat.id,
+        "object": "conversation",
+        "created_at": int(chat.created_at.timestamp()),
+        "metadata": chat.metadata or {},
+        "title": chat.title,
+        "updated_at": int(chat.updated_at.timestamp()),
+        "visibility": chat.visibility,
+        "message_count": view.message_count,
+    }
+
+
+def _list(data: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
+    first, last = (data[0]["id"], data[-1]["id"]) if data else (None, None)
+    return {
+        "object": "list",
+        "data": data,
+        "first_id": first,
+        "last_id": last,
+        "has_more": has_more,
+    }
+
+
+def _input_parts(content: Any) -> list[dict[str, Any]]:
+    if isinstance(content, str):
+        return [{"type": "input_text", "text": content}]
+    parts: list[dict[str, Any]] = []
+    for part in content if isinstance(content, list) else []:
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind in ("text", "input_text", "output_text") and isinstance(part.get("text"), str):
+            parts.append({"type": "input_text", "text": part["text"]})
+        elif kind == "image_url":
+            image = part["image_url"] if isinstance(part.get("image_url"), dict) else {}
+            detail = image.get("detail") or "auto"
+            parts.append({"type": "input_image", "image_url": image.get("url"), "detail": detail})
+    return parts
+
+
+def _answer_items(data: Mapping[str, Any], status: str) -> list[dict[str, Any]]:
+    # OpenAI's items know in_progress, completed and incomplete: a failed, cancelled or
+    # interrupted answer is an incomplete one.
+    status = status if status in ("in_progress", "completed") else "incomplete"
+    text, refusal = message_text(data.get("content")), data.get("refusal")
+    calls = [c for c in data.get("tool_calls") or [] if isinstance(c, dict)]
+    parts: list[dict[str, Any]] = []
+    if text or not (calls or refusal):
+        parts.append({"type": "output_text", "text": text, "annotations": []})
+    if refusal and isinstance(refusal, str):
+        parts.append({"type": "refusal", "refusal": refusal})
+    items = [{"type": "message", "role": "assistant", "status": status, "content": parts}]
+    for call in calls:
+        fn = call["function"] if isinstance(call.get("function"), dict) else {}
+        item = {"type": "function_call", "call_id": str(call.get("id") or "")}
+        item |= {"name": str(fn.get("name") or ""), "arguments": str(fn.get("arguments") or "")}
+        items.append(item | {"status": status})
+    return items if parts else items[1:]
+
+
+def message_items(m: Message) -> list[dict[str, Any]]:
+    """A stored message as OpenAI conversation items: a ``message`` (``input_text`` parts, or
+    ``output_text`` for an answer), then one ``function_call`` per tool call; a tool result is
+    one ``function_call_output``."""
+    data = m.data if isinstance(m.data, dict) else {}
+    if m.role in ("tool", "function"):
+        call_id, output = data.get("tool_call_id") or data.get("name") or "", data.get("content")
+        item = {"type": "function_call_output", "call_id": call_id, "status": "completed"}
+        items = [item | {"output": message_text(output)}]
+    elif m.role == "assistant":
+        items = _answer_items(data, m.status)
+    else:
+        role = m.role if m.role in ("user", "system", "developer") else "unknown"
+        parts = _input_parts(data.get("content"))
+        items = [{"type": "message", "role": role, "status": "completed", "content": parts}]
+    return [{"id": m.id if k == 0 else f"{m.id}_{k}", **item} for k, item in enumerate(items)]
+
+
+# -- conversations ---------------------------------------------------------------------------
+
+
+async def create_conversation(request: web.Request) -> web.Response:
+    """``POST /v1/conversations`` ``{metadata?, items?, title?, visibility?}``."""
+    body = await _body(request, ("metadata", "items", "title", "visibility"))
+    settings = _settings(body)
+    messages = _messages(body, required=False)
+    title = settings.get("title")
+    if title is None and request.app[SETTINGS].chats.title != "none":
+        title = history.default_title(messages)
+    view = await history.create_chat(
+        request.app[STORE],
+        request[CALLER].user_id,
+        messages,
+        title=title,
+        visibility=settings.get("visibility", "private"),
+        metadata=settings.get("metadata"),
+    )
+    request[CHAT_ID] = view.chat.id
+    return _json(_conversation(view))
+
+
+async def list_conversations(request: web.Request) -> web.Response:
+    """``GET /v1/conversations``: the caller's own chats, newest first (extension)."""
+    limit = _limit(request)
+    after = request.query.get("after") or None
+    if after is not None and not CHAT_ID_RE.fullmatch(after):
+        raise _invalid("'after' is not an id from a previous page", "invalid_cursor", "after")
+    q = request.query.get("q") or None
+    if q is not None and len(q) > MAX_QUERY:
+        raise _invalid("'q' is longer than 1000 characters", "invalid_value", "q")
+    metadata = [
+        (key[len("metadata[") : -1], value)
+        for key, value in request.query.items()
+        if key.startswith("metadata[") and key.endswith("]")
+    ]
+    user = request[CALLER].user_id
+    views, has_more = await history.list_chats(
+        request.app[STORE], user, limit=limit, after=after, metadata=metadata, q=q
+    )
+    return _json(_list([_conversation(v) for v in views], has_more))
+
+
+async def get_conversation(request: web.Request) -> web.Response:
+    chat = await _chat(request)
+    return _json(
+        _conversation(ChatView(chat, await history.message_count(request.app[STORE], chat)))
+    )
+
+
+async def update_conversation(request: web.Request) -> web.Response:
+    """``POST /v1/conversations/{id}``: ``metadata`` (replaced whole, as OpenAI does),
+    ``title``, ``visibility``; what is left out stays as it is."""
+    chat = await _chat(request, write=True)
+    changes = _settings(await _body(request, ("metadata", "title", "visibility")))
+    updated = await history.update_chat(request.app[STORE], chat.id, changes)
+    if updated is None:
+        raise _no_chat(chat.id)
+    return _json(_conversation(updated))
+
+
+async def delete(request: web.Request) -> web.Response:
+    """``DELETE /v1/conversations/{id}``: the chat, every message of every branch, votes."""
+    chat = await _chat(request, write=True)
+    _not_busy(request, chat.id)
+    if not await history.delete_chat(request.app[STORE], chat.id):
+        raise _no_chat(chat.id)
+    return _json({"id": chat.id, "object": "conversation.deleted", "deleted": True})
+
+
+# -- items -----------------------------------------------------------------------------------
+
+
+async def list_items(request: web.Request) -> web.Response:
+    """``GET .../items``: the active branch, newest first unless ``order=asc``."""
+    chat = await _chat(request)
+    limit = _limit(request)
+    order = _query(request, "order", ("asc", "desc"), "desc")
+    after = request.query.get("after") or None
+    tree = await history.chat_tree(request.app[STORE], chat.id)
+    items = [i for m in history.branch(tree, chat.head_id) for i in message_items(m)]
+    if order == "desc":
+        items.reverse()
+    ids = [item["id"] for item in items]
+    if after is not None and after not in ids:
+        raise _invalid("'after' is not an item of this conversation", "invalid_cursor", "after")
+    start = ids.index(after) + 1 if after is not None else 0
+    return _json(_list(items[start : start + limit], start + limit < len(items)))
+
+
+async def create_items(request: web.Request) -> web.Response:
+    """``POST .../items`` ``{items}``: appended to the active branch; answers the new items."""
+    chat = await _chat(request, write=True)
+    messages = _messages(await _body(request, ("items",)), required=True)
+    _not_busy(request, chat.id)
+    created = await history.append_messages(request.app[STORE], chat.id, messages)
+    if created is None:
+        raise _no_chat(chat.id)
+    return _json(_list([item for m in created for item in message_items(m)], False))
+
+
+async def _item(request: web.Request, chat_id: str) -> tuple[Message, dict[str, Any]]:
+    """The item of the path (on any branch of the chat) and its message."""
+    item_id = _path_id(request, "item_id", "invalid_item_id")
+    suffixed = _ITEM_SUFFIX.fullmatch(item_id)
+    for message_id in [item_id, suffixed.group(1)] if suffixed else [item_id]:
+        m = await request.app[STORE].get_message(message_id)
+        found = [i for i in message_items(m) if i["id"] == item_id] if m else []
+        if m is not None and m.chat_id == chat_id and found:
+            return m, found[0]
+    raise _no_item(item_id)
+
+
+async def get_item(request: web.Request) -> web.Response:
+    chat = await _chat(request)
+    return _json((await _item(request, chat.id))[1])
+
+
+async def delete_item(request: web.Request) -> web.Response:
+    """``DELETE .../items/{item_id}``: the item's message and everything below it; answers the
+    conversation, as OpenAI does."""
+    chat = await _chat(request, write=True)
+    m, item = await _item(request, chat.id)
+    _not_busy(request, chat.id)
+    updated = await history.delete_message(request.app[STORE], chat.id, m.id)
+    if updated is None:
+        raise _no_item(item["id"])
+    return _json(_conversation(updated))
+
+
+# -- extensions ------------------------------------------------------------------------------
+
+
+async def list_messages(request: web.Request) -> web.Response:
+    """``GET .../messages``: the active branch in chat-completions format, ready to send back
+    upstream (as ``chatproxy export --format openai``: no reasoning, no answer that failed
+    before it said anything); ``?all=true``: every message of every branch, oldest first, as
+    stored, with ``id``, ``parent_id`` and ``status``."""
+    chat = await _chat(request)
+    every = _query(request, "all", ("true", "false", "1", "0"), "false") in ("true", "1")
+    tree = await history.chat_tree(request.app[STORE], chat.id)
+    if every:
+        data = [{**m.data, "id": m.id, "parent_id": m.parent_id, "status": m.status} for m in tree]
+    else:
+        branch = history.branch(tree, chat.head_id)
+        data = [
+            {k: v for k, v in m.data.items() if k != "reasoning_content"}
+            for m in branch
+            if history.replayable(m)
+        ]
+    return _json({"object": "list", "data": data, "head_id": chat.head_id})
+
+
+async def vote(request: web.Request) -> web.Response:
+    """``PUT .../messages/{message_id}/vote`` ``{"up": bool}``: the caller's vote, replacing
+    an earlier one; anyone who may read the chat may vote."""
+    chat = await _chat(request)
+    message_id = _path_id(request, "message_id", "invalid_message_id")
+    body = await _body(request, ("up",))
+    if not isinstance(body.get("up"), bool):
+        code = "missing_required_parameter" if body.get("up") is None else "invalid_type"
+        raise _invalid("'up' is required and must be true or false", code, "up")
+    user = request[CALLER].user_id
+    if not await history.set_vote(request.app[STORE], chat.id, message_id, user, body["up"]):
+        raise ResourceNotFound(
+            f"no message {message_id!r} in this conversation", code="message_not_found"
+        )
+    return _json({"id": message_id, "object": "vote", "up": body["up"], "user_id": user})

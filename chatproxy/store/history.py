@@ -1,0 +1,473 @@
+"""The management API's queries and writes (SPEC §4): chats, their branches, votes.
+
+Used by the HTTP endpoints (:mod:`chatproxy.api.conversations`) and by the CLI. Reads run
+through :meth:`Store.read`; every write is one :meth:`Store.write` call, so it runs in the
+writer task, after every write queued before it, in one transaction. A write re-reads what it
+depends on (the chat's head, the message tree) inside that transaction, and answers ``None``
+or ``False`` when the chat or message is gone instead of raising in the writer.
+
+The **active branch** of a chat is the path from its root to ``Chat.head_id`` along
+``parent_id``; a chat's ``message_count`` is the length of that branch.
+
+Listing is newest ``updated_at`` first, ties broken by id (descending), so the order is total
+and an ``after`` cursor (a chat id) names a fixed position: chats that become newer go to the
+front and never shift the pages after it. ``updated_at`` moves when messages are added or
+deleted, not when the title, metadata or visibility change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from chatproxy.errors import InvalidRequest
+from chatproxy.ids import new_chat_id, new_message_id
+from chatproxy.store.batch import Dialect
+from chatproxy.store.models import Chat, Message, Vote
+from chatproxy.store.store import Store, utcnow
+from chatproxy.store.threading import message_text, prefix_hashes
+
+__all__ = [
+    "TITLE_LENGTH",
+    "ChatView",
+    "ItemError",
+    "append_messages",
+    "branch",
+    "chat_tree",
+    "chat_view",
+    "create_chat",
+    "default_title",
+    "delete_chat",
+    "delete_message",
+    "items_to_messages",
+    "list_chats",
+    "message_count",
+    "replayable",
+    "set_vote",
+    "update_chat",
+]
+
+TITLE_LENGTH = 80
+_IN_CHUNK = 500  # ids per ``IN (...)`` of a delete
+
+
+@dataclass(slots=True, frozen=True)
+class ChatView:
+    """A chat and the length of its active branch."""
+
+    chat: Chat
+    message_count: int
+
+
+def _walk(parents: Mapping[str, str | None], head_id: str | None) -> list[str]:
+    """The ids from the root to ``head_id`` (a cycle, which should never exist, stops it)."""
+    path: list[str] = []
+    seen: set[str] = set()
+    current = head_id
+    while current is not None and current in parents and current not in seen:
+        seen.add(current)
+        path.append(current)
+        current = parents[current]
+    path.reverse()
+    return path
+
+
+def branch(messages: Iterable[Message], head_id: str | None) -> list[Message]:
+    """The active branch of a chat's ``messages``: root first, ``head_id`` last."""
+    by_id = {m.id: m for m in messages}
+    return [by_id[i] for i in _walk({m.id: m.parent_id for m in by_id.values()}, head_id)]
+
+
+def replayable(m: Message) -> bool:
+    """Whether a message belongs in history sent back upstream: not an answer that failed
+    (or was cut off) before it produced anything."""
+    if m.role != "assistant" or m.status == "completed":
+        return True
+    return bool(m.data.get("content") or m.data.get("tool_calls"))
+
+
+def default_title(messages: Sequence[Mapping[str, Any]]) -> str | None:
+    """A chat's title from its first user message, trimmed to about 80 characters."""
+    for m in messages:
+        if m.get("role") == "user":
+            text = " ".join(message_text(m.get("content")).split())
+            if len(text) > TITLE_LENGTH:
+                text = text[:TITLE_LENGTH].rsplit(" ", 1)[0] + "…"
+            return text or None
+    return None
+
+
+# -- reads -----------------------------------------------------------------------------------
+
+
+async def _counts(chats: Sequence[Chat]) -> dict[str, int]:
+    # Only the tree's shape is loaded: (chat, id, parent) of the chats' messages.
+    if not chats:
+        return {}
+    rows = await Message.filter(chat_id__in=[c.id for c in chats]).values_list(
+        "chat_id", "id", "parent_id"
+    )
+    parents: dict[str, dict[str, str | None]] = {c.id: {} for c in chats}
+    for chat_id, message_id, parent_id in rows:
+        parents[chat_id][message_id] = parent_id
+    return {c.id: len(_walk(parents[c.id], c.head_id)) for c in chats}
+
+
+async def chat_view(store: Store, chat_id: str) -> ChatView | None:
+    """The chat with its message count, or ``None`` when it does not exist."""
+    chat = await store.get_chat(chat_id)
+    return ChatView(chat, await message_count(store, chat)) if chat is not None else None
+
+
+async def message_count(store: Store, chat: Chat) -> int:
+    """The length of the chat's active branch."""
+    return (await store.read(lambda: _counts([chat])))[chat.id]
+
+
+async def chat_tree(store: Store, chat_id: str) -> list[Message]:
+    """Every message of a chat, every branch, oldest first."""
+    return await store.read(lambda: Message.filter(chat_id=chat_id).order_by("created_at", "id"))
+
+
+async def list_chats(
+    store: Store,
+    owner_id: str,
+    *,
+    limit: int,
+    after: str | None = None,
+    metadata: Sequence[tuple[str, str]] = (),
+    q: str | None = None,
+) -> tuple[list[ChatView], bool]:
+    """One page of the owner's chats, newest ``updated_at`` first, and whether more follow.
+
+    ``after`` is the id of a chat of this owner (the last one of the previous page); an
+    unknown or foreign id raises :class:`InvalidRequest` (``invalid_cursor``). ``metadata``
+    pairs must all match; ``q`` is a case-insensitive substring of the title or of any
+    message's text.
+    """
+    d = Dialect(store.conn)
+    where = ["c.owner_id = ?"]
+    params: list[Any] = [owner_id]
+    if after is not None:
+        _, rows = await store.read(
+            lambda: store.conn.execute_query(
+                d.sql("SELECT updated_at FROM chats WHERE id = ? AND owner_id = ?"),
+                [after, owner_id],
+            )
+        )
+        if not rows:
+            raise InvalidRequest(
+                f"'after' is not the id of one of your conversations: {after!r}",
+                code="invalid_cursor",
+                param="after",
+            )
+        # The stored value itself, so the comparison is exact in every dialect.
+        where.append("(c.updated_at < ? OR (c.updated_at = ? AND c.id < ?))")
+        params += [rows[0][0], rows[0][0], after]
+    for key, value in metadata:
+        if d.postgres:
+            where.append("(c.metadata ->> ?) = ?")
+        else:
+            where.append(
+                "EXISTS (SELECT 1 FROM json_each(c.metadata) j "
+                "WHERE j.key = ? AND j.type = 'text' AND j.value = ?)"
+            )
+        params += [key, value]
+    if q:
+        where.append(
+            "(LOWER(c.title) LIKE LOWER(?) ESCAPE '\\' OR c.id IN (SELECT m.chat_id FROM "
+            "messages m WHERE m.user_id = ? AND LOWER(m.text) LIKE LOWER(?) ESCAPE '\\'))"
+        )
+        pattern = "%" + q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        params += [pattern, owner_id, pattern]
+    query = (
+        f"SELECT c.id FROM chats c WHERE {' AND '.join(where)} "
+        "ORDER BY c.updated_at DESC, c.id DESC LIMIT ?"
+    )
+    params.append(limit + 1)
+
+    async def op() -> tuple[list[ChatView], bool]:
+        _, rows = await store.conn.execute_query(d.sql(query), params)
+        ids = [row[0] for row in rows[:limit]]
+        by_id = {c.id: c for c in await Chat.filter(id__in=ids)}
+        chats = [by_id[i] for i in ids if i in by_id]
+        counts = await _counts(chats)
+        return [ChatView(c, counts[c.id]) for c in chats], len(rows) > limit
+
+    return await store.read(op)
+
+
+# -- writes ----------------------------------------------------------------------------------
+
+
+def _new_messages(
+    chat_id: str,
+    user_id: str,
+    parent: Message | None,
+    parent_hash: str,
+    datas: Sequence[dict[str, Any]],
+) -> list[Message]:
+    """Rows for ``datas`` chained under ``parent``, hashed so that a client that resends this
+    history later threads into it (SPEC §3.4)."""
+    now = utcnow()
+    parent_id = parent.id if parent is not None else None
+    rows = []
+    for i, (data, h) in enumerate(zip(datas, prefix_hashes(datas, parent_hash), strict=True)):
+        m = Message(
+            id=new_message_id(),
+            chat_id=chat_id,
+            parent_id=parent_id,
+            user_id=user_id,
+            role=data["role"],
+            text=message_text(data.get("content")),
+            data=data,
+            prefix_hash=h,
+            status="completed",
+            # One microsecond apart, so that "oldest first" keeps their order.
+            created_at=now + timedelta(microseconds=i),
+            completed_at=now,
+        )
+        rows.append(m)
+        parent_id = m.id
+    return rows
+
+
+async def create_chat(
+    store: Store,
+    owner_id: str,
+    messages: Sequence[dict[str, Any]] = (),
+    *,
+    title: str | None = None,
+    visibility: str = "private",
+    metadata: dict[str, str] | None = None,
+) -> ChatView:
+    """A new chat of ``owner_id`` holding ``messages`` (chat-completions dicts) as one
+    branch."""
+    chat_id = new_chat_id()
+    rows = _new_messages(chat_id, owner_id, None, "", messages)
+
+    async def op() -> Chat:
+        now = utcnow()
+        chat = await Chat.create(
+            id=chat_id,
+            owner_id=owner_id,
+            title=title,
+            visibility=visibility,
+            metadata=metadata or {},
+            head_id=rows[-1].id if rows else None,
+            created_at=now,
+            updated_at=now,
+        )
+        if rows:
+            await Message.bulk_create(rows)
+        return chat
+
+    return ChatView(await store.write(op), len(rows))
+
+
+async def update_chat(store: Store, chat_id: str, changes: dict[str, Any]) -> ChatView | None:
+    """Set some of ``title``, ``metadata`` (replaced whole) and ``visibility``."""
+
+    async def op() -> int:
+        return await Chat.filter(id=chat_id).update(**changes) if changes else 1
+
+    if not await store.write(op):
+        return None
+    return await chat_view(store, chat_id)
+
+
+async def delete_chat(store: Store, chat_id: str) -> bool:
+    """Delete a chat with every message and vote of it; ``False`` if there was none."""
+
+    async def op() -> int:
+        # The foreign keys cascade too; deleting explicitly does not depend on it.
+        await Vote.filter(chat_id=chat_id).delete()
+        await Message.filter(chat_id=chat_id).delete()
+        return await Chat.filter(id=chat_id).delete()
+
+    return bool(await store.write(op))
+
+
+async def _head_hash(chat: Chat, head: Message) -> str:
+    if head.prefix_hash:
+        return head.prefix_hash
+    # An unfinished or interrupted answer has no hash yet: hash the branch as it is stored.
+    messages = await Message.filter(chat_id=chat.id)
+    return prefix_hashes([m.data for m in branch(messages, head.id)])[-1]
+
+
+async def append_messages(
+    store: Store, chat_id: str, messages: Sequence[dict[str, Any]]
+) -> list[Message] | None:
+    """Append ``messages`` (chat-completions dicts) to the chat's active branch; they become
+    its new head. ``None`` when the chat does not exist."""
+
+    async def op() -> list[Message] | None:
+        chat = await Chat.get_or_none(id=chat_id)
+        if chat is None:
+            return None
+        head = await Message.get_or_none(id=chat.head_id) if chat.head_id else None
+        parent_hash = await _head_hash(chat, head) if head is not None else ""
+        rows = _new_messages(chat_id, chat.owner_id, head, parent_hash, messages)
+        if rows:
+            await Message.bulk_create(rows)
+            await Chat.filter(id=chat_id).update(head_id=rows[-1].id, updated_at=utcnow())
+        return rows
+
+    return await store.write(op)
+
+
+async def delete_message(store: Store, chat_id: str, message_id: str) -> ChatView | None:
+    """Delete a message and every message below it (all their branches) with their votes.
+    When that removes the head, the head moves to the deleted message's parent. ``None`` when
+    the message is not in that chat."""
+
+    async def op() -> ChatView | None:
+        chat = await Chat.get_or_none(id=chat_id)
+        if chat is None:
+            return None
+        rows = await Message.filter(chat_id=chat_id).values_list("id", "parent_id")
+        parents: dict[str, str | None] = dict(rows)
+        if message_id not in parents:
+            return None
+        children: dict[str, list[str]] = {}
+        for mid, parent_id in rows:
+            if parent_id is not None:
+                children.setdefault(parent_id, []).append(mid)
+        doomed, stack = set(), [message_id]
+        while stack:
+            mid = stack.pop()
+            if mid not in doomed:
+                doomed.add(mid)
+                stack += children.get(mid, [])
+        ordered = sorted(doomed)
+        for i in range(0, len(ordered), _IN_CHUNK):
+            chunk = ordered[i : i + _IN_CHUNK]
+            await Vote.filter(message_id__in=chunk).delete()
+            await Message.filter(id__in=chunk).delete()
+        if chat.head_id in doomed:
+            chat.head_id = parents[message_id]
+        chat.updated_at = utcnow()
+        await chat.save(update_fields=["head_id", "updated_at"])
+        remaining = {k: v for k, v in parents.items() if k not in doomed}
+        return ChatView(chat, len(_walk(remaining, chat.head_id)))
+
+    return await store.write(op)
+
+
+async def set_vote(store: Store, chat_id: str, message_id: str, user_id: str, up: bool) -> bool:
+    """Record ``user_id``'s vote on a message of the chat, replacing an earlier one; ``False``
+    when the message is not in that chat."""
+
+    async def op() -> bool:
+        if not await Message.exists(id=message_id, chat_id=chat_id):
+            return False
+        now = utcnow()
+        updated = await Vote.filter(message_id=message_id, user_id=user_id).update(
+            up=up, created_at=now
+        )
+        if not updated:
+            await Vote.create(
+                message_id=message_id, chat_id=chat_id, user_id=user_id, up=up, created_at=now
+            )
+        return True
+
+    return bool(await store.write(op))
+
+
+# -- OpenAI input items ---------------------------------------------------------------------
+
+_ITEM_ROLES = ("user", "system", "developer", "assistant")
+_TEXT_PARTS = ("input_text", "output_text", "text")
+
+
+class ItemError(ValueError):
+    """An input item that cannot be stored; ``args`` is ``(code, param, message)``."""
+
+    def __init__(self, code: str, param: str, what: str) -> None:
+        super().__init__(code, param, f"'{param}' {what}")
+
+
+def _str_field(item: Mapping[str, Any], key: str, param: str) -> str:
+    value = item.get(key)
+    if not isinstance(value, str):
+        code = "missing_required_parameter" if value is None else "invalid_type"
+        raise ItemError(code, f"{param}.{key}", "is required and must be a string")
+    return value
+
+
+def _content(value: Any, param: str) -> Any:
+    """Chat-completions content for an item's ``content``: a string when it is all text."""
+    if isinstance(value, str):
+        return value
+    if not isinstance(value, list):
+        code = "missing_required_parameter" if value is None else "invalid_type"
+        raise ItemError(code, param, "must be a string or an array of content parts")
+    parts: list[dict[str, Any]] = []
+    for i, part in enumerate(value):
+        p = f"{param}[{i}]"
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind in _TEXT_PARTS:
+            parts.append({"type": "text", "text": _str_field(part, "text", p)})
+        elif kind == "input_image":
+            image = {
+                "url": _str_field(part, "image_url", p),
+                "detail": part.get("detail") or "auto",
+            }
+            parts.append({"type": "image_url", "image_url": image})
+        else:
+            raise ItemError("invalid_value", f"{p}.type", "must be input_text or input_image")
+    if all(part["type"] == "text" for part in parts):
+        return "".join(part["text"] for part in parts)
+    return parts
+
+
+def items_to_messages(
+    items: Any, param: str = "items", at_most: int = 1000
+) -> list[dict[str, Any]]:
+    """OpenAI input items as chat-completions messages. ``function_call`` items join the
+    assistant message just before them (or start one), as a chat-completions answer carries
+    its tool calls. Raises :class:`ItemError`."""
+    if not isinstance(items, list) or len(items) > at_most:
+        code = "invalid_type" if not isinstance(items, list) else "invalid_value"
+        raise ItemError(code, param, f"must be an array of at most {at_most} items")
+    out: list[dict[str, Any]] = []
+    extendable = False  # out[-1] is an assistant message that tool calls may join
+    for i, item in enumerate(items):
+        p = f"{param}[{i}]"
+        if not isinstance(item, dict):
+            raise ItemError("invalid_type", p, "must be an object")
+        kind = item.get("type", "message")
+        if kind == "message":
+            role = item.get("role")
+            if role not in _ITEM_ROLES:
+                raise ItemError(
+                    "invalid_value", f"{p}.role", f"must be one of {', '.join(_ITEM_ROLES)}"
+                )
+            out.append({"role": role, "content": _content(item.get("content"), f"{p}.content")})
+            extendable = role == "assistant"
+        elif kind == "function_call":
+            fn = {
+                "name": _str_field(item, "name", p),
+                "arguments": _str_field(item, "arguments", p),
+            }
+            call = {"id": _str_field(item, "call_id", p), "type": "function", "function": fn}
+            if not extendable:
+                out.append({"role": "assistant", "content": None})
+                extendable = True
+            out[-1].setdefault("tool_calls", []).append(call)
+        elif kind == "function_call_output":
+            output = item.get("output")
+            output = message_text(output) if isinstance(output, list) else output
+            if not isinstance(output, str):
+                raise ItemError("invalid_type", f"{p}.output", "must be a string")
+            out.append(
+                {"role": "tool", "tool_call_id": _str_field(item, "call_id", p), "content": output}
+            )
+            extendable = False
+        else:
+            what = "must be message, function_call or function_call_output"
+            raise ItemError("invalid_value", f"{p}.type", what)
+    return out
