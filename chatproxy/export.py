@@ -23,7 +23,7 @@ import orjson
 from chatproxy.errors import NotFoundError
 from chatproxy.store.models import Chat, Message, User
 from chatproxy.store.store import Store
-from chatproxy.store.threading import message_text
+from chatproxy.store.threading import message_text, replayable
 
 __all__ = [
     "FORMATS",
@@ -108,10 +108,7 @@ def active_branch(doc: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _replayable(entry: dict[str, Any]) -> bool:
-    message = entry["message"]
-    if entry["role"] != "assistant" or entry["status"] == "completed":
-        return True
-    return bool(message.get("content") or message.get("tool_calls"))
+    return replayable(entry["role"], entry["status"], entry["message"])
 
 
 def _openai(doc: dict[str, Any]) -> dict[str, Any]:

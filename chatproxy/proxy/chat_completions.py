@@ -34,7 +34,6 @@ from chatproxy.titles import Titler
 __all__ = ["ChatRequest", "handle_chat_completions", "parse_chat_request"]
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
-TITLE_LENGTH = 80
 # Client headers worth passing on to the upstream (OpenAI, OpenRouter).
 FORWARDED_HEADERS = ("OpenAI-Organization", "OpenAI-Project", "HTTP-Referer", "X-Title")
 

@@ -16,22 +16,11 @@ from chatproxy.errors import InvalidRequest, PermissionDenied
 from chatproxy.ids import new_chat_id, new_message_id
 from chatproxy.settings import Settings
 from chatproxy.store.store import BranchEntry, NewMessage, Store, Turn, utcnow
-from chatproxy.store.threading import message_text, prefix_hashes
+from chatproxy.store.threading import default_title, message_text, prefix_hashes, replayable
 
 __all__ = ["Plan", "plan_client_history", "plan_server_history"]
 
-TITLE_LENGTH = 80
 Plan = tuple[Turn, str, list[dict[str, Any]]]  # the turn, the parent's hash, the history sent
-
-
-def _title(messages: list[dict[str, Any]]) -> str | None:
-    for m in messages:
-        if m.get("role") == "user":
-            text = " ".join(message_text(m.get("content")).split())
-            if len(text) > TITLE_LENGTH:
-                text = text[:TITLE_LENGTH].rsplit(" ", 1)[0] + "…"
-            return text or None
-    return None
 
 
 def _turn(
@@ -49,7 +38,7 @@ def _turn(
         user_id=caller.user_id,
         chat_id=chat_id,
         chat_is_new=chat_is_new,
-        title=_title(title_from) if chat_is_new and settings.chats.title != "none" else None,
+        title=default_title(title_from) if chat_is_new and settings.chats.title != "none" else None,
         parent_id=parent_id,
         new_messages=[
             NewMessage(new_message_id(), m["role"], m, message_text(m.get("content")), h)
@@ -96,10 +85,7 @@ async def plan_client_history(
 
 
 def _replayable(entry: BranchEntry) -> bool:
-    """Whether a stored message is sent back upstream: not an answer that failed empty."""
-    if entry.role != "assistant" or entry.status == "completed":
-        return True
-    return bool(entry.data.get("content") or entry.data.get("tool_calls"))
+    return replayable(entry.role, entry.status, entry.data)
 
 
 async def plan_server_history(

@@ -27,7 +27,13 @@ from chatproxy.ids import new_chat_id, new_message_id
 from chatproxy.store.batch import Dialect
 from chatproxy.store.models import Chat, Message, Vote
 from chatproxy.store.store import Store, utcnow
-from chatproxy.store.threading import message_text, prefix_hashes
+from chatproxy.store.threading import (
+    TITLE_LENGTH,
+    default_title,
+    message_text,
+    prefix_hashes,
+)
+from chatproxy.store.threading import replayable as _replayable
 
 __all__ = [
     "TITLE_LENGTH",
@@ -49,7 +55,6 @@ __all__ = [
     "update_chat",
 ]
 
-TITLE_LENGTH = 80
 _IN_CHUNK = 500  # ids per ``IN (...)`` of a delete
 
 
@@ -81,22 +86,8 @@ def branch(messages: Iterable[Message], head_id: str | None) -> list[Message]:
 
 
 def replayable(m: Message) -> bool:
-    """Whether a message belongs in history sent back upstream: not an answer that failed
-    (or was cut off) before it produced anything."""
-    if m.role != "assistant" or m.status == "completed":
-        return True
-    return bool(m.data.get("content") or m.data.get("tool_calls"))
-
-
-def default_title(messages: Sequence[Mapping[str, Any]]) -> str | None:
-    """A chat's title from its first user message, trimmed to about 80 characters."""
-    for m in messages:
-        if m.get("role") == "user":
-            text = " ".join(message_text(m.get("content")).split())
-            if len(text) > TITLE_LENGTH:
-                text = text[:TITLE_LENGTH].rsplit(" ", 1)[0] + "…"
-            return text or None
-    return None
+    """Whether a stored message belongs in history sent back upstream."""
+    return _replayable(m.role, m.status, m.data)
 
 
 # -- reads -----------------------------------------------------------------------------------

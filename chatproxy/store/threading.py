@@ -19,9 +19,18 @@ from typing import Any
 
 import orjson
 
-__all__ = ["ROOT_HASH", "canonical", "message_text", "prefix_hashes"]
+__all__ = [
+    "ROOT_HASH",
+    "TITLE_LENGTH",
+    "canonical",
+    "default_title",
+    "message_text",
+    "prefix_hashes",
+    "replayable",
+]
 
 ROOT_HASH = b""
+TITLE_LENGTH = 80
 
 
 def message_text(content: Any) -> str:
@@ -94,3 +103,22 @@ def prefix_hashes(messages: Iterable[Mapping[str, Any]], parent: str = "") -> li
         h = _step(h, message)
         out.append(h.hex())
     return out
+
+
+def default_title(messages: Iterable[Mapping[str, Any]]) -> str | None:
+    """A chat's title from its first user message, trimmed to about 80 characters."""
+    for m in messages:
+        if m.get("role") == "user":
+            text = " ".join(message_text(m.get("content")).split())
+            if len(text) > TITLE_LENGTH:
+                text = text[:TITLE_LENGTH].rsplit(" ", 1)[0] + "…"
+            return text or None
+    return None
+
+
+def replayable(role: str, status: str, message: Mapping[str, Any]) -> bool:
+    """Whether a stored message belongs in history sent back upstream: not an answer that
+    failed (or was cut off) before it produced anything."""
+    if role != "assistant" or status == "completed":
+        return True
+    return bool(message.get("content") or message.get("tool_calls"))
