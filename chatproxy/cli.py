@@ -358,3 +358,106 @@ def keys_revoke(key_id: str, config_file: Path | None, db_url: str | None) -> No
     if not _run(lambda: _with_store(settings, lambda s: s.revoke_api_key(key_id))):
         _fail(f"no active key with id {key_id!r}", 1)
     click.echo(f"Revoked {key_id}.")
+
+
+@main.group()
+def chats() -> None:
+    """Look through, search and delete stored chats (every user's, or --user's)."""
+
+
+def _print_chats(views: list[Any], as_json: bool) -> None:
+    import orjson
+
+    for view in views:
+        chat = view.chat
+        record = {
+            "id": chat.id,
+            "user": chat.owner_id,
+            "title": chat.title,
+            "messages": view.message_count,
+            "visibility": chat.visibility,
+            "updated": chat.updated_at.isoformat(timespec="seconds"),
+        }
+        if as_json:
+            click.echo(orjson.dumps(record).decode())
+        else:
+            click.echo(
+                f"{chat.id}  {record['updated']}  {chat.owner_id}  "
+                f"{view.message_count:>4} msg  {chat.title or '-'}"
+            )
+
+
+def _list(settings: Settings, user: str | None, limit: int, q: str | None) -> list[Any]:
+    from chatproxy.store.history import list_chats
+
+    async def go(store: Any) -> list[Any]:
+        views, _ = await list_chats(store, user, limit=limit, q=q)
+        return views
+
+    return _run(lambda: _with_store(settings, go))
+
+
+LIMIT_OPTION = click.option(
+    "--limit", type=click.IntRange(1, 10_000), default=50, show_default=True
+)
+
+
+@chats.command("list")
+@click.option("--user", default=None, help="Only this user's chats.")
+@LIMIT_OPTION
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per chat.")
+@CONFIG_OPTION
+@DB_OPTION
+def chats_list(
+    user: str | None, limit: int, as_json: bool, config_file: Path | None, db_url: str | None
+) -> None:
+    """Chats, newest first."""
+    settings = _settings(config_file, **{"storage.url": db_url})
+    _print_chats(_list(settings, user, limit, None), as_json)
+
+
+@chats.command("search")
+@click.argument("query")
+@click.option("--user", default=None, help="Only this user's chats.")
+@LIMIT_OPTION
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per chat.")
+@CONFIG_OPTION
+@DB_OPTION
+def chats_search(
+    query: str,
+    user: str | None,
+    limit: int,
+    as_json: bool,
+    config_file: Path | None,
+    db_url: str | None,
+) -> None:
+    """Chats whose title or any message contains QUERY (case-insensitive)."""
+    settings = _settings(config_file, **{"storage.url": db_url})
+    _print_chats(_list(settings, user, limit, query), as_json)
+
+
+@chats.command("show")
+@click.argument("chat_id")
+@CONFIG_OPTION
+@DB_OPTION
+def chats_show(chat_id: str, config_file: Path | None, db_url: str | None) -> None:
+    """The chat's active branch, readable (as `export --format markdown`)."""
+    from chatproxy.export import export_chat
+
+    settings = _settings(config_file, **{"storage.url": db_url})
+    data = _run(lambda: _with_store(settings, lambda s: export_chat(s, chat_id, "markdown")))
+    click.echo(data.decode())
+
+
+@chats.command("rm")
+@click.argument("chat_id")
+@CONFIG_OPTION
+@DB_OPTION
+def chats_rm(chat_id: str, config_file: Path | None, db_url: str | None) -> None:
+    """Delete a chat with every message and vote of it."""
+    from chatproxy.store.history import delete_chat
+
+    settings = _settings(config_file, **{"storage.url": db_url})
+    if not _run(lambda: _with_store(settings, lambda s: delete_chat(s, chat_id))):
+        _fail(f"no chat with id {chat_id!r}", 1)
+    click.echo(f"Deleted {chat_id}.")

@@ -121,3 +121,52 @@ def test_bad_import_files_and_arguments_exit_with_one_line(tmp_path: Path) -> No
     assert cli("export", "x", "--all", "--db", db)[0] == 2
     assert cli("export", "x", "--user", "u", "--db", db)[0] == 2
     assert cli("export", "--all", "-f", "markdown", "--db", db)[0] == 2
+
+
+async def test_chats_cli_lists_searches_shows_and_removes(
+    proxy: ProxyServer, upstream: FakeUpstream, db_path: Path
+) -> None:
+    await make_chats(proxy, upstream)
+    await proxy.stop()
+    db = f"sqlite://{db_path}"
+    code, out, _ = await asyncio.to_thread(cli, "chats", "list", "--json", "--db", db)
+    assert code == 0
+    listed = [orjson.loads(line) for line in out.splitlines()]
+    assert {c["id"] for c in listed} >= {"colours", "more"} and len(listed) == 3
+    assert listed[0]["id"] == "more"  # newest first
+    colours = next(c for c in listed if c["id"] == "colours")
+    assert (colours["user"], colours["messages"], colours["title"]) == (
+        "local",
+        2,
+        "Name a colour.",
+    )
+    _, out, _ = await asyncio.to_thread(cli, "chats", "list", "--user", "nobody", "--db", db)
+    assert out == ""
+    # "Green" only occurs in an answer's body.
+    _, out, _ = await asyncio.to_thread(cli, "chats", "search", "green", "--json", "--db", db)
+    assert [orjson.loads(line)["id"] for line in out.splitlines()] == ["colours"]
+    code, out, _ = await asyncio.to_thread(cli, "chats", "show", "colours", "--db", db)
+    assert code == 0 and out.startswith("# Name a colour.") and "Green." in out
+    code, out, _ = await asyncio.to_thread(cli, "chats", "rm", "colours", "--db", db)
+    assert (code, out.strip()) == (0, "Deleted colours.")
+    code, _, err = await asyncio.to_thread(cli, "chats", "rm", "colours", "--db", db)
+    assert code == 1 and "no chat with id 'colours'" in err
+    code, _, _ = await asyncio.to_thread(cli, "export", "colours", "--db", db)
+    assert code == 1
+
+
+async def test_export_rm_import_export_gives_back_the_same_chat(
+    proxy: ProxyServer, upstream: FakeUpstream, db_path: Path, tmp_path: Path
+) -> None:
+    await make_chats(proxy, upstream)
+    await proxy.stop()
+    db = f"sqlite://{db_path}"
+    before, after = tmp_path / "before.json", tmp_path / "after.json"
+    await asyncio.to_thread(cli, "export", "colours", "--db", db, "-o", str(before))
+    assert (await asyncio.to_thread(cli, "chats", "rm", "colours", "--db", db))[0] == 0
+    code, out, _ = await asyncio.to_thread(cli, "import", str(before), "--db", db)
+    assert (code, out.split(" from ")[0]) == (0, "imported 1 chat(s) and 3 message(s)")
+    await asyncio.to_thread(cli, "export", "colours", "--db", db, "-o", str(after))
+    assert after.read_bytes() == before.read_bytes()
+    code, out, _ = await asyncio.to_thread(cli, "import", str(before), "--db", db)
+    assert out.split(" from ")[0] == "imported 0 chat(s) and 0 message(s)"

@@ -124,7 +124,7 @@ async def chat_tree(store: Store, chat_id: str) -> list[Message]:
 
 async def list_chats(
     store: Store,
-    owner_id: str,
+    owner_id: str | None,
     *,
     limit: int,
     after: str | None = None,
@@ -139,14 +139,17 @@ async def list_chats(
     message's text.
     """
     d = Dialect(store.conn)
-    where = ["c.owner_id = ?"]
-    params: list[Any] = [owner_id]
+    # No owner: every user's chats (the operator's view, from the CLI).
+    where = ["c.owner_id = ?"] if owner_id is not None else ["1 = 1"]
+    params: list[Any] = [owner_id] if owner_id is not None else []
     if after is not None:
+        cursor_sql = "SELECT updated_at FROM chats WHERE id = ?"
+        cursor_params: list[Any] = [after]
+        if owner_id is not None:
+            cursor_sql += " AND owner_id = ?"
+            cursor_params.append(owner_id)
         _, rows = await store.read(
-            lambda: store.conn.execute_query(
-                d.sql("SELECT updated_at FROM chats WHERE id = ? AND owner_id = ?"),
-                [after, owner_id],
-            )
+            lambda: store.conn.execute_query(d.sql(cursor_sql), cursor_params)
         )
         if not rows:
             raise InvalidRequest(
@@ -167,12 +170,13 @@ async def list_chats(
             )
         params += [key, value]
     if q:
+        mine = "m.user_id = ? AND " if owner_id is not None else ""
         where.append(
             "(LOWER(c.title) LIKE LOWER(?) ESCAPE '\\' OR c.id IN (SELECT m.chat_id FROM "
-            "messages m WHERE m.user_id = ? AND LOWER(m.text) LIKE LOWER(?) ESCAPE '\\'))"
+            f"messages m WHERE {mine}LOWER(m.text) LIKE LOWER(?) ESCAPE '\\'))"
         )
         pattern = "%" + q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-        params += [pattern, owner_id, pattern]
+        params += [pattern, *([owner_id] if owner_id is not None else []), pattern]
     query = (
         f"SELECT c.id FROM chats c WHERE {' AND '.join(where)} "
         "ORDER BY c.updated_at DESC, c.id DESC LIMIT ?"
