@@ -221,13 +221,16 @@ def _progress() -> Iterator[Callable[[int, int], None] | None]:
     if not sys.stderr.isatty():
         yield None
         return
+    from rich.console import Console
     from rich.progress import Progress
 
-    with Progress(transient=True) as bar:
+    with Progress(console=Console(stderr=True), transient=True) as bar:
         task = bar.add_task("exporting", total=None)
 
         def update(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
+            # Rich redraws ten times a second by itself; a short export would show nothing.
+            eager = done == 1 or done == total or done % 100 == 0
+            bar.update(task, completed=done, total=total, refresh=eager)
 
         yield update
 

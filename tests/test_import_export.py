@@ -170,3 +170,34 @@ async def test_export_rm_import_export_gives_back_the_same_chat(
     assert after.read_bytes() == before.read_bytes()
     code, out, _ = await asyncio.to_thread(cli, "import", str(before), "--db", db)
     assert out.split(" from ")[0] == "imported 0 chat(s) and 0 message(s)"
+
+
+async def test_export_all_draws_a_progress_bar_on_a_terminal_only(
+    proxy: ProxyServer, upstream: FakeUpstream, db_path: Path, tmp_path: Path
+) -> None:
+    import os
+    import pty
+    import sys
+
+    await make_chats(proxy, upstream)
+    await proxy.stop()
+    out = tmp_path / "b.jsonl"
+    argv = [sys.executable, "-m", "chatproxy", "export", "--all", "--db", f"sqlite://{db_path}"]
+    leader, follower = pty.openpty()
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv, "-o", str(out), stderr=follower, env={**os.environ, "COLUMNS": "80"}
+        )
+        assert await proc.wait() == 0
+        terminal = os.read(leader, 65536)
+    finally:
+        os.close(leader)
+        os.close(follower)
+    assert b"exporting" in terminal and b"\x1b[" in terminal  # rich drew (and cleared) a bar
+    assert len(out.read_bytes().splitlines()) == 3
+    # Not a terminal: no bar, just the count.
+    proc = await asyncio.create_subprocess_exec(
+        *argv, "-o", str(out), stderr=asyncio.subprocess.PIPE
+    )
+    _, err = await proc.communicate()
+    assert err == b"exported 3 chat(s)\n"
