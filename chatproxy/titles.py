@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-
-import openai
+from typing import TYPE_CHECKING
 
 from chatproxy.settings import Settings
 from chatproxy.store.models import Chat
 from chatproxy.store.store import Store
+
+if TYPE_CHECKING:
+    import openai
 
 __all__ = ["TITLE_PROMPT", "Titler"]
 
@@ -42,8 +44,11 @@ class Titler:
     """Background title requests, tracked so shutdown can wait for them."""
 
     def __init__(self, settings: Settings, store: Store) -> None:
+        # Imported here: the SDK costs tens of megabytes, and only this option uses it.
+        import openai
+
         self._store = store
-        self._client = openai.AsyncOpenAI(
+        self._client: openai.AsyncOpenAI = openai.AsyncOpenAI(
             base_url=settings.upstream.base_url,
             api_key=settings.upstream.api_key or "unused",
             max_retries=0,
