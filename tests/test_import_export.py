@@ -7,6 +7,7 @@ from pathlib import Path
 
 import aiohttp
 import orjson
+import pytest
 from click.testing import CliRunner
 
 from chatproxy.cli import main
@@ -38,14 +39,24 @@ def cli(*args: str) -> tuple[int, str, str]:
     return result.exit_code, result.stdout, result.stderr
 
 
-async def test_export_all_then_import_into_an_empty_database_is_identical_and_idempotent(
-    proxy: ProxyServer, upstream: FakeUpstream, db_path: Path, tmp_path: Path
-) -> None:
+async def run(*args: str) -> tuple[int, str, str]:
+    """The CLI, off the event loop (it runs its own)."""
+    return await asyncio.to_thread(cli, *args)
+
+
+@pytest.fixture
+async def db(proxy: ProxyServer, upstream: FakeUpstream, db_path: Path) -> str:
+    """The storage URL of a database holding the chats of :func:`make_chats`, proxy stopped."""
     await make_chats(proxy, upstream)
     await proxy.stop()
-    db = f"sqlite://{db_path}"
+    return f"sqlite://{db_path}"
+
+
+async def test_export_all_then_import_into_an_empty_database_is_identical_and_idempotent(
+    db: str, tmp_path: Path
+) -> None:
     backup = tmp_path / "backup.jsonl"
-    code, _, err = await asyncio.to_thread(cli, "export", "--all", "--db", db, "-o", str(backup))
+    code, _, err = await run("export", "--all", "--db", db, "-o", str(backup))
     assert code == 0, err
     assert "exported 3 chat(s)" in err
     lines = backup.read_bytes().splitlines()
@@ -57,42 +68,32 @@ async def test_export_all_then_import_into_an_empty_database_is_identical_and_id
     assert statuses == {"completed", "failed"}
 
     fresh = f"sqlite://{tmp_path / 'restored.db'}"
-    code, out, err = await asyncio.to_thread(cli, "import", str(backup), "--db", fresh)
+    code, out, err = await run("import", str(backup), "--db", fresh)
     assert code == 0, err
     assert out.startswith("imported 3 chat(s)")
     again = tmp_path / "again.jsonl"
-    await asyncio.to_thread(cli, "export", "--all", "--db", fresh, "-o", str(again))
+    await run("export", "--all", "--db", fresh, "-o", str(again))
     assert again.read_bytes() == backup.read_bytes()
 
-    code, out, _ = await asyncio.to_thread(cli, "import", str(backup), "--db", fresh)
+    code, out, _ = await run("import", str(backup), "--db", fresh)
     assert (code, out.split(" from ")[0]) == (0, "imported 0 chat(s) and 0 message(s)")
     third = tmp_path / "third.jsonl"
-    await asyncio.to_thread(cli, "export", "--all", "--db", fresh, "-o", str(third))
+    await run("export", "--all", "--db", fresh, "-o", str(third))
     assert third.read_bytes() == backup.read_bytes()
 
 
-async def test_a_single_json_export_imports_back(
-    proxy: ProxyServer, upstream: FakeUpstream, db_path: Path, tmp_path: Path
-) -> None:
-    await make_chats(proxy, upstream)
-    await proxy.stop()
-    db = f"sqlite://{db_path}"
+async def test_a_single_json_export_imports_back(db: str, tmp_path: Path) -> None:
     one = tmp_path / "colours.json"
-    await asyncio.to_thread(cli, "export", "colours", "--db", db, "-o", str(one))
+    await run("export", "colours", "--db", db, "-o", str(one))
     fresh = f"sqlite://{tmp_path / 'one.db'}"
-    code, out, _ = await asyncio.to_thread(cli, "import", str(one), "--db", fresh)
+    code, out, _ = await run("import", str(one), "--db", fresh)
     assert (code, out.split(" from ")[0]) == (0, "imported 1 chat(s) and 3 message(s)")
     back = tmp_path / "back.json"
-    await asyncio.to_thread(cli, "export", "colours", "--db", fresh, "-o", str(back))
+    await run("export", "colours", "--db", fresh, "-o", str(back))
     assert back.read_bytes() == one.read_bytes()
 
 
-async def test_export_all_filters_by_user_and_date(
-    proxy: ProxyServer, upstream: FakeUpstream, db_path: Path, tmp_path: Path
-) -> None:
-    await make_chats(proxy, upstream)
-    await proxy.stop()
-    db = f"sqlite://{db_path}"
+async def test_export_all_filters_by_user_and_date(db: str, tmp_path: Path) -> None:
     for args, expected in (
         (["--user", "local"], 3),
         (["--user", "nobody"], 0),
@@ -123,13 +124,8 @@ def test_bad_import_files_and_arguments_exit_with_one_line(tmp_path: Path) -> No
     assert cli("export", "--all", "-f", "markdown", "--db", db)[0] == 2
 
 
-async def test_chats_cli_lists_searches_shows_and_removes(
-    proxy: ProxyServer, upstream: FakeUpstream, db_path: Path
-) -> None:
-    await make_chats(proxy, upstream)
-    await proxy.stop()
-    db = f"sqlite://{db_path}"
-    code, out, _ = await asyncio.to_thread(cli, "chats", "list", "--json", "--db", db)
+async def test_chats_cli_lists_searches_shows_and_removes(db: str) -> None:
+    code, out, _ = await run("chats", "list", "--json", "--db", db)
     assert code == 0
     listed = [orjson.loads(line) for line in out.splitlines()]
     assert {c["id"] for c in listed} >= {"colours", "more"} and len(listed) == 3
@@ -140,49 +136,40 @@ async def test_chats_cli_lists_searches_shows_and_removes(
         2,
         "Name a colour.",
     )
-    _, out, _ = await asyncio.to_thread(cli, "chats", "list", "--user", "nobody", "--db", db)
+    _, out, _ = await run("chats", "list", "--user", "nobody", "--db", db)
     assert out == ""
     # "Green" only occurs in an answer's body.
-    _, out, _ = await asyncio.to_thread(cli, "chats", "search", "green", "--json", "--db", db)
+    _, out, _ = await run("chats", "search", "green", "--json", "--db", db)
     assert [orjson.loads(line)["id"] for line in out.splitlines()] == ["colours"]
-    code, out, _ = await asyncio.to_thread(cli, "chats", "show", "colours", "--db", db)
+    code, out, _ = await run("chats", "show", "colours", "--db", db)
     assert code == 0 and out.startswith("# Name a colour.") and "Green." in out
-    code, out, _ = await asyncio.to_thread(cli, "chats", "rm", "colours", "--db", db)
+    code, out, _ = await run("chats", "rm", "colours", "--db", db)
     assert (code, out.strip()) == (0, "Deleted colours.")
-    code, _, err = await asyncio.to_thread(cli, "chats", "rm", "colours", "--db", db)
+    code, _, err = await run("chats", "rm", "colours", "--db", db)
     assert code == 1 and "no chat with id 'colours'" in err
-    code, _, _ = await asyncio.to_thread(cli, "export", "colours", "--db", db)
+    code, _, _ = await run("export", "colours", "--db", db)
     assert code == 1
 
 
-async def test_export_rm_import_export_gives_back_the_same_chat(
-    proxy: ProxyServer, upstream: FakeUpstream, db_path: Path, tmp_path: Path
-) -> None:
-    await make_chats(proxy, upstream)
-    await proxy.stop()
-    db = f"sqlite://{db_path}"
+async def test_export_rm_import_export_gives_back_the_same_chat(db: str, tmp_path: Path) -> None:
     before, after = tmp_path / "before.json", tmp_path / "after.json"
-    await asyncio.to_thread(cli, "export", "colours", "--db", db, "-o", str(before))
-    assert (await asyncio.to_thread(cli, "chats", "rm", "colours", "--db", db))[0] == 0
-    code, out, _ = await asyncio.to_thread(cli, "import", str(before), "--db", db)
+    await run("export", "colours", "--db", db, "-o", str(before))
+    assert (await run("chats", "rm", "colours", "--db", db))[0] == 0
+    code, out, _ = await run("import", str(before), "--db", db)
     assert (code, out.split(" from ")[0]) == (0, "imported 1 chat(s) and 3 message(s)")
-    await asyncio.to_thread(cli, "export", "colours", "--db", db, "-o", str(after))
+    await run("export", "colours", "--db", db, "-o", str(after))
     assert after.read_bytes() == before.read_bytes()
-    code, out, _ = await asyncio.to_thread(cli, "import", str(before), "--db", db)
+    code, out, _ = await run("import", str(before), "--db", db)
     assert out.split(" from ")[0] == "imported 0 chat(s) and 0 message(s)"
 
 
-async def test_export_all_draws_a_progress_bar_on_a_terminal_only(
-    proxy: ProxyServer, upstream: FakeUpstream, db_path: Path, tmp_path: Path
-) -> None:
+async def test_export_all_draws_a_progress_bar_on_a_terminal_only(db: str, tmp_path: Path) -> None:
     import os
     import pty
     import sys
 
-    await make_chats(proxy, upstream)
-    await proxy.stop()
     out = tmp_path / "b.jsonl"
-    argv = [sys.executable, "-m", "chatproxy", "export", "--all", "--db", f"sqlite://{db_path}"]
+    argv = [sys.executable, "-m", "chatproxy", "export", "--all", "--db", db]
     leader, follower = pty.openpty()
     try:
         proc = await asyncio.create_subprocess_exec(
