@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import openai
@@ -25,13 +28,40 @@ async def upstream() -> AsyncIterator[FakeUpstream]:
         yield fake
 
 
+POSTGRES_URL = os.environ.get("CHATPROXY_TEST_POSTGRES_URL", "")
+
+
 @pytest.fixture
 def db_path(tmp_path: Path) -> Path:
     return tmp_path / "chatproxy.db"
 
 
+@pytest.fixture(params=["sqlite", "postgres"] if POSTGRES_URL else ["sqlite"])
+async def db_url(request: pytest.FixtureRequest, db_path: Path) -> AsyncIterator[str]:
+    """The store of a test: a fresh SQLite file, and (with CHATPROXY_TEST_POSTGRES_URL set, as
+    .ci/run does) a fresh PostgreSQL database too: every test using it runs on both."""
+    if request.param == "sqlite":
+        yield f"sqlite://{db_path}"
+        return
+    import asyncpg
+    from tortoise.backends.base.executor import EXECUTOR_CACHE
+
+    name = f"chatproxy_test_{secrets.token_hex(6)}"
+    admin = await asyncpg.connect(POSTGRES_URL)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    # Tortoise caches each model's statements by connection name, whatever the database; a
+    # process normally has one database, this one has both, one after the other.
+    EXECUTOR_CACHE.clear()
+    try:
+        yield urlunsplit(urlsplit(POSTGRES_URL)._replace(path=f"/{name}"))
+    finally:
+        EXECUTOR_CACHE.clear()
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
 @pytest.fixture
-def make_settings(db_path: Path, upstream: FakeUpstream) -> Callable[..., Settings]:
+def make_settings(db_url: str, upstream: FakeUpstream) -> Callable[..., Settings]:
     """Settings for a test: real SQLite file, the fake upstream, any free port."""
 
     def make(**overrides: Any) -> Settings:
@@ -39,7 +69,7 @@ def make_settings(db_path: Path, upstream: FakeUpstream) -> Callable[..., Settin
             "server.port": 0,
             "upstream.url": upstream.url,
             "upstream.api_key": "sk-upstream-secret",
-            "storage.url": f"sqlite://{db_path}",
+            "storage.url": db_url,
             "storage.checkpoint_interval": 0.05,
             "upstream.retries": 0,
         }

@@ -4,18 +4,14 @@ deletion that really deletes, and bad input that changes nothing."""
 
 from __future__ import annotations
 
-import os
-import secrets
 import time
 from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import openai
 import pytest
 from openai.types.chat import ChatCompletion, ChatCompletionDeleted, ChatCompletionStoreMessage
-from tortoise.backends.base.executor import EXECUTOR_CACHE
 
 from chatproxy.server import ProxyServer
 from chatproxy.store.models import Chat, Message, Vote
@@ -31,36 +27,11 @@ SETTINGS = {
 USAGE = {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}
 
 
-POSTGRES_URL = os.environ.get("CHATPROXY_TEST_POSTGRES_URL", "")
-
-
-@pytest.fixture(params=["sqlite", "postgres"] if POSTGRES_URL else ["sqlite"])
-async def proxy(
-    request: pytest.FixtureRequest, start_proxy, make_settings
-) -> AsyncIterator[ProxyServer]:
+@pytest.fixture
+async def proxy(start_proxy) -> ProxyServer:
     # X-User-Id picks the user (from a trusted peer), so one test can be several users. The
-    # listing is SQL of its own per database: with CHATPROXY_TEST_POSTGRES_URL set, every test
-    # also runs on a fresh PostgreSQL database.
-    if request.param == "sqlite":
-        yield await start_proxy(**SETTINGS)
-        return
-    asyncpg = pytest.importorskip("asyncpg")
-    name = f"chatproxy_test_{secrets.token_hex(6)}"
-    admin = await asyncpg.connect(POSTGRES_URL)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    url = urlunsplit(urlsplit(POSTGRES_URL)._replace(path=f"/{name}"))
-    server = ProxyServer(make_settings(**SETTINGS, **{"storage.url": url}))
-    # Tortoise caches each model's INSERT statement per connection name, whatever the
-    # database: one process normally has one. Here it has both, one after the other.
-    EXECUTOR_CACHE.clear()
-    try:
-        await server.start()
-        yield server
-    finally:
-        await server.stop()
-        EXECUTOR_CACHE.clear()
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+    # store is SQLite and, with CHATPROXY_TEST_POSTGRES_URL set, PostgreSQL (tests/conftest.py).
+    return await start_proxy(**SETTINGS)
 
 
 def _client(proxy: ProxyServer, user: str) -> openai.AsyncOpenAI:

@@ -26,6 +26,7 @@ from click.testing import CliRunner, Result
 
 from chatproxy.cli import main
 from chatproxy.server import ProxyServer
+from chatproxy.store.store import Store
 from chatproxy.testing import FakeUpstream, Reply, ToolCall
 
 StartProxy = Callable[..., Awaitable[ProxyServer]]  # the conftest fixture
@@ -81,24 +82,25 @@ def assert_one_line_error(result: Result, code: int) -> str:
     return lines[0]
 
 
-def count_rows(db: Path, chat_id: str) -> int:
-    with contextlib.closing(sqlite3.connect(db)) as conn:
-        return conn.execute(
-            "SELECT count(*) FROM messages WHERE chat_id = ?", (chat_id,)
-        ).fetchone()[0]
+async def stored_ids(db: str, chat_id: str) -> set[str]:
+    """The ids of the chat's stored messages, read through a store of its own (any database)."""
+    store = Store(db)
+    await store.open(migrate=False)
+    try:
+        return {m.id for m in await store.chat_messages(chat_id)}
+    finally:
+        await store.close()
 
 
-def stored_ids(db: Path, chat_id: str) -> set[str]:
-    with contextlib.closing(sqlite3.connect(db)) as conn:
-        rows = conn.execute("SELECT id FROM messages WHERE chat_id = ?", (chat_id,)).fetchall()
-    return {r[0] for r in rows}
+async def count_rows(db: str, chat_id: str) -> int:
+    return len(await stored_ids(db, chat_id))
 
 
 @dataclass
 class Recorded:
     """One chat made through the proxy, with the ids the proxy announced in its headers."""
 
-    db: Path
+    db: str  # the storage URL
     chat_id: str
     a1: str  # streamed, with reasoning
     a2: str  # tool call
@@ -108,7 +110,7 @@ class Recorded:
 
     @property
     def url(self) -> str:
-        return f"sqlite://{self.db}"
+        return str(self.db)
 
 
 async def stream_text(client: openai.AsyncOpenAI, messages: list[dict[str, Any]]) -> Any:
@@ -123,7 +125,7 @@ async def stream_text(client: openai.AsyncOpenAI, messages: list[dict[str, Any]]
 
 
 async def make_chat(
-    start_proxy: StartProxy, upstream: FakeUpstream, db: Path, *, stop: bool = True
+    start_proxy: StartProxy, upstream: FakeUpstream, db: str, *, stop: bool = True
 ) -> Recorded:
     proxy = await start_proxy()
     async with openai.AsyncOpenAI(base_url=proxy.url, api_key="sk-client", max_retries=0) as c:
@@ -172,8 +174,8 @@ async def make_chat(
 
 
 @pytest.fixture
-async def recorded(start_proxy: StartProxy, upstream: FakeUpstream, db_path: Path) -> Recorded:
-    return await make_chat(start_proxy, upstream, db_path)
+async def recorded(start_proxy: StartProxy, upstream: FakeUpstream, db_url: str) -> Recorded:
+    return await make_chat(start_proxy, upstream, db_url)
 
 
 async def export(rec: Recorded, fmt: str, *extra: str) -> Result:
@@ -188,8 +190,8 @@ async def export(rec: Recorded, fmt: str, *extra: str) -> Result:
 async def test_json_export_holds_every_message_of_every_branch(recorded: Recorded) -> None:
     doc = json.loads((await export(recorded, "json")).stdout)
     ids = [m["id"] for m in doc["messages"]]
-    assert len(ids) == count_rows(recorded.db, recorded.chat_id) == 7
-    assert set(ids) == stored_ids(recorded.db, recorded.chat_id)
+    assert len(ids) == await count_rows(recorded.db, recorded.chat_id) == 7
+    assert set(ids) == await stored_ids(recorded.db, recorded.chat_id)
     assert {recorded.a1, recorded.a2, recorded.a3_abandoned, recorded.a3} <= set(ids)
     assert [m["role"] for m in doc["messages"]] == [
         "user",
@@ -338,7 +340,7 @@ async def test_openai_export_replays_into_the_same_chat(
     recorded: Recorded, start_proxy: StartProxy, upstream: FakeUpstream
 ) -> None:
     messages = json.loads((await export(recorded, "openai")).stdout)["messages"]
-    before = count_rows(recorded.db, recorded.chat_id)
+    before = await count_rows(recorded.db, recorded.chat_id)
     proxy = await start_proxy()
     upstream.enqueue(Reply(content="Anything else?"))
     async with openai.AsyncOpenAI(base_url=proxy.url, api_key="sk-client", max_retries=0) as c:
@@ -347,7 +349,7 @@ async def test_openai_export_replays_into_the_same_chat(
     await proxy.stop()
     assert raw.headers["x-chat-id"] == recorded.chat_id
     # The whole history was recognised: only the new answer was added, under the old head.
-    assert count_rows(recorded.db, recorded.chat_id) == before + 1
+    assert await count_rows(recorded.db, recorded.chat_id) == before + 1
     doc = json.loads((await export(recorded, "json")).stdout)
     new = next(m for m in doc["messages"] if m["id"] == raw.headers["x-message-id"])
     assert new["parent_id"] == recorded.a3
@@ -375,9 +377,9 @@ async def test_output_file_receives_the_export_and_stdout_stays_empty(
 
 
 async def test_export_reads_the_database_while_the_proxy_is_serving(
-    start_proxy: StartProxy, upstream: FakeUpstream, db_path: Path
+    start_proxy: StartProxy, upstream: FakeUpstream, db_url: str
 ) -> None:
-    rec = await make_chat(start_proxy, upstream, db_path, stop=False)
+    rec = await make_chat(start_proxy, upstream, db_url, stop=False)
     doc = json.loads((await export(rec, "json")).stdout)
     assert len(doc["messages"]) == 7
     assert doc["chat"]["head_id"] == rec.a3

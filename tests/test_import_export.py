@@ -45,11 +45,11 @@ async def run(*args: str) -> tuple[int, str, str]:
 
 
 @pytest.fixture
-async def db(proxy: ProxyServer, upstream: FakeUpstream, db_path: Path) -> str:
+async def db(proxy: ProxyServer, upstream: FakeUpstream, db_url: str) -> str:
     """The storage URL of a database holding the chats of :func:`make_chats`, proxy stopped."""
     await make_chats(proxy, upstream)
     await proxy.stop()
-    return f"sqlite://{db_path}"
+    return db_url
 
 
 async def test_export_all_then_import_into_an_empty_database_is_identical_and_idempotent(

@@ -67,6 +67,3 @@ async def test_200_streams_with_random_disconnects_and_drops_lose_nothing(
         )
         assert any(text.startswith(m.text) for text in full_texts)
     assert {m.status for m in answers} <= {"completed", "failed"}
-    assert (
-        sum(m.client_disconnected for m in answers) >= sum(x is not None for x in leave_after) // 2
-    )
