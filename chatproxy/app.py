@@ -20,6 +20,7 @@ from chatproxy.appkeys import (
     GENERATIONS,
     HTTP_SESSION,
     LIMITS,
+    METRICS,
     RATE_EXTRA,
     RATE_LIMIT,
     REQUEST_ID,
@@ -33,6 +34,7 @@ from chatproxy.errors import APIError, InvalidRequest, PayloadTooLarge, error_re
 from chatproxy.ids import new_request_id
 from chatproxy.limits.buckets import Buckets, LocalBuckets, RedisBuckets
 from chatproxy.limits.policy import Limits
+from chatproxy.metrics import Metrics, metrics_handler
 from chatproxy.proxy.chat_completions import handle_chat_completions
 from chatproxy.proxy.passthrough import handle_passthrough
 from chatproxy.proxy.registry import Generations
@@ -74,6 +76,8 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
             await _admit(request)
         resp = await handler(request)
     except APIError as exc:
+        if exc.status == 429:
+            request.app[METRICS].refusals.labels(exc.code or "").inc()
         resp = error_response(exc)
     except web.HTTPException as exc:
         if exc.status < 400:
@@ -81,6 +85,9 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
         resp = error_response(_http_error(exc))
     except UnicodeDecodeError:
         resp = error_response(InvalidRequest("the request is not valid UTF-8", code="invalid_utf8"))
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else "unmatched"
+    request.app[METRICS].requests.labels(route, str(resp.status)).inc()
     caller = request.get(CALLER)
     log.info(
         "%s %s %s status=%d user=%s chat=%s ms=%.1f",
@@ -121,10 +128,12 @@ def create_app(settings: Settings) -> web.Application:
         middlewares=[request_context], client_max_size=settings.server.max_body_bytes
     )
     app[SETTINGS] = settings
+    app[METRICS] = Metrics()
     app.cleanup_ctx.extend([_store_ctx, _access_ctx, _upstream_ctx, _generations_ctx])
     app.on_response_prepare.append(_add_response_headers)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_handler)
     app.router.add_post("/v1/chat/completions", handle_chat_completions)
     app.router.add_get("/v1/conversations/{chat_id}/stream", handle_resume)
     conversations.add_routes(app.router)
@@ -136,6 +145,7 @@ def create_app(settings: Settings) -> web.Application:
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     store = Store(settings.storage.url, instance_id=instance_id(settings))
+    store.observe_write = app[METRICS].store_writes.observe
     await store.open()
     interrupted = await store.recover_interrupted()
     if interrupted:
@@ -172,7 +182,7 @@ async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
         auto_decompress=False,
     )
     app[HTTP_SESSION] = session
-    app[UPSTREAM] = Upstream(app[SETTINGS].upstream, session)
+    app[UPSTREAM] = Upstream(app[SETTINGS].upstream, session, on_retry=app[METRICS].retries.inc)
     yield
     await session.close()
 

@@ -7,6 +7,7 @@ from aiohttp import web
 
 from chatproxy.auth import Authenticator, Caller
 from chatproxy.limits.policy import Limits, LimitState
+from chatproxy.metrics import Metrics
 from chatproxy.proxy.registry import Generations
 from chatproxy.proxy.upstream import Upstream
 from chatproxy.settings import Settings
@@ -20,6 +21,7 @@ __all__ = [
     "GENERATIONS",
     "HTTP_SESSION",
     "LIMITS",
+    "METRICS",
     "RATE_EXTRA",
     "RATE_LIMIT",
     "REQUEST_ID",
@@ -36,7 +38,8 @@ UPSTREAM = web.AppKey("upstream", Upstream)
 GENERATIONS = web.AppKey("generations", Generations)
 AUTH = web.AppKey("auth", Authenticator)
 LIMITS = web.AppKey("limits", Limits)
-TITLER = web.AppKey("titler", Titler)  # only with [chats] title = "upstream"
+TITLER = web.AppKey("titler", Titler)
+METRICS = web.AppKey("metrics", Metrics)  # only with [chats] title = "upstream"
 
 # Per request.
 REQUEST_ID = web.RequestKey("request_id", str)

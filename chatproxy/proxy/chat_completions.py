@@ -13,6 +13,7 @@ from chatproxy.appkeys import (
     CHAT_ID,
     GENERATIONS,
     LIMITS,
+    METRICS,
     RATE_EXTRA,
     RATE_LIMIT,
     REQUEST_ID,
@@ -222,6 +223,7 @@ async def handle_chat_completions(request: web.Request) -> web.StreamResponse:
         upstream=upstream,
         settings=settings,
         request_id=request[REQUEST_ID],
+        metrics=app[METRICS],
     )
     gen.start()
     if not stored or turn is None:  # incognito: forwarded, never written

@@ -23,6 +23,7 @@ import orjson
 from multidict import CIMultiDict
 
 from chatproxy.errors import APIError, UpstreamError, error_body, normalize_upstream_error
+from chatproxy.metrics import Metrics
 from chatproxy.proxy.accumulate import Accumulator, is_usage_only
 from chatproxy.proxy.fanout import Fanout, Subscriber
 from chatproxy.proxy.framing import EventFramer, before_event, remove_event
@@ -78,6 +79,7 @@ class Generation:
         upstream: Upstream,
         settings: Settings,
         request_id: str,
+        metrics: Metrics | None = None,
     ) -> None:
         # No turn and no store: an incognito request (X-Chat-Store: false), forwarded only.
         self.turn = turn
@@ -103,6 +105,7 @@ class Generation:
         self._store = store
         self._upstream = upstream
         self._settings = settings
+        self._metrics = metrics
         self._aborted = False
         self._begin: asyncio.Future[None] | None = None
         self._t0 = 0.0
@@ -139,6 +142,25 @@ class Generation:
             self.task.cancel()
 
     async def _run(self) -> None:
+        if self._metrics is None:
+            await self._generate()
+            return
+        self._metrics.active.inc()
+        try:
+            await self._generate()
+        finally:
+            self._metrics.active.dec()
+            usage = self.acc.usage if isinstance(self.acc.usage, dict) else {}
+            self._metrics.answer(
+                self.status,
+                self._ttft,
+                asyncio.get_running_loop().time() - self._t0,
+                _int(usage.get("prompt_tokens")),
+                _int(usage.get("completion_tokens")),
+                self.client_disconnected,
+            )
+
+    async def _generate(self) -> None:
         loop = asyncio.get_running_loop()
         self._t0 = loop.time()
         self._next_checkpoint = self._t0 + self._settings.storage.checkpoint_interval

@@ -81,8 +81,10 @@ class Upstream:
         session: aiohttp.ClientSession,
         *,
         sleep: Sleep = asyncio.sleep,
+        on_retry: Callable[[], object] | None = None,
     ) -> None:
         self.settings = settings
+        self._on_retry = on_retry
         self.session = session
         self.base_url = settings.base_url
         self._sleep = sleep
@@ -150,6 +152,8 @@ class Upstream:
             with attempt:
                 n = attempt.retry_state.attempt_number + 1
                 log.info("upstream retry request_id=%s attempt=%d", request_id, n)
+                if self._on_retry is not None:
+                    self._on_retry()
                 return await self._open_once(method, url, headers, data, params)
         raise AssertionError("unreachable")  # pragma: no cover
 

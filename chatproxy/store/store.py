@@ -20,6 +20,7 @@ import contextlib
 import hmac
 import logging
 import sqlite3
+import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -96,6 +97,8 @@ class Store:
         self._writer: asyncio.Task[None] | None = None
         self._checkpointer: WalCheckpointer | None = None
         self._fast: sqlite3.Connection | None = None
+        # Told how long each write batch took (the metrics' store write latency).
+        self.observe_write: Callable[[float], object] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -192,7 +195,10 @@ class Store:
                 batch.checkpoints.pop(payload[0], None)
                 batch.finishes.append(payload)
         if batch:
+            started = time.perf_counter()
             await self._apply_batch(batch)
+            if self.observe_write is not None:
+                self.observe_write(time.perf_counter() - started)
         results = []
         for kind, payload, _ in items:
             if kind == "call":
