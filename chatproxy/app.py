@@ -88,17 +88,23 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     resource = request.match_info.route.resource
     route = resource.canonical if resource is not None else "unmatched"
     request.app[METRICS].requests.labels(route, str(resp.status)).inc()
-    caller = request.get(CALLER)
-    log.info(
-        "%s %s %s status=%d user=%s chat=%s ms=%.1f",
-        request[REQUEST_ID],
-        request.method,
-        request.path,
-        resp.status,
-        caller.user_id if caller else "-",
-        request.get(CHAT_ID, "-"),
-        (time.perf_counter() - started) * 1000,
-    )
+    if log.isEnabledFor(logging.INFO):
+        caller = request.get(CALLER)
+        fields = {
+            "request_id": request[REQUEST_ID],
+            "method": request.method,
+            "path": request.path,
+            "status": resp.status,
+            "user": caller.user_id if caller else None,
+            "chat": request.get(CHAT_ID),
+            "ms": round((time.perf_counter() - started) * 1000, 1),
+        }
+        log.info(
+            "%(request_id)s %(method)s %(path)s status=%(status)d user=%(user)s chat=%(chat)s "
+            "ms=%(ms).1f",
+            fields,
+            extra={"fields": fields},
+        )
     return resp
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
@@ -103,6 +102,13 @@ def main() -> None:
     default="info",
     show_default=True,
 )
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="json: one object per line, access lines with their fields as keys.",
+)
 def serve(
     config_file: Path | None,
     host: str | None,
@@ -112,6 +118,7 @@ def serve(
     redis_url: str | None,
     demo: bool,
     log_level: str,
+    log_format: str,
 ) -> None:
     """Run the proxy (applies database migrations first)."""
     settings = _settings(
@@ -125,9 +132,9 @@ def serve(
             "demo": demo or None,
         },
     )
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+    from chatproxy.logformat import configure
+
+    configure(log_level, log_format)
     from chatproxy.server import serve as run_server
 
     _run(lambda: run_server(settings))

@@ -214,3 +214,26 @@ async def stored_message(db: str, message_id: str) -> Message:
         await store.close()
     assert found is not None
     return found
+
+
+async def test_json_logs_have_one_access_line_per_request_with_its_fields(tmp_path: Path) -> None:
+    server = Serve("--demo", "--log-format", "json", db=f"sqlite://{tmp_path / 'j.db'}")
+    await server.start(stderr=asyncio.subprocess.PIPE)
+    async with aiohttp.ClientSession() as http:
+        body = {"model": "m", "messages": [{"role": "user", "content": "hello"}]}
+        async with http.post(f"{server.base}/v1/chat/completions", json=body) as resp:
+            chat_id, request_id = resp.headers["X-Chat-Id"], resp.headers["X-Request-Id"]
+            await resp.read()
+    assert await server.stop() == 0
+    assert server.proc is not None and server.proc.stderr is not None
+    lines = [orjson.loads(line) for line in (await server.proc.stderr.read()).splitlines()]
+    (access,) = [line for line in lines if line.get("request_id") == request_id]
+    assert access["logger"] == "chatproxy.access"
+    assert (access["method"], access["path"], access["status"]) == (
+        "POST",
+        "/v1/chat/completions",
+        200,
+    )
+    assert (access["user"], access["chat"]) == ("local", chat_id)
+    assert access["ms"] >= 0 and access["level"] == "info"
+    assert all({"time", "level", "logger", "message"} <= set(line) for line in lines)
