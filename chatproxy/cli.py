@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
@@ -471,3 +472,58 @@ def chats_rm(chat_id: str, config_file: Path | None, db_url: str | None) -> None
     if not _run(lambda: _with_store(settings, lambda s: delete_chat(s, chat_id))):
         _fail(f"no chat with id {chat_id!r}", 1)
     click.echo(f"Deleted {chat_id}.")
+
+
+@db.command()
+@click.option("--older-than", "older_than", required=True, help="An age: 90d, 12h, 4w, 6m.")
+@click.option("--user", default=None, help="Only this user's chats.")
+@CONFIG_OPTION
+@DB_OPTION
+def prune(older_than: str, user: str | None, config_file: Path | None, db_url: str | None) -> None:
+    """Delete chats not updated for a while (with their messages and votes), reclaim space."""
+    from chatproxy.store.maintenance import parse_age
+    from chatproxy.store.maintenance import prune as prune_chats
+
+    try:
+        age = parse_age(older_than)
+    except ValueError as exc:
+        _fail(f"--older-than: expected {exc}", 2)
+    settings = _settings(config_file, **{"storage.url": db_url})
+    n = _run(lambda: _with_store(settings, lambda s: prune_chats(s, age, user)))
+    click.echo(f"deleted {n} chat(s) not updated for {older_than}")
+
+
+@main.command()
+@click.option("--since", "period", default="30d", show_default=True, help="A period: 30d, 24h.")
+@click.option("--user", default=None, help="Only this user.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per row.")
+@CONFIG_OPTION
+@DB_OPTION
+def stats(
+    period: str, user: str | None, as_json: bool, config_file: Path | None, db_url: str | None
+) -> None:
+    """Answers, tokens and errors per user and model over a period."""
+    import orjson
+
+    from chatproxy.store.maintenance import parse_age, usage
+    from chatproxy.store.store import utcnow
+
+    try:
+        age = parse_age(period)
+    except ValueError as exc:
+        _fail(f"--since: expected {exc}", 2)
+    settings = _settings(config_file, **{"storage.url": db_url})
+    rows = _run(lambda: _with_store(settings, lambda s: usage(s, utcnow() - age, user)))
+    if as_json:
+        for row in rows:
+            click.echo(orjson.dumps(dataclasses.asdict(row)).decode())
+        return
+    click.echo(
+        f"{'user':<24} {'model':<24} {'messages':>9} {'tokens in':>10} "
+        f"{'tokens out':>10} {'errors':>7}"
+    )
+    for row in rows:
+        click.echo(
+            f"{row.user:<24} {row.model:<24} {row.messages:>9} {row.prompt_tokens:>10} "
+            f"{row.completion_tokens:>10} {row.errors:>7}"
+        )

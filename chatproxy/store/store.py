@@ -316,6 +316,14 @@ class Store:
 
         return str(await self._call(op))
 
+    async def reclaim_space(self) -> None:
+        """Give freed pages back to the file system (SQLite ``VACUUM``; PostgreSQL's autovacuum
+        does this on its own)."""
+        if self._fast is not None:
+            await self._call(_noop)  # every queued write first
+            self._fast.execute("VACUUM")
+            self._fast.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
     async def recover_interrupted(self) -> int:
         """Mark this instance's ``in_progress`` messages ``interrupted`` (start-up)."""
 
