@@ -6,6 +6,7 @@ as an operator (or a backup tool) would see them.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import secrets
@@ -315,3 +316,19 @@ async def test_postgres_migration_creates_the_tables_indexes_and_history(
         for index in model._meta.indexes:
             assert index.name in indexes
     assert history == ALL_MIGRATIONS
+
+
+@pytest.mark.skipif(not POSTGRES_URL, reason="set CHATPROXY_TEST_POSTGRES_URL")
+async def test_instances_starting_together_on_postgres_migrate_once(db_url: str) -> None:
+    if db_url.startswith("sqlite"):
+        pytest.skip("PostgreSQL only")
+    stores = [Store(db_url, instance_id=f"i{n}") for n in range(3)]
+    await asyncio.gather(*(s.open() for s in stores))
+    try:
+        history = await stores[0].read(
+            lambda: stores[0].conn.execute_query(f"SELECT app, name FROM {MIGRATION_TABLE}")
+        )
+        assert sorted((r[0], r[1]) for r in history[1]) == ALL_MIGRATIONS
+    finally:
+        for s in stores:
+            await s.close()

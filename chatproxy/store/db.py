@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import sqlite3
+from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -92,8 +93,32 @@ async def open_database(url: str, *, migrate: bool = True) -> TortoiseContext:
             raise StoreUnavailable(f"cannot open the database {_redact(url)}: {exc}") from None
         if migrate:
             executor = MigrationExecutor(ctx.db("default"), {APP_LABEL: config["apps"][APP_LABEL]})
-            await executor.migrate()
+            async with _migration_lock(url):
+                await executor.migrate()
     return ctx
+
+
+MIGRATION_LOCK_KEY = 0x63686174  # "chat": any constant shared by every instance
+
+
+@contextlib.asynccontextmanager
+async def _migration_lock(url: str) -> AsyncIterator[None]:
+    """On PostgreSQL, instances starting together migrate one at a time (a session advisory
+    lock held on a connection of its own while the migrations run on the pool)."""
+    if sqlite_path(url) is not None:
+        yield
+        return
+    import asyncpg
+
+    conn = await asyncpg.connect(url.replace("postgres://", "postgresql://", 1))
+    try:
+        await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
+        try:
+            yield
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
+    finally:
+        await conn.close()
 
 
 def open_fast_sqlite(path: str) -> sqlite3.Connection:
