@@ -81,6 +81,14 @@ async def open_database(url: str, *, migrate: bool = True) -> TortoiseContext:
     activate it with ``with ctx:`` around ORM calls.
     """
     config = tortoise_config(url)
+    path = sqlite_path(url)
+    if path is not None and path != ":memory:":
+        # Fail here, not in aiosqlite's thread: after a failed connect that thread reports to
+        # the event loop later, and a CLI that exits at once meets a closed loop.
+        try:
+            sqlite3.connect(path).close()
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"cannot open the database {_redact(url)}: {exc}") from None
     ctx = TortoiseContext()
     with ctx:
         await ctx.init(config=config)
