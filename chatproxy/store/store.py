@@ -400,11 +400,6 @@ class Store:
             for r in rows
         ]
 
-    async def chat_owner(self, chat_id: str) -> str | None:
-        """The owner of a chat, or ``None`` when it does not exist."""
-        rows = await self._query("SELECT owner_id FROM chats WHERE id = ?", [chat_id])
-        return rows[0][0] if rows else None
-
     async def _query(self, query: str, params: list[Any]) -> Sequence[Any]:
         """Rows of a small indexed read: on SQLite straight from the event loop (WAL readers
         never wait for the writer), elsewhere through the pool."""
