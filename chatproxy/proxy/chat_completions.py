@@ -32,7 +32,7 @@ from chatproxy.proxy.relay import relay
 from chatproxy.store.store import Turn
 from chatproxy.titles import Titler
 
-__all__ = ["ChatRequest", "handle_chat_completions", "parse_chat_request"]
+__all__ = ["ChatRequest", "handle_chat_completions", "launch", "parse_chat_request"]
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 # Client headers worth passing on to the upstream (OpenAI, OpenRouter).
@@ -196,10 +196,33 @@ async def handle_chat_completions(request: web.Request) -> web.StreamResponse:
         )
     else:  # incognito with the client's own history: nothing to look up
         turn, parent_hash, history = None, "", []
+    if not stored:
+        turn = None
+    gen = launch(request, req, turn, parent_hash, history, branch_from)
+    if turn is None:  # incognito: forwarded, never written
+        return await relay(request, gen, {})
+    return await relay(request, gen, {"X-Chat-Id": turn.chat_id, "X-Message-Id": turn.assistant_id})
+
+
+def launch(
+    request: web.Request,
+    req: ChatRequest,
+    turn: Turn | None,
+    parent_hash: str,
+    history: list[dict[str, Any]],
+    branch_from: str | None,
+) -> Generation:
+    """Start the generation of ``turn`` (``None``: incognito, nothing stored) and register it.
+
+    A chat whose answer is still running gets :class:`Conflict` (``chat_busy``), unless
+    ``branch_from`` names a branch point no running answer hangs from.
+    """
+    app = request.app
+    caller = request[CALLER]
     generations = app[GENERATIONS]
     # From this check to the registration below nothing awaits: no second generation can start
     # on the chat in between.
-    if stored and turn is not None and generations.busy(turn.chat_id, branch_from):
+    if turn is not None and generations.busy(turn.chat_id, branch_from):
         raise Conflict(
             "an answer is being generated in this chat; wait for it, or follow it at "
             f"GET /v1/conversations/{turn.chat_id}/stream",
@@ -213,23 +236,23 @@ async def handle_chat_completions(request: web.Request) -> web.StreamResponse:
         if name in request.headers:
             headers[name] = request.headers[name]
     gen = Generation(
-        turn=turn if stored else None,
+        turn=turn,
         parent_hash=parent_hash,
         body=body,
         upstream_headers=headers,
         stream=req.stream,
         hide_usage=hide_usage,
-        store=store if stored else None,
+        store=app[STORE] if turn is not None else None,
         upstream=upstream,
-        settings=settings,
+        settings=app[SETTINGS],
         request_id=request[REQUEST_ID],
         metrics=app[METRICS],
     )
     gen.start()
-    if not stored or turn is None:  # incognito: forwarded, never written
-        return await relay(request, gen, {})
+    if turn is None:
+        return gen
     generations.add(gen)
     if turn.chat_is_new and TITLER in app:
         _title_when_answered(app[TITLER], gen, turn, caller)
     request[CHAT_ID] = turn.chat_id
-    return await relay(request, gen, {"X-Chat-Id": turn.chat_id, "X-Message-Id": turn.assistant_id})
+    return gen

@@ -12,20 +12,15 @@ socket buffer fills up is served by this handler's own awaited writes, with back
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import Callable, Iterator, Mapping
-from typing import TYPE_CHECKING
 
 from aiohttp import web
-from aiohttp.client_exceptions import ClientConnectionResetError
 
 from chatproxy.errors import APIError
 from chatproxy.proxy.fanout import Fanout, Subscriber
+from chatproxy.proxy.feed import DISCONNECTS, Feed, following
 from chatproxy.proxy.generation import Generation
-
-if TYPE_CHECKING:
-    from chatproxy.proxy.registry import Replay
 
 __all__ = ["direct_writer", "relay", "relay_events"]
 
@@ -79,36 +74,33 @@ async def relay(
 
 
 async def relay_events(
-    request: web.Request, gen: Generation | Replay, after: int, headers: Mapping[str, str]
+    request: web.Request, feed: Feed, headers: Mapping[str, str]
 ) -> web.StreamResponse:
-    """Stream ``gen``'s events from number ``after + 1`` on, each with its ``id: N``."""
-    sub = Subscriber()
-    sub.seen = first = min(after, len(gen.events.pieces))
-
-    def render(events: list[bytes]) -> bytes:
-        nonlocal first
-        out = b"".join(_frame(first + i + 1, data) for i, data in enumerate(events))
-        first += len(events)
-        return out
-
-    with _subscription(gen, gen.events, sub):
+    """Stream ``feed``'s events, each with its ``id: N``, to the client of ``request``."""
+    async with following(feed):
         resp = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", **headers}
         )
         await resp.prepare(request)
-        await _follow(resp, gen.events, sub, render)
+        while True:
+            first = feed.position
+            batch = await feed.next()
+            if batch is None:
+                break
+            await resp.write(b"".join(_frame(first + i + 1, data) for i, data in enumerate(batch)))
+        await resp.write_eof()
         return resp
 
 
 @contextlib.contextmanager
-def _subscription(gen: Generation | Replay, fanout: Fanout, sub: Subscriber) -> Iterator[None]:
+def _subscription(gen: Generation, fanout: Fanout, sub: Subscriber) -> Iterator[None]:
     """``sub`` follows ``fanout`` for the block; leaving by an exception that means the client
     went away counts as a disconnect."""
     gen.subscribe(sub, fanout)
     disconnected = False
     try:
         yield
-    except (asyncio.CancelledError, ConnectionResetError, ClientConnectionResetError):
+    except DISCONNECTS:
         disconnected = True
         raise
     finally:

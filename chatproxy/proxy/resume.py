@@ -12,9 +12,10 @@ from aiohttp import web
 from chatproxy.appkeys import CALLER, CHAT_ID, GENERATIONS, STORE
 from chatproxy.errors import InvalidRequest, ResourceNotFound
 from chatproxy.ids import CHAT_ID_RE
+from chatproxy.proxy.feed import Feed, LocalFeed
 from chatproxy.proxy.relay import relay_events
 
-__all__ = ["handle_resume"]
+__all__ = ["find_feed", "handle_resume"]
 
 
 def _after(request: web.Request) -> int:
@@ -42,8 +43,17 @@ async def handle_resume(request: web.Request) -> web.StreamResponse:
         # Another user's private chat does not exist, as far as this caller can tell.
         raise ResourceNotFound(f"no chat with id {chat_id!r}", code="chat_not_found")
     request[CHAT_ID] = chat_id
-    gen = request.app[GENERATIONS].find(chat_id)
-    if gen is None or not gen.stream:
+    feed = await find_feed(request.app, chat_id, after)
+    if feed is None:
         return web.Response(status=204)
-    headers = {"X-Chat-Id": chat_id, "X-Message-Id": gen.message_id}
-    return await relay_events(request, gen, after, headers)
+    headers = {"X-Chat-Id": chat_id, "X-Message-Id": feed.message_id}
+    return await relay_events(request, feed, headers)
+
+
+async def find_feed(app: web.Application, chat_id: str, after: int = 0) -> Feed | None:
+    """A feed of the chat's running (or just finished) streamed generation, from event
+    ``after + 1`` on; ``None`` when there is none."""
+    gen = app[GENERATIONS].find(chat_id)
+    if gen is None or not gen.stream:
+        return None
+    return LocalFeed(gen, after)
