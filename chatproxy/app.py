@@ -31,6 +31,7 @@ from chatproxy.appkeys import (
 )
 from chatproxy.auth import Authenticator
 from chatproxy.errors import APIError, InvalidRequest, PayloadTooLarge, error_response
+from chatproxy.heartbeat import Heartbeat
 from chatproxy.ids import new_request_id
 from chatproxy.limits.buckets import Buckets, LocalBuckets, RedisBuckets
 from chatproxy.limits.policy import Limits
@@ -39,6 +40,7 @@ from chatproxy.proxy.chat_completions import handle_chat_completions
 from chatproxy.proxy.passthrough import handle_passthrough
 from chatproxy.proxy.registry import Generations
 from chatproxy.proxy.resume import handle_resume
+from chatproxy.proxy.shared import SharedGenerations
 from chatproxy.proxy.upstream import Upstream
 from chatproxy.settings import Settings
 from chatproxy.store.store import Store
@@ -159,7 +161,13 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
             "marked %d unfinished message(s) of this instance as interrupted", interrupted
         )
     app[STORE] = store
+    server = settings.server
+    heartbeat = Heartbeat(
+        store, interval=server.heartbeat_interval, timeout=server.heartbeat_timeout
+    )
+    await heartbeat.start()
     yield
+    await heartbeat.stop()
     await store.close()
 
 
@@ -194,7 +202,20 @@ async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _generations_ctx(app: web.Application) -> AsyncIterator[None]:
-    generations = Generations(app[SETTINGS].chats.resume_grace)
+    settings = app[SETTINGS]
+    shared = None
+    if settings.redis.url:
+        shared = SharedGenerations(
+            settings.redis.url,
+            prefix=settings.redis.prefix,
+            instance_id=instance_id(settings),
+            maxlen=settings.redis.stream_maxlen,
+            ttl=settings.server.heartbeat_timeout,
+            refresh=settings.server.heartbeat_interval,
+            grace=settings.chats.resume_grace,
+        )
+    generations = Generations(settings.chats.resume_grace, shared=shared)
     app[GENERATIONS] = generations
     yield
-    await generations.drain(app[SETTINGS].chats.drain_timeout)
+    await generations.drain(settings.chats.drain_timeout)
+    await generations.close()

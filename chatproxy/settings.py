@@ -108,6 +108,10 @@ class ServerSettings:
     max_body_bytes: int = field(default=8 * 1024 * 1024, metadata=_meta(_check_positive))
     trusted_proxies: list[str] = field(default_factory=list, metadata=_meta(_check_cidrs))
     instance_id: str = ""  # empty: "<hostname>:<port>"
+    # Each instance records that it is alive this often; one silent for heartbeat_timeout is
+    # taken for dead and its in-progress answers are marked interrupted.
+    heartbeat_interval: float = field(default=5.0, metadata=_meta(_check_positive))
+    heartbeat_timeout: float = field(default=30.0, metadata=_meta(_check_positive))
 
 
 def _check_header_names(value: list[str]) -> str | None:
@@ -163,6 +167,8 @@ class StorageSettings:
 class RedisSettings:
     url: str = field(default="", metadata=_meta(_check_redis_url))
     prefix: str = "chatproxy:"  # every key chatproxy writes starts with this
+    # The most events a live generation keeps in its Redis stream (older ones are trimmed).
+    stream_maxlen: int = field(default=100_000, metadata=_meta(_check_positive))
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -31,18 +32,40 @@ async def upstream() -> AsyncIterator[FakeUpstream]:
 POSTGRES_URL = os.environ.get("CHATPROXY_TEST_POSTGRES_URL", "")
 
 
+REDIS_URL = os.environ.get("CHATPROXY_TEST_REDIS_URL", "")
+needs_redis = pytest.mark.skipif(
+    not REDIS_URL, reason="set CHATPROXY_TEST_REDIS_URL to run the Redis tests (.ci/run does)"
+)
+needs_postgres = pytest.mark.skipif(
+    not POSTGRES_URL,
+    reason="set CHATPROXY_TEST_POSTGRES_URL to run the PostgreSQL tests (.ci/run does)",
+)
+
+
+@pytest.fixture
+async def redis_prefix() -> AsyncIterator[str]:
+    """A fresh key prefix in the test Redis; its keys are deleted afterwards."""
+    import redis.asyncio as aioredis
+
+    assert REDIS_URL
+    prefix = f"chatproxy-test-{secrets.token_hex(6)}:"
+    yield prefix
+    client = aioredis.from_url(REDIS_URL)
+    try:
+        async for key in client.scan_iter(match=f"{prefix}*"):
+            await client.delete(key)
+    finally:
+        await client.aclose()
+
+
 @pytest.fixture
 def db_path(tmp_path: Path) -> Path:
     return tmp_path / "chatproxy.db"
 
 
-@pytest.fixture(params=["sqlite", "postgres"] if POSTGRES_URL else ["sqlite"])
-async def db_url(request: pytest.FixtureRequest, db_path: Path) -> AsyncIterator[str]:
-    """The store of a test: a fresh SQLite file, and (with CHATPROXY_TEST_POSTGRES_URL set, as
-    .ci/run does) a fresh PostgreSQL database too: every test using it runs on both."""
-    if request.param == "sqlite":
-        yield f"sqlite://{db_path}"
-        return
+@contextlib.asynccontextmanager
+async def fresh_postgres() -> AsyncIterator[str]:
+    """A new, empty PostgreSQL database on the test server; dropped afterwards."""
     import asyncpg
     from tortoise.backends.base.executor import EXECUTOR_CACHE
 
@@ -58,6 +81,17 @@ async def db_url(request: pytest.FixtureRequest, db_path: Path) -> AsyncIterator
         EXECUTOR_CACHE.clear()
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
+
+
+@pytest.fixture(params=["sqlite", "postgres"] if POSTGRES_URL else ["sqlite"])
+async def db_url(request: pytest.FixtureRequest, db_path: Path) -> AsyncIterator[str]:
+    """The store of a test: a fresh SQLite file, and (with CHATPROXY_TEST_POSTGRES_URL set, as
+    .ci/run does) a fresh PostgreSQL database too: every test using it runs on both."""
+    if request.param == "sqlite":
+        yield f"sqlite://{db_path}"
+        return
+    async with fresh_postgres() as url:
+        yield url
 
 
 @pytest.fixture

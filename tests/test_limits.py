@@ -3,22 +3,15 @@ and the Redis backend shared by two instances."""
 
 from __future__ import annotations
 
-import os
-import secrets
-
 import aiohttp
 import pytest
-import redis.asyncio as aioredis
 
 from chatproxy.appkeys import STORE
 from chatproxy.server import ProxyServer
 from chatproxy.testing import FakeUpstream, Reply
+from tests.conftest import REDIS_URL, needs_redis
 from tests.util import all_messages
 
-REDIS_URL = os.environ.get("CHATPROXY_TEST_REDIS_URL")
-needs_redis = pytest.mark.skipif(
-    not REDIS_URL, reason="set CHATPROXY_TEST_REDIS_URL to run the Redis tests (.ci/run does)"
-)
 BODY = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 IP_LIMIT = {"limits.ip_rate": "10/minute", "limits.ip_burst": 3}
 
@@ -163,19 +156,6 @@ async def test_tiers_come_from_the_users_key(start_proxy, http: aiohttp.ClientSe
             async with http.post(f"{proxy.url}/chat/completions", json=body, headers=headers) as r:
                 statuses[user].append(r.status)
     assert statuses == {"fay": [200, 429, 429, 429], "gus": [200, 200, 200, 429]}
-
-
-@pytest.fixture
-async def redis_prefix() -> str:
-    assert REDIS_URL is not None
-    prefix = f"chatproxy-test-{secrets.token_hex(6)}:"
-    yield prefix
-    client = aioredis.from_url(REDIS_URL)
-    try:
-        async for key in client.scan_iter(match=f"{prefix}*"):
-            await client.delete(key)
-    finally:
-        await client.aclose()
 
 
 @needs_redis

@@ -22,7 +22,7 @@ from tortoise.models import Model
 
 from chatproxy.store import migrations as migrations_package
 from chatproxy.store.db import APP_LABEL, SQLITE_BUSY_TIMEOUT_MS, open_database, tortoise_config
-from chatproxy.store.models import ApiKey, Chat, Message, Meta, User, Vote
+from chatproxy.store.models import ApiKey, Chat, Instance, Message, Meta, User, Vote
 from chatproxy.store.store import Store
 
 MODELS: dict[str, type[Model]] = {
@@ -32,6 +32,7 @@ MODELS: dict[str, type[Model]] = {
     "api_keys": ApiKey,
     "meta": Meta,
     "votes": Vote,
+    "instances": Instance,
 }
 MIGRATION_TABLE = "tortoise_migrations"
 # Every committed migration file, in order: what a fully migrated database has applied.

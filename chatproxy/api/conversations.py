@@ -170,8 +170,8 @@ def _no_item(item_id: str) -> ResourceNotFound:
     return ResourceNotFound(f"no item {item_id!r} in this conversation", code="item_not_found")
 
 
-def _not_busy(request: web.Request, chat_id: str) -> None:
-    if request.app[GENERATIONS].busy(chat_id):
+async def _not_busy(request: web.Request, chat_id: str) -> None:
+    if await request.app[GENERATIONS].busy_anywhere(chat_id):
         raise Conflict(
             "an answer is being generated in this conversation; change it once it is done",
             code="chat_busy",
@@ -328,9 +328,10 @@ async def update_conversation(request: web.Request) -> web.Response:
 async def delete(request: web.Request) -> web.Response:
     """``DELETE /v1/conversations/{id}``: the chat, every message of every branch, votes."""
     chat = await _chat(request, write=True)
-    _not_busy(request, chat.id)
+    await _not_busy(request, chat.id)
     if not await history.delete_chat(request.app[STORE], chat.id):
         raise _no_chat(chat.id)
+    await request.app[GENERATIONS].forget(chat.id)
     return _json({"id": chat.id, "object": "conversation.deleted", "deleted": True})
 
 
@@ -358,7 +359,7 @@ async def create_items(request: web.Request) -> web.Response:
     """``POST .../items`` ``{items}``: appended to the active branch; answers the new items."""
     chat = await _chat(request, write=True)
     messages = _messages(await _body(request, ("items",)), required=True)
-    _not_busy(request, chat.id)
+    await _not_busy(request, chat.id)
     created = await history.append_messages(request.app[STORE], chat.id, messages)
     if created is None:
         raise _no_chat(chat.id)
@@ -387,7 +388,7 @@ async def delete_item(request: web.Request) -> web.Response:
     conversation, as OpenAI does."""
     chat = await _chat(request, write=True)
     m, item = await _item(request, chat.id)
-    _not_busy(request, chat.id)
+    await _not_busy(request, chat.id)
     updated = await history.delete_message(request.app[STORE], chat.id, m.id)
     if updated is None:
         raise _no_item(item["id"])

@@ -198,13 +198,13 @@ async def handle_chat_completions(request: web.Request) -> web.StreamResponse:
         turn, parent_hash, history = None, "", []
     if not stored:
         turn = None
-    gen = launch(request, req, turn, parent_hash, history, branch_from)
+    gen = await launch(request, req, turn, parent_hash, history, branch_from)
     if turn is None:  # incognito: forwarded, never written
         return await relay(request, gen, {})
     return await relay(request, gen, {"X-Chat-Id": turn.chat_id, "X-Message-Id": turn.assistant_id})
 
 
-def launch(
+async def launch(
     request: web.Request,
     req: ChatRequest,
     turn: Turn | None,
@@ -220,9 +220,7 @@ def launch(
     app = request.app
     caller = request[CALLER]
     generations = app[GENERATIONS]
-    # From this check to the registration below nothing awaits: no second generation can start
-    # on the chat in between.
-    if turn is not None and generations.busy(turn.chat_id, branch_from):
+    if turn is not None and not await generations.claim(turn, branch_from):
         raise Conflict(
             "an answer is being generated in this chat; wait for it, or follow it at "
             f"GET /v1/conversations/{turn.chat_id}/stream",
@@ -248,9 +246,14 @@ def launch(
         request_id=request[REQUEST_ID],
         metrics=app[METRICS],
     )
-    gen.start()
     if turn is None:
+        gen.start()
         return gen
+    try:
+        gen.start()
+    except BaseException:
+        generations.release(turn)
+        raise
     generations.add(gen)
     if turn.chat_is_new and TITLER in app:
         _title_when_answered(app[TITLER], gen, turn, caller)

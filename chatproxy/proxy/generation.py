@@ -125,7 +125,9 @@ class Generation:
         to.subscribers.remove(sub)
         if disconnected and not self.output.done:
             self.client_disconnected = True
-            followed = self.output.subscribers or self.events.subscribers
+            followed = any(
+                not s.passive for s in (*self.output.subscribers, *self.events.subscribers)
+            )
             if not followed and self._settings.chats.on_disconnect == "abort":
                 self.abort()
 

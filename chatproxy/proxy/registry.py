@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 from chatproxy.proxy.fanout import Fanout, Subscriber
 from chatproxy.proxy.generation import Generation
+from chatproxy.proxy.shared import SharedGenerations
+from chatproxy.store.batch import Turn
 
 __all__ = ["REPLAY_BUDGET_BYTES", "Generations", "Replay"]
 
@@ -41,29 +43,74 @@ class Replay:
 class Generations:
     """The registry the chat handler, the resume endpoint and shutdown share."""
 
-    def __init__(self, grace: float, *, budget: int = REPLAY_BUDGET_BYTES) -> None:
+    def __init__(
+        self,
+        grace: float,
+        *,
+        budget: int = REPLAY_BUDGET_BYTES,
+        shared: SharedGenerations | None = None,
+    ) -> None:
         self.grace = grace
         self.budget = budget
+        self.shared = shared
         # Usually one per chat; more only on different branches (X-Chat-Parent).
         self.running: dict[str, list[Generation]] = {}
+        # The answers claimed in each chat (message id -> branch point), from the claim until
+        # their generation ends.
+        self._claims: dict[str, dict[str, str | None]] = {}
         self._finished: OrderedDict[str, Replay] = OrderedDict()
         self._finished_bytes = 0
 
+    async def claim(self, turn: Turn, branch_from: str | None = None) -> bool:
+        """Claim the chat for ``turn``'s answer; False while another answer runs there (on any
+        instance, with Redis), unless ``branch_from`` names a branch point no running answer
+        hangs from. A claim lasts until the answer's generation ends, or :meth:`release`."""
+        chat_id = turn.chat_id
+        if self.busy(chat_id, branch_from):
+            return False
+        # Claimed here before asking Redis: no second request on this instance gets in
+        # while the claim is in flight.
+        self._claims.setdefault(chat_id, {})[turn.assistant_id] = turn.parent_id
+        if self.shared is not None and not await self.shared.claim(
+            chat_id, turn.assistant_id, turn.parent_id, branch_from
+        ):
+            self._unclaim(chat_id, turn.assistant_id)
+            return False
+        return True
+
+    def release(self, turn: Turn) -> None:
+        """Give up a claim whose generation never started."""
+        self._unclaim(turn.chat_id, turn.assistant_id)
+        if self.shared is not None:
+            task = asyncio.ensure_future(self.shared.release(turn.chat_id, turn.assistant_id))
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    def busy(self, chat_id: str, branch_from: str | None = None) -> bool:
+        """Whether this instance runs an answer the chat must wait for."""
+        claims = self._claims.get(chat_id)
+        if not claims:
+            return False
+        return branch_from is None or branch_from in claims.values()
+
+    async def busy_anywhere(self, chat_id: str) -> bool:
+        """Whether an answer runs in the chat, here or (with Redis) on another instance."""
+        if self.busy(chat_id):
+            return True
+        return self.shared is not None and await self.shared.busy(chat_id)
+
+    async def forget(self, chat_id: str) -> None:
+        """Drop what is kept of the chat's finished streams (the chat was deleted)."""
+        self._drop(chat_id)
+        if self.shared is not None:
+            await self.shared.forget(chat_id)
+
     def add(self, gen: Generation) -> None:
-        """Register a started generation (the caller checked :meth:`busy` without awaiting)."""
+        """Register a started generation of a claimed turn."""
         assert gen.task is not None
         self.running.setdefault(gen.chat_id, []).append(gen)
         gen.task.add_done_callback(lambda _: self._finish(gen))
-
-    def busy(self, chat_id: str, branch_from: str | None = None) -> bool:
-        """Whether a new answer in the chat must wait: always while one runs, unless the
-        request names a branch point (``X-Chat-Parent``) no running answer hangs from."""
-        running = self.running.get(chat_id)
-        if not running:
-            return False
-        if branch_from is None:
-            return True
-        return any(g.turn is not None and g.turn.parent_id == branch_from for g in running)
+        if self.shared is not None:
+            self.shared.mirror(gen)  # releases the Redis claim at the end
 
     def find(self, chat_id: str) -> Generation | Replay | None:
         """The chat's newest running generation, or the replay of one that ended within the
@@ -71,7 +118,14 @@ class Generations:
         running = self.running.get(chat_id)
         return running[-1] if running else self._finished.get(chat_id)
 
+    def _unclaim(self, chat_id: str, message_id: str) -> None:
+        claims = self._claims.get(chat_id, {})
+        claims.pop(message_id, None)
+        if not claims:
+            self._claims.pop(chat_id, None)
+
     def _finish(self, gen: Generation) -> None:
+        self._unclaim(gen.chat_id, gen.message_id)
         running = self.running.get(gen.chat_id, [])
         if gen in running:
             running.remove(gen)
@@ -108,3 +162,8 @@ class Generations:
             task.cancel()
         if pending:
             await asyncio.wait(pending)
+
+    async def close(self) -> None:
+        """After :meth:`drain`: finish sharing the last events, close the Redis client."""
+        if self.shared is not None:
+            await self.shared.close()

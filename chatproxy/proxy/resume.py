@@ -53,7 +53,10 @@ async def handle_resume(request: web.Request) -> web.StreamResponse:
 async def find_feed(app: web.Application, chat_id: str, after: int = 0) -> Feed | None:
     """A feed of the chat's running (or just finished) streamed generation, from event
     ``after + 1`` on; ``None`` when there is none."""
-    gen = app[GENERATIONS].find(chat_id)
-    if gen is None or not gen.stream:
-        return None
-    return LocalFeed(gen, after)
+    generations = app[GENERATIONS]
+    gen = generations.find(chat_id)
+    if gen is not None:
+        return LocalFeed(gen, after) if gen.stream else None
+    if generations.shared is not None:  # running on another instance?
+        return await generations.shared.feed(chat_id, after)
+    return None

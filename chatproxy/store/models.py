@@ -20,7 +20,7 @@ from tortoise import fields
 from tortoise.indexes import Index
 from tortoise.models import Model
 
-__all__ = ["MESSAGE_STATUSES", "ApiKey", "Chat", "Message", "Meta", "User", "Vote"]
+__all__ = ["MESSAGE_STATUSES", "ApiKey", "Chat", "Instance", "Message", "Meta", "User", "Vote"]
 
 MESSAGE_STATUSES = ("in_progress", "completed", "incomplete", "failed", "cancelled", "interrupted")
 
@@ -65,6 +65,18 @@ class Meta(Model):
 
     class Meta:
         table = "meta"
+
+
+class Instance(Model):
+    # A running chatproxy instance and its last heartbeat: the in-progress messages of one
+    # that stopped heartbeating are marked interrupted by the others.
+
+    id = fields.CharField(max_length=64, primary_key=True)
+    started_at = fields.DatetimeField()
+    heartbeat_at = fields.DatetimeField()
+
+    class Meta:
+        table = "instances"
 
 
 class Chat(Model):

@@ -23,7 +23,7 @@ import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import orjson
@@ -33,7 +33,7 @@ from tortoise.transactions import in_transaction
 
 from chatproxy.store.batch import Answer, Batch, Dialect, NewMessage, Turn
 from chatproxy.store.db import WalCheckpointer, open_database, open_fast_sqlite, sqlite_path
-from chatproxy.store.models import ApiKey, Chat, Message, Meta, User
+from chatproxy.store.models import ApiKey, Chat, Instance, Message, Meta, User
 
 __all__ = ["Answer", "BranchEntry", "NewMessage", "Store", "ThreadMatch", "Turn", "utcnow"]
 
@@ -333,6 +333,64 @@ class Store:
             )
 
         return int(await self._call(op))
+
+    async def heartbeat(self, started_at: datetime) -> None:
+        """Record that this instance is alive now."""
+
+        async def op() -> None:
+            now = utcnow()
+            if not await Instance.filter(id=self.instance_id).update(heartbeat_at=now):
+                await Instance.bulk_create(
+                    [Instance(id=self.instance_id, started_at=started_at, heartbeat_at=now)],
+                    ignore_conflicts=True,
+                )
+
+        await self._call(op)
+
+    async def reap_instances(self, silent_for: float) -> dict[str, int]:
+        """Mark ``interrupted`` the in-progress messages of instances silent for ``silent_for``
+        seconds (and forget those instances); returns how many messages, by instance.
+
+        Messages of an instance with no record at all (it never heartbeated, or its record is
+        gone) are taken once they are older than ``silent_for``.
+        """
+
+        async def op() -> dict[str, int]:
+            now = utcnow()
+            cutoff = now - timedelta(seconds=silent_for)
+            live = await Instance.filter(heartbeat_at__gte=cutoff).values_list("id", flat=True)
+            live_ids = {*live, self.instance_id}
+            stuck = (
+                await Message.filter(status="in_progress")
+                .exclude(instance_id__in=live_ids)
+                .values_list("id", "instance_id", "created_at")
+            )
+            dead = set(
+                await Instance.filter(heartbeat_at__lt=cutoff).values_list("id", flat=True)
+            ) - {self.instance_id}
+            reaped: dict[str, int] = {}
+            ids = []
+            for message_id, owner, created_at in stuck:
+                if owner in dead or created_at < cutoff:
+                    ids.append(message_id)
+                    reaped[str(owner)] = reaped.get(str(owner), 0) + 1
+            if ids:
+                await Message.filter(id__in=ids, status="in_progress").update(
+                    status="interrupted", completed_at=now
+                )
+            if dead:
+                await Instance.filter(id__in=dead, heartbeat_at__lt=cutoff).delete()
+            return reaped
+
+        return dict(await self._call(op))
+
+    async def leave(self) -> None:
+        """Forget this instance's heartbeat record (a clean stop)."""
+
+        async def op() -> None:
+            await Instance.filter(id=self.instance_id).delete()
+
+        await self._call(op)
 
     # -- reads -------------------------------------------------------------------------------
 
