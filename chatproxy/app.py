@@ -136,7 +136,7 @@ def create_app(settings: Settings) -> web.Application:
         middlewares=[request_context], client_max_size=settings.server.max_body_bytes
     )
     app[SETTINGS] = settings
-    app[METRICS] = Metrics()
+    app[METRICS] = Metrics(instance_id(settings))
     app.cleanup_ctx.extend([_store_ctx, _access_ctx, _upstream_ctx, _generations_ctx])
     app.on_response_prepare.append(_add_response_headers)
     app.router.add_get("/healthz", healthz)
@@ -163,7 +163,10 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     app[STORE] = store
     server = settings.server
     heartbeat = Heartbeat(
-        store, interval=server.heartbeat_interval, timeout=server.heartbeat_timeout
+        store,
+        interval=server.heartbeat_interval,
+        timeout=server.heartbeat_timeout,
+        on_reaped=app[METRICS].reaped.inc,
     )
     await heartbeat.start()
     yield

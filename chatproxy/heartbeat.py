@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 
 from chatproxy.store.store import Store, utcnow
 
@@ -19,8 +20,16 @@ log = logging.getLogger("chatproxy.heartbeat")
 class Heartbeat:
     """Beats every ``interval`` seconds and reaps instances silent for ``timeout`` seconds."""
 
-    def __init__(self, store: Store, *, interval: float, timeout: float) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        interval: float,
+        timeout: float,
+        on_reaped: Callable[[int], object] | None = None,
+    ) -> None:
         self._store = store
+        self._on_reaped = on_reaped
         self._interval = interval
         self._timeout = timeout
         self._started_at = utcnow()
@@ -42,6 +51,8 @@ class Heartbeat:
                 instance,
                 count,
             )
+            if self._on_reaped is not None:
+                self._on_reaped(count)
         return reaped
 
     async def _run(self) -> None:

@@ -8,7 +8,7 @@ counter increments per request and one histogram observation per answer: nothing
 from __future__ import annotations
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 __all__ = ["Metrics", "metrics_handler"]
@@ -20,9 +20,18 @@ _STORE_BUCKETS = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 
 class Metrics:
     """The metrics of one application."""
 
-    def __init__(self) -> None:
+    def __init__(self, instance_id: str = "") -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        # Which instance answers this scrape (several run behind one load balancer).
+        Info("chatproxy_instance", "This chatproxy instance", registry=r).info(
+            {"instance_id": instance_id}
+        )
+        self.reaped = Counter(
+            "chatproxy_reaped_answers",
+            "Answers of instances that stopped heartbeating, marked interrupted here",
+            registry=r,
+        )
         self.requests = Counter(
             "chatproxy_requests", "HTTP requests answered", ["route", "status"], registry=r
         )

@@ -13,6 +13,7 @@ import aiohttp
 import asyncpg
 import openai
 import orjson
+from prometheus_client.parser import text_string_to_metric_families
 
 from chatproxy.testing import FakeUpstream, Reply
 from tests.conftest import REDIS_URL, fresh_postgres, needs_postgres, needs_redis
@@ -222,6 +223,15 @@ async def test_killing_a_mid_stream_b_marks_the_answer_interrupted_and_ends_its_
         body = {"model": "m", "messages": [{"role": "user", "content": "again"}]}
         headers = {"X-Chat-Id": chat_id}
         await eventually(lambda: _posts(http, b, body, headers), within=15)
+        # An operator sees it in B's metrics.
+        async with http.get(f"{b.base}/metrics") as resp:
+            samples = {
+                (s.name, tuple(sorted(s.labels.items()))): s.value
+                for family in text_string_to_metric_families(await resp.text())
+                for s in family.samples
+            }
+        assert samples[("chatproxy_reaped_answers_total", ())] == 1
+        assert samples[("chatproxy_instance_info", (("instance_id", "b"),))] == 1
 
 
 async def _is(value: Any, expected: str) -> bool:
