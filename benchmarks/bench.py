@@ -76,9 +76,13 @@ def start_upstream(port: int, chunk_delay: float) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-c", code], env=env)
 
 
-def start_proxy(port: int, upstream: str, db: str, pin: int | None) -> subprocess.Popen[bytes]:
+def start_proxy(
+    port: int, upstream: str, db: str, pin: int | None, redis: str | None = None
+) -> subprocess.Popen[bytes]:
     argv = [sys.executable, "-m", "chatproxy", "serve", "--port", str(port)]
     argv += ["--upstream", upstream, "--db", db, "--log-level", "warning"]
+    if redis:
+        argv += ["--redis", redis]
     if pin is not None:
         argv = ["taskset", "-c", str(pin), *argv]
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHATPROXY_")}
@@ -89,6 +93,7 @@ def start_proxy(port: int, upstream: str, db: str, pin: int | None) -> subproces
     env["CHATPROXY_LIMITS__IP_RATE"] = "1000000/second"
     env["CHATPROXY_LIMITS__IP_BURST"] = "1000000"
     env["CHATPROXY_LIMITS__TIERS__FREE__MESSAGES_PER_DAY"] = "0"
+    env["CHATPROXY_REDIS__PREFIX"] = "chatproxy-bench:"
     env["PYTHONPATH"] = str(ROOT)
     return subprocess.Popen(argv, env=env)
 
@@ -382,6 +387,12 @@ async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="a few requests (smoke test)")
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks/results/latest.json")
+    parser.add_argument(
+        "--redis",
+        metavar="URL",
+        help="run the proxy with this Redis (the scale-out set-up: limits, claims and event "
+        "streams shared); the benchmark deletes nothing there but its own expiring keys",
+    )
     args = parser.parse_args()
     sizes = (
         {"unloaded": 20, "loaded": 100, "history": 20, "slow": 200}
@@ -408,7 +419,7 @@ async def main() -> int:
         await wait_http(f"{slow}/models")
         for upstream, scenario in ((fast, scenario_fast), (slow, scenario_slow)):
             port = free_port()
-            proxy_proc = start_proxy(port, upstream, db, pin)
+            proxy_proc = start_proxy(port, upstream, db, pin, args.redis)
             procs.append(proxy_proc)
             base = f"http://127.0.0.1:{port}"
             await wait_http(f"{base}/readyz")
@@ -428,6 +439,7 @@ async def main() -> int:
         f"\nchatproxy benchmark — {platform.node()}, {os.cpu_count()} CPUs, "
         f"proxy pinned to CPU {pin}, Python {platform.python_version()}"
         + (" (tiny run)" if args.tiny else "")
+        + (f", Redis {args.redis}" if args.redis else "")
     )
     print(
         f"{'figure':<44} {'direct':>10} {'proxy':>10} {'ratio':>8} {'unit':<10} "
@@ -447,6 +459,7 @@ async def main() -> int:
                     "python": platform.python_version(),
                 },
                 "tiny": args.tiny,
+                "redis": args.redis,
                 "figures": [f.__dict__ for f in figures],
                 "store_ok": stored_ok,
                 "store": stored_msg,
