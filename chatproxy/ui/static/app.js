@@ -88,7 +88,8 @@ const listItem = (id) => $("#chat-list").querySelector(`[data-id="${CSS.escape(i
 
 function sentinelVisible() {
   const wrap = $("#chat-list-wrap").getBoundingClientRect();
-  return $("#list-end").getBoundingClientRect().top <= wrap.bottom + 200;
+  // A hidden list (before sign-in completes) has no size: the observer takes over once shown.
+  return wrap.height > 0 && $("#list-end").getBoundingClientRect().top <= wrap.bottom + 200;
 }
 
 /** The next page of chats, and the one after while the end of the list is in view. */
