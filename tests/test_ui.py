@@ -415,3 +415,77 @@ async def test_another_users_chats_never_appear(
     await page.press("#key", "Enter")
     await expect(chat_items(page)).to_have_text(["Alice's public notes", "Alice's secret plan"])
     await expect(page.locator("#chat-list")).not_to_contain_text("Bob")
+
+
+LINK = 'target="_blank" rel="noopener noreferrer nofollow"'
+MARKDOWN = [
+    (
+        "**bold** *em* ~~gone~~ `a<b`",
+        "<p><strong>bold</strong> <em>em</em> <del>gone</del> <code>a&lt;b</code></p>",
+    ),
+    ("snake_case_name and 2 * 3 * 4", "<p>snake_case_name and 2 * 3 * 4</p>"),
+    (
+        "[ok](https://example.com/a?b=1&c=2)",
+        f'<p><a href="https://example.com/a?b=1&amp;c=2" {LINK}>ok</a></p>',
+    ),
+    # Only http(s) and mailto become links; the rest keep their text.
+    (
+        "[js](javascript:alert(1)) [data](data:text/html,<b>x</b>) [rel](/etc/passwd)",
+        "<p><span>js</span> <span>data</span> <span>rel</span></p>",
+    ),
+    (
+        "see <https://a.org/x> and https://b.org/y.",
+        f'<p>see <a href="https://a.org/x" {LINK}>https://a.org/x</a> and '
+        f'<a href="https://b.org/y" {LINK}>https://b.org/y</a>.</p>',
+    ),
+    # An image is never loaded: it becomes a link to it.
+    (
+        "![cat](https://img.example/cat.png)",
+        f'<p><a href="https://img.example/cat.png" {LINK}>🖼 cat</a></p>',
+    ),
+    (
+        "- a\n- b\n  - c\n\n3. x\n4. y",
+        '<ul><li>a</li><li>b<ul><li>c</li></ul></li></ul><ol start="3"><li>x</li><li>y</li></ol>',
+    ),
+    ("> quoted\n> more", "<blockquote><p>quoted<br>more</p></blockquote>"),
+    # A fence still open (an answer being streamed) runs to the end.
+    (
+        "```js\nlet x = '<b>';",
+        '<div class="code"><div class="code-head"><span>js</span><button type="button" '
+        'class="copy" aria-label="Copy code">Copy</button></div><pre><code class="language-js">'
+        "let x = '&lt;b&gt;';</code></pre></div>",
+    ),
+    (
+        "# Title\n---\n| a | b |\n|:-|-:|\n| 1 | 2 |",
+        '<h3>Title</h3><hr><div class="table"><table><thead><tr><th class="align-left">a</th>'
+        '<th class="align-right">b</th></tr></thead><tbody><tr><td class="align-left">1</td>'
+        '<td class="align-right">2</td></tr></tbody></table></div>',
+    ),
+    ("<script>alert(1)</script>", "<p>&lt;script&gt;alert(1)&lt;/script&gt;</p>"),
+    (
+        "``code with ` inside`` and \\*not em\\*",
+        "<p><code>code with ` inside</code> and *not em*</p>",
+    ),
+]
+
+
+async def test_markdown_becomes_safe_nodes(proxy: ProxyServer, page: Page) -> None:
+    await page.goto(ui_url(proxy))
+    texts = [text for text, _ in MARKDOWN] + [">" * 5000 + " deep", "*x " * 5000]
+    rendered = await page.evaluate(
+        """async (texts) => {
+            const { renderMarkdown } = await import("/ui/static/markdown.js");
+            return texts.map((text) => {
+                const box = document.createElement("div");
+                box.append(renderMarkdown(text));
+                return box.innerHTML;
+            });
+        }""",
+        texts,
+    )
+    assert rendered[: len(MARKDOWN)] == [html for _, html in MARKDOWN]
+    # Hostile nesting ends in text, not in a stack overflow.
+    deep = rendered[-2]
+    assert deep.count("<blockquote>") == 17
+    assert deep.endswith("deep</p>" + "</blockquote>" * 17)
+    assert rendered[-1].startswith("<p>*x *x")
