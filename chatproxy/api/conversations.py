@@ -1,6 +1,7 @@
 """Management API: conversations (SPEC §4), shaped like OpenAI's Conversations API so that
-``client.conversations...`` of the official SDKs works unchanged, plus three extensions: the
-list (``GET /v1/conversations``), ``/messages`` (chat-completions format) and votes.
+``client.conversations...`` of the official SDKs works unchanged, plus four extensions: the
+list (``GET /v1/conversations``), ``/messages`` (chat-completions format), ``/export`` (a
+download, as ``chatproxy export`` writes it) and votes.
 
 Access: the owner reads and writes. A ``public`` chat may be read by any authenticated user
 and voted on (a vote is feedback, not a change to the chat), but other writes by a non-owner

@@ -174,12 +174,14 @@ function closeChat() {
   current = null;
   opening++;
   history.replaceState(null, "", location.pathname);
+  document.title = "chatproxy · chats";
   $("#chat").hidden = true;
   $("#empty").hidden = false;
 }
 
 function renderChat() {
   const { chat, tree, path } = current;
+  document.title = `${titleOf(chat)} · chatproxy`;
   $("#empty").hidden = true;
   $("#chat").hidden = false;
   $("#rename-form").hidden = true;
@@ -230,9 +232,7 @@ async function follow(id, token) {
     streamed = response.status === 200;
     if (streamed) {
       const message = { id: response.headers.get("X-Message-Id"), role: "assistant" };
-      const body = $("#messages").querySelector(
-        `.msg[data-id="${CSS.escape(message.id)}"] .body`,
-      );
+      const selector = `.msg[data-id="${CSS.escape(message.id)}"] .body`;
       let frame = 0;
       for await (const event of events(response)) {
         if (event.data === "[DONE]") break;
@@ -244,12 +244,12 @@ async function follow(id, token) {
         }
         if (chunk.error) break;
         accumulate(message, chunk);
-        if (body && !frame) {
-          frame = requestAnimationFrame(() => {
-            frame = 0;
-            replace(body, messageBody({ ...message, status: "in_progress" }));
-          });
-        }
+        frame ||= requestAnimationFrame(() => {
+          frame = 0;
+          // Looked up each time: the chat may have been drawn again (renamed, another branch).
+          const body = $("#messages").querySelector(selector);
+          if (body) replace(body, messageBody({ ...message, status: "in_progress" }));
+        });
       }
     }
   } catch (error) {
@@ -341,6 +341,7 @@ async function deleteChat() {
 // -- start ------------------------------------------------------------------------------------
 
 async function enter() {
+  $("#search").value = "";
   try {
     await resetList("");
   } catch (error) {
@@ -370,6 +371,7 @@ function wire() {
   $("#signout").addEventListener("click", () => {
     session.signOut();
     closeChat();
+    list.generation++; // a page still on its way is dropped
     $("#chat-list").replaceChildren();
     showSignIn();
   });
