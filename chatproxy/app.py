@@ -11,7 +11,7 @@ import aiohttp
 from aiohttp import web
 
 from chatproxy import logfilter
-from chatproxy.api import completions, conversations
+from chatproxy.api import completions, conversations, ui
 from chatproxy.api.health import healthz, readyz
 from chatproxy.appkeys import (
     AUTH,
@@ -146,6 +146,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/v1/conversations/{chat_id}/stream", handle_resume)
     conversations.add_routes(app.router)
     completions.add_routes(app.router)
+    ui.add_routes(app.router)
     app.router.add_route("*", "/v1/{tail:.*}", handle_passthrough)
     return app
 

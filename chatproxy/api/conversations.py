@@ -1,6 +1,7 @@
 """Management API: conversations (SPEC §4), shaped like OpenAI's Conversations API so that
-``client.conversations...`` of the official SDKs works unchanged, plus three extensions: the
-list (``GET /v1/conversations``), ``/messages`` (chat-completions format) and votes.
+``client.conversations...`` of the official SDKs works unchanged, plus four extensions: the
+list (``GET /v1/conversations``), ``/messages`` (chat-completions format), ``/export`` (a
+download, as ``chatproxy export`` writes it) and votes.
 
 Access: the owner reads and writes. A ``public`` chat may be read by any authenticated user
 and voted on (a vote is feedback, not a change to the chat), but other writes by a non-owner
@@ -22,8 +23,15 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from chatproxy import export
 from chatproxy.appkeys import CALLER, CHAT_ID, GENERATIONS, SETTINGS, STORE
-from chatproxy.errors import Conflict, InvalidRequest, PermissionDenied, ResourceNotFound
+from chatproxy.errors import (
+    Conflict,
+    InvalidRequest,
+    NotFoundError,
+    PermissionDenied,
+    ResourceNotFound,
+)
 from chatproxy.ids import CHAT_ID_RE
 from chatproxy.store import history
 from chatproxy.store.history import ChatView, ItemError
@@ -35,6 +43,8 @@ __all__ = ["add_routes", "message_items"]
 VISIBILITIES = ("private", "public")
 MAX_TITLE = 256  # the column's size
 MAX_QUERY = 1000
+# format: (Content-Type, file extension) of GET .../export
+EXPORTS = {"json": ("application/json", "json"), "markdown": ("text/markdown; charset=utf-8", "md")}
 _ITEM_SUFFIX = re.compile(r"(.+)_([1-9][0-9]{0,3})")
 
 
@@ -47,6 +57,7 @@ def add_routes(router: web.UrlDispatcher) -> None:
         chat + "/items": {"GET": list_items, "POST": create_items},
         chat + "/items/{item_id}": {"GET": get_item, "DELETE": delete_item},
         chat + "/messages": {"GET": list_messages},
+        chat + "/export": {"GET": export_conversation},
         chat + "/messages/{message_id}/vote": {"PUT": vote},
     }
     for path, handlers in routes.items():
@@ -402,12 +413,12 @@ async def list_messages(request: web.Request) -> web.Response:
     """``GET .../messages``: the active branch in chat-completions format, ready to send back
     upstream (as ``chatproxy export --format openai``: no reasoning, no answer that failed
     before it said anything); ``?all=true``: every message of every branch, oldest first, as
-    stored, with ``id``, ``parent_id`` and ``status``."""
+    stored, with ``id``, ``parent_id``, ``status`` and, for a failed answer, ``error``."""
     chat = await _chat(request)
     every = _query(request, "all", ("true", "false", "1", "0"), "false") in ("true", "1")
     tree = await history.chat_tree(request.app[STORE], chat.id)
     if every:
-        data = [{**m.data, "id": m.id, "parent_id": m.parent_id, "status": m.status} for m in tree]
+        data = [_stored(m) for m in tree]
     else:
         branch = history.branch(tree, chat.head_id)
         data = [
@@ -416,6 +427,28 @@ async def list_messages(request: web.Request) -> web.Response:
             if history.replayable(m)
         ]
     return _json({"object": "list", "data": data, "head_id": chat.head_id})
+
+
+def _stored(m: Message) -> dict[str, Any]:
+    row = {**m.data, "id": m.id, "parent_id": m.parent_id, "status": m.status}
+    return row | {"error": m.error} if m.error else row
+
+
+async def export_conversation(request: web.Request) -> web.Response:
+    """``GET .../export?format=json|markdown``: the file ``chatproxy export`` writes, as a
+    download: ``json`` is lossless (every branch; ``chatproxy import`` reads it), ``markdown``
+    the active branch."""
+    chat = await _chat(request)
+    fmt = _query(request, "format", tuple(EXPORTS), "json")
+    try:
+        body = await export.export_chat(request.app[STORE], chat.id, fmt)
+    except NotFoundError:  # deleted meanwhile
+        raise _no_chat(chat.id) from None
+    content_type, extension = EXPORTS[fmt]
+    disposition = f'attachment; filename="{chat.id}.{extension}"'
+    return web.Response(
+        body=body, headers={"Content-Type": content_type, "Content-Disposition": disposition}
+    )
 
 
 async def vote(request: web.Request) -> web.Response:
