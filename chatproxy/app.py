@@ -11,6 +11,7 @@ import aiohttp
 from aiohttp import web
 
 from chatproxy import logfilter
+from chatproxy.aisdk import routes as aisdk
 from chatproxy.api import completions, conversations
 from chatproxy.api.health import healthz, readyz
 from chatproxy.appkeys import (
@@ -72,7 +73,7 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     request[REQUEST_ID] = new_request_id()
     started = time.perf_counter()
     try:
-        if request.path.startswith("/v1/"):
+        if _guarded(request.path):
             await _admit(request)
         resp = await handler(request)
     except APIError as exc:
@@ -106,6 +107,12 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
             extra={"fields": fields},
         )
     return resp
+
+
+def _guarded(path: str) -> bool:
+    """Whether a path is behind the IP limit and authentication: the OpenAI API and the AI SDK
+    chat route."""
+    return path.startswith("/v1/") or path == "/api/chat" or path.startswith("/api/chat/")
 
 
 async def _admit(request: web.Request) -> None:
@@ -144,6 +151,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/v1/conversations/{chat_id}/stream", handle_resume)
     conversations.add_routes(app.router)
     completions.add_routes(app.router)
+    aisdk.add_routes(app.router)
     app.router.add_route("*", "/v1/{tail:.*}", handle_passthrough)
     return app
 
