@@ -23,6 +23,7 @@ from tests.util import all_chats
 
 NODE_DIR = Path(__file__).parent / "node"
 SCRIPT = NODE_DIR / "aisdk-e2e.mjs"
+EXAMPLE = Path(__file__).parent.parent / "examples" / "aisdk-chat" / "chat.mjs"
 STORY = [f"part{i} " for i in range(40)]
 
 
@@ -83,3 +84,48 @@ async def test_the_ai_sdk_client_sends_reloads_resumes_and_regenerates_through_t
         {"role": "assistant", "content": "A regenerated story."},
     ]
     assert requests[4][-1] == {"role": "user", "content": "Only this message is sent."}
+
+
+async def run_example(tmp_path: Path, proxy: ProxyServer, *args: str) -> str:
+    """examples/aisdk-chat/chat.mjs, with the test's copy of the `ai` package."""
+    executable = node()
+    folder = tmp_path / "aisdk-chat"
+    if not folder.exists():
+        folder.mkdir()
+        shutil.copy(EXAMPLE, folder / EXAMPLE.name)
+        (folder / "node_modules").symlink_to(NODE_DIR.resolve() / "node_modules")
+    process = await asyncio.create_subprocess_exec(
+        executable,
+        str(folder / EXAMPLE.name),
+        "--url",
+        base(proxy),
+        *args,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), timeout=60)
+    assert process.returncode == 0, err.decode() + out.decode()
+    return out.decode()
+
+
+async def test_the_example_chats_and_a_second_run_goes_on_with_the_stored_history(
+    proxy: ProxyServer, upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    upstream.enqueue(Reply(content="Hi, I am the example."), Reply(content="Still here."))
+    out = await run_example(tmp_path, proxy, "--chat", "example-1", "--model", "m", "Hello!")
+    assert out.splitlines() == [
+        "assistant> Hi, I am the example.",
+        "(chat example-1: 2 messages stored)",
+    ]
+    out = await run_example(tmp_path, proxy, "--chat", "example-1", "--model", "m", "Again")
+    assert out.splitlines() == [
+        "user> Hello!",
+        "assistant> Hi, I am the example.",
+        "assistant> Still here.",
+        "(chat example-1: 4 messages stored)",
+    ]
+    assert upstream.chat_requests[1].json["messages"][:2] == [
+        {"role": "user", "content": "Hello!"},
+        {"role": "assistant", "content": "Hi, I am the example."},
+    ]
