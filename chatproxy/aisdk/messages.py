@@ -30,7 +30,14 @@ from chatproxy.errors import InvalidRequest
 from chatproxy.store.models import Message
 from chatproxy.store.threading import message_text
 
-__all__ = ["UI_ID", "UIConverted", "stored_ui_id", "to_chat", "to_ui", "without_reasoning"]
+__all__ = [
+    "UI_ID",
+    "UIConverted",
+    "for_upstream",
+    "stored_ui_id",
+    "to_chat",
+    "to_ui",
+]
 
 UI_ID = "ui_id"  # the key of a UIMessage's id in Message.metadata
 MAX_ID = 256
@@ -70,11 +77,19 @@ def _string(obj: dict[str, Any], key: str, param: str) -> str:
     return value
 
 
-def without_reasoning(message: dict[str, Any]) -> dict[str, Any]:
-    """A stored message as it goes back upstream: without its reasoning."""
-    if "reasoning_content" not in message:
-        return message
-    return {k: v for k, v in message.items() if k != "reasoning_content"}
+def for_upstream(message: dict[str, Any]) -> dict[str, Any]:
+    """A message as it goes upstream: without its reasoning (some servers refuse it), keys in
+    one order whatever the database gave back (PostgreSQL's ``jsonb`` orders them its own way),
+    so that the request is the same whether the history came from the client or the store."""
+    return _sorted({k: v for k, v in message.items() if k != "reasoning_content"})
+
+
+def _sorted(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _sorted(value[k]) for k in sorted(value)}
+    if isinstance(value, list):
+        return [_sorted(v) for v in value]
+    return value
 
 
 # -- to the upstream ---------------------------------------------------------------------------

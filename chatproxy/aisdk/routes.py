@@ -21,7 +21,7 @@ import orjson
 from aiohttp import web
 
 from chatproxy.aisdk.body import ChatBody, parse_body
-from chatproxy.aisdk.messages import UI_ID, stored_ui_id, to_ui, without_reasoning
+from chatproxy.aisdk.messages import UI_ID, for_upstream, stored_ui_id, to_ui
 from chatproxy.aisdk.stream import UI_STREAM_HEADERS, UIMessageStream
 from chatproxy.appkeys import CALLER, CHAT_ID, GENERATIONS, SETTINGS, STORE
 from chatproxy.errors import (
@@ -106,15 +106,14 @@ async def post_chat(request: web.Request) -> web.StreamResponse:
     sent = {"model": model, **body.params, "messages": []}
     sent |= {"stream": True, "stream_options": {"include_usage": True}}
     (turn, parent_hash, stored), messages, branch_from = await _plan(request, body, sent)
-    sent["messages"] = messages
-    req = ChatRequest(orjson.dumps(sent), sent, messages, True, model)
     ui_ids = {id(m): c.id for c in body.messages for m in c.messages}
     for new in turn.new_messages:
         if id(new.data) in ui_ids:
             new.metadata = {UI_ID: ui_ids[id(new.data)]}
-    gen = launch(
-        request, req, turn, parent_hash, [without_reasoning(m) for m in stored], branch_from
-    )
+    sent["messages"] = [for_upstream(m) for m in messages]
+    req = ChatRequest(orjson.dumps(sent), sent, sent["messages"], True, model)
+    history = [for_upstream(m) for m in stored]
+    gen = launch(request, req, turn, parent_hash, history, branch_from)
     headers = {"X-Chat-Id": turn.chat_id, "X-Message-Id": turn.assistant_id}
     return await _stream(request, LocalFeed(gen), headers, gen.head)
 
