@@ -25,7 +25,6 @@ from chatproxy.aisdk.messages import UI_ID, for_upstream, stored_ui_id, to_ui
 from chatproxy.aisdk.stream import UI_STREAM_HEADERS, UIMessageStream
 from chatproxy.appkeys import CALLER, CHAT_ID, GENERATIONS, SETTINGS, STORE
 from chatproxy.errors import (
-    APIError,
     Conflict,
     InvalidRequest,
     PermissionDenied,
@@ -115,7 +114,7 @@ async def post_chat(request: web.Request) -> web.StreamResponse:
     history = [for_upstream(m) for m in stored]
     gen = launch(request, req, turn, parent_hash, history, branch_from)
     headers = {"X-Chat-Id": turn.chat_id, "X-Message-Id": turn.assistant_id}
-    return await _stream(request, LocalFeed(gen), headers, gen.head)
+    return await _stream(request, LocalFeed(gen), headers)
 
 
 async def _plan(
@@ -197,12 +196,11 @@ async def _edited(request: web.Request, body: ChatBody) -> Message | None:
 
 
 async def _stream(
-    request: web.Request,
-    feed: Feed,
-    headers: Mapping[str, str],
-    head: Any = None,
+    request: web.Request, feed: Feed, headers: Mapping[str, str]
 ) -> web.StreamResponse:
-    """Write ``feed``'s events to the client as a UI message stream, from the start."""
+    """Write ``feed``'s events to the client as a UI message stream, from the start. Events
+    that stop short of the end (the request could not be stored, the proxy is stopping) end
+    it with an error part."""
     async with following(feed):
         resp = web.StreamResponse(headers={**UI_STREAM_HEADERS, **headers})
         await resp.prepare(request)
@@ -212,19 +210,9 @@ async def _stream(
             out = b"".join(ui.feed(data) for data in batch)
             if out:
                 await resp.write(out)
-        if not ui.finished:
-            reason = _head_error(head)
-            await resp.write(ui.end(reason) if reason else ui.end())
+        await resp.write(ui.end())
         await resp.write_eof()
         return resp
-
-
-def _head_error(head: Any) -> str | None:
-    """Why a generation ended with no events (its request could not be stored, say)."""
-    if head is None or not head.done() or head.cancelled():
-        return None
-    exc = head.exception()
-    return exc.message if isinstance(exc, APIError) else None
 
 
 async def resume_stream(request: web.Request) -> web.StreamResponse:
