@@ -256,3 +256,17 @@ async def test_the_ip_limit_counts_aisdk_requests_with_the_same_429(
     status, error = await error_of(http, "GET", f"{root}/api/chat/c1/messages")
     assert (status, error["code"]) == (429, "rate_limit_exceeded")
     assert len(upstream.chat_requests) == 1
+
+
+async def test_the_daily_quota_refuses_the_next_answer_and_stores_nothing(
+    start_proxy, upstream: FakeUpstream, http: aiohttp.ClientSession
+) -> None:
+    proxy = await start_proxy(**{"limits.tiers.free.messages_per_day": 1})
+    store = proxy.app[STORE]
+    await post_chat(http, proxy, single("c1", U))
+    before = len(await all_messages(store))
+    status, headers, raw = await post_chat(http, proxy, single("c1", user("u2", "More")))
+    assert (status, orjson.loads(raw)["error"]["code"]) == (429, "daily_limit_exceeded")
+    assert headers["x-should-retry"] == "false"
+    assert len(await all_messages(store)) == before
+    assert len(upstream.chat_requests) == 1
