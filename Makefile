@@ -4,8 +4,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo -n)
+# The `ai` npm package for the Vercel AI SDK end-to-end test (tests/test_aisdk_node.py).
+NODE_DIR := tests/node
+NODE_STAMP := $(NODE_DIR)/node_modules/.installed-stamp
 
-.PHONY: install run test lint format bench clean chromium
+.PHONY: install node-deps run test lint format bench clean chromium
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "Python >= 3.11 is required"; exit 1; }
@@ -15,6 +18,17 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# In CI a missing npm fails the build; elsewhere the Node test is skipped, saying why.
+$(NODE_STAMP): $(NODE_DIR)/package-lock.json
+	@if ! command -v npm >/dev/null 2>&1; then \
+	  if [ -n "$$CI" ]; then echo "npm (Node.js >= 18) is required for the AI SDK test" >&2; exit 1; fi; \
+	  echo "npm not found: the AI SDK end-to-end test will be skipped" >&2; \
+	else \
+	  npm ci --prefix $(NODE_DIR) --silent --no-audit --no-fund && touch $(NODE_STAMP); \
+	fi
+
+node-deps: $(NODE_STAMP)
 
 run: $(STAMP)
 	$(BIN)/chatproxy serve --demo --host 127.0.0.1 --port 8787
@@ -36,11 +50,11 @@ chromium:
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get -qq install -y chromium >/dev/null; \
 	} || { echo "chromium could not be installed" >&2; [ -z "$$CI" ]; }
 
-test: lint chromium
+test: lint chromium node-deps
 	$(BIN)/pytest
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info $(NODE_DIR)/node_modules

@@ -11,6 +11,7 @@ import aiohttp
 from aiohttp import web
 
 from chatproxy import logfilter
+from chatproxy.aisdk import routes as aisdk
 from chatproxy.api import completions, conversations, ui
 from chatproxy.api.health import healthz, readyz
 from chatproxy.appkeys import (
@@ -74,7 +75,7 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     request[REQUEST_ID] = new_request_id()
     started = time.perf_counter()
     try:
-        if request.path.startswith("/v1/"):
+        if _guarded(request.path):
             await _admit(request)
         resp = await handler(request)
     except APIError as exc:
@@ -108,6 +109,12 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
             extra={"fields": fields},
         )
     return resp
+
+
+def _guarded(path: str) -> bool:
+    """Whether a path is behind the IP limit and authentication: the OpenAI API and the AI SDK
+    chat route."""
+    return path.startswith("/v1/") or path == "/api/chat" or path.startswith("/api/chat/")
 
 
 async def _admit(request: web.Request) -> None:
@@ -147,6 +154,7 @@ def create_app(settings: Settings) -> web.Application:
     conversations.add_routes(app.router)
     completions.add_routes(app.router)
     ui.add_routes(app.router)
+    aisdk.add_routes(app.router)
     app.router.add_route("*", "/v1/{tail:.*}", handle_passthrough)
     return app
 

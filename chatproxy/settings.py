@@ -192,6 +192,13 @@ class ChatsSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class AISDKSettings:
+    """``/api/chat``, the Vercel AI SDK chat backend."""
+
+    default_model: str = ""  # for bodies without "model"; empty: "model" is required
+
+
+@dataclass(frozen=True, slots=True)
 class TierSettings:
     messages_per_day: int = field(default=200, metadata=_meta(_check_non_negative))
     tokens_per_day: int = field(default=0, metadata=_meta(_check_non_negative))
@@ -221,6 +228,7 @@ class Settings:
     chats: ChatsSettings = field(default_factory=ChatsSettings)
     limits: LimitsSettings = field(default_factory=LimitsSettings)
     headers: HeadersSettings = field(default_factory=HeadersSettings)
+    aisdk: AISDKSettings = field(default_factory=AISDKSettings)
     demo: bool = False
 
     def replace(self, **sections: Any) -> Settings:

@@ -38,7 +38,7 @@ from chatproxy.store.history import ChatView, ItemError
 from chatproxy.store.models import Chat, Message
 from chatproxy.store.threading import message_text
 
-__all__ = ["add_routes", "message_items"]
+__all__ = ["add_routes", "delete_chat", "ensure_not_busy", "message_items"]
 
 VISIBILITIES = ("private", "public")
 MAX_TITLE = 256  # the column's size
@@ -181,12 +181,22 @@ def _no_item(item_id: str) -> ResourceNotFound:
     return ResourceNotFound(f"no item {item_id!r} in this conversation", code="item_not_found")
 
 
-async def _not_busy(request: web.Request, chat_id: str) -> None:
+async def ensure_not_busy(request: web.Request, chat_id: str) -> None:
+    """Refuse (409 ``chat_busy``) to change a chat whose answer runs, on any instance."""
     if await request.app[GENERATIONS].busy_anywhere(chat_id):
         raise Conflict(
-            "an answer is being generated in this conversation; change it once it is done",
+            "an answer is being generated in this chat; change it once it is done",
             code="chat_busy",
         )
+
+
+async def delete_chat(request: web.Request, chat_id: str) -> None:
+    """Delete the chat (idle, checked by the caller as its owner's) with every message of every
+    branch, its votes and its stream records."""
+    await ensure_not_busy(request, chat_id)
+    if not await history.delete_chat(request.app[STORE], chat_id):
+        raise _no_chat(chat_id)
+    await request.app[GENERATIONS].forget(chat_id)
 
 
 # -- responses -------------------------------------------------------------------------------
@@ -339,10 +349,7 @@ async def update_conversation(request: web.Request) -> web.Response:
 async def delete(request: web.Request) -> web.Response:
     """``DELETE /v1/conversations/{id}``: the chat, every message of every branch, votes."""
     chat = await _chat(request, write=True)
-    await _not_busy(request, chat.id)
-    if not await history.delete_chat(request.app[STORE], chat.id):
-        raise _no_chat(chat.id)
-    await request.app[GENERATIONS].forget(chat.id)
+    await delete_chat(request, chat.id)
     return _json({"id": chat.id, "object": "conversation.deleted", "deleted": True})
 
 
@@ -370,7 +377,7 @@ async def create_items(request: web.Request) -> web.Response:
     """``POST .../items`` ``{items}``: appended to the active branch; answers the new items."""
     chat = await _chat(request, write=True)
     messages = _messages(await _body(request, ("items",)), required=True)
-    await _not_busy(request, chat.id)
+    await ensure_not_busy(request, chat.id)
     created = await history.append_messages(request.app[STORE], chat.id, messages)
     if created is None:
         raise _no_chat(chat.id)
@@ -399,7 +406,7 @@ async def delete_item(request: web.Request) -> web.Response:
     conversation, as OpenAI does."""
     chat = await _chat(request, write=True)
     m, item = await _item(request, chat.id)
-    await _not_busy(request, chat.id)
+    await ensure_not_busy(request, chat.id)
     updated = await history.delete_message(request.app[STORE], chat.id, m.id)
     if updated is None:
         raise _no_item(item["id"])

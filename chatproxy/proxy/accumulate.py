@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["Accumulator", "is_usage_only"]
+__all__ = ["Accumulator", "is_usage_only", "pick_choice"]
 
 
 def is_usage_only(chunk: Any) -> bool:
@@ -93,7 +93,7 @@ def _content_text(value: Any) -> str | None:
     return None
 
 
-def _pick_choice(choices: Any) -> dict[str, Any] | None:
+def pick_choice(choices: Any) -> dict[str, Any] | None:
     """The choice with ``index`` 0 (a choice without ``index`` counts by its position)."""
     if not isinstance(choices, list):
         return None
@@ -176,7 +176,7 @@ class Accumulator:
         if not isinstance(obj, dict):
             return
         self._take_envelope(obj)
-        choice = _pick_choice(obj.get("choices"))
+        choice = pick_choice(obj.get("choices"))
         if choice is None:
             return
         part = choice.get(key)

@@ -32,7 +32,13 @@ from chatproxy.proxy.relay import relay
 from chatproxy.store.store import Turn
 from chatproxy.titles import Titler
 
-__all__ = ["ChatRequest", "handle_chat_completions", "launch", "parse_chat_request"]
+__all__ = [
+    "ChatRequest",
+    "check_daily_quota",
+    "handle_chat_completions",
+    "launch",
+    "parse_chat_request",
+]
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 # Client headers worth passing on to the upstream (OpenAI, OpenRouter).
@@ -182,10 +188,7 @@ async def handle_chat_completions(request: web.Request) -> web.StreamResponse:
             raise _invalid("X-Chat-Parent is not a message id", "invalid_parent", "X-Chat-Parent")
     stored = _flag(request, "X-Chat-Store", True)
     req = parse_chat_request(await request.read(), allow_empty=history_mode == "server")
-    daily, extra = await app[LIMITS].check_daily(caller)
-    if daily is not None:
-        request[RATE_LIMIT] = tightest(request.get(RATE_LIMIT), daily)
-    request[RATE_EXTRA] = extra
+    await check_daily_quota(request)
     if history_mode == "server":
         turn, parent_hash, history = await plan_server_history(
             store, settings, caller, req.body, req.messages, chat_id, branch_from
@@ -202,6 +205,15 @@ async def handle_chat_completions(request: web.Request) -> web.StreamResponse:
     if turn is None:  # incognito: forwarded, never written
         return await relay(request, gen, {})
     return await relay(request, gen, {"X-Chat-Id": turn.chat_id, "X-Message-Id": turn.assistant_id})
+
+
+async def check_daily_quota(request: web.Request) -> None:
+    """Refuse the request (429) when the caller's daily quota is used up; otherwise note the
+    quota's state for the rate-limit headers."""
+    daily, extra = await request.app[LIMITS].check_daily(request[CALLER])
+    if daily is not None:
+        request[RATE_LIMIT] = tightest(request.get(RATE_LIMIT), daily)
+    request[RATE_EXTRA] = extra
 
 
 async def launch(

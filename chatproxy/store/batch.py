@@ -29,6 +29,8 @@ class NewMessage:
     data: dict[str, Any]
     text: str
     prefix_hash: str
+    # Kept in ``Message.metadata`` (the id an AI SDK client gave the message, say).
+    metadata: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)
@@ -101,8 +103,8 @@ UPDATE_CHAT_HEAD = "UPDATE chats SET head_id = ?, updated_at = ? WHERE id = ?"
 UPDATE_CHAT_TIME = "UPDATE chats SET updated_at = ? WHERE id = ?"
 INSERT_MESSAGE = (
     "INSERT INTO messages (id, chat_id, parent_id, user_id, role, text, data, prefix_hash, "
-    "status, model, params, client_disconnected, instance_id, created_at, completed_at) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "status, model, params, client_disconnected, instance_id, metadata, created_at, "
+    "completed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 CHECKPOINT = "UPDATE messages SET text = ?, data = ? WHERE id = ? AND status = 'in_progress'"
 FINISH = (
@@ -180,6 +182,7 @@ class Batch:
                         None,
                         False,
                         None,
+                        _json(m.metadata),
                         created,
                         now,
                     ]
@@ -201,6 +204,7 @@ class Batch:
                     _json(t.params),
                     False,
                     t.instance_id,
+                    None,
                     created,
                     None,
                 ]

@@ -1,0 +1,243 @@
+"""``/api/chat``: chatproxy as the chat route of Vercel AI SDK (``useChat``) apps.
+
+- ``POST /api/chat``: thread the body's messages (:mod:`chatproxy.proxy.planning`), start the
+  generation (:func:`~chatproxy.proxy.chat_completions.launch`, as the OpenAI endpoint does),
+  and answer its events as the UI message stream (:mod:`chatproxy.aisdk.stream`).
+- ``GET /api/chat/{id}/messages``: the chat's active branch as ``UIMessage[]``.
+- ``GET /api/chat/{id}/stream``: the running (or just finished) answer again, from its start,
+  in the UI message stream; ``204`` when there is none (``useChat({ resume: true })``).
+- ``DELETE /api/chat?id=...``: the chat and everything in it.
+
+Access is the conversations API's: another user's private chat is ``404``; posting into
+another user's chat is ``403 chat_forbidden``, as with ``X-Chat-Id``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from chatproxy.aisdk.body import ChatBody, parse_body
+from chatproxy.aisdk.messages import UI_ID, for_upstream, stored_ui_id, to_ui
+from chatproxy.aisdk.stream import UI_STREAM_HEADERS, UIMessageStream
+from chatproxy.api.conversations import delete_chat as delete_idle_chat
+from chatproxy.appkeys import CALLER, CHAT_ID, SETTINGS, STORE
+from chatproxy.errors import (
+    InvalidRequest,
+    PermissionDenied,
+    ResourceNotFound,
+)
+from chatproxy.ids import CHAT_ID_RE
+from chatproxy.proxy.chat_completions import ChatRequest, check_daily_quota, launch
+from chatproxy.proxy.feed import Feed, LocalFeed, following
+from chatproxy.proxy.planning import Plan, plan_client_history, plan_server_history
+from chatproxy.proxy.resume import find_feed
+from chatproxy.store import history
+from chatproxy.store.models import Chat, Message
+
+__all__ = ["add_routes"]
+
+
+def add_routes(router: web.UrlDispatcher) -> None:
+    """Register ``/api/chat`` and the routes under it."""
+    router.add_post("/api/chat", post_chat)
+    router.add_delete("/api/chat", delete_chat)
+    router.add_get("/api/chat/{chat_id}/messages", get_messages)
+    router.add_get("/api/chat/{chat_id}/stream", resume_stream)
+
+
+# -- access ----------------------------------------------------------------------------------
+
+
+def _chat_id(value: str | None, param: str) -> str:
+    if value is None:
+        raise InvalidRequest(
+            f"'{param}' (the chat id) is required", code="missing_required_parameter", param=param
+        )
+    if not CHAT_ID_RE.fullmatch(value):
+        raise InvalidRequest(
+            f"'{param}' must match [A-Za-z0-9_-]{{1,128}}", code="invalid_chat_id", param=param
+        )
+    return value
+
+
+async def _readable(request: web.Request, chat_id: str) -> Chat:
+    """The chat, if the caller may read it: its own, or a public one."""
+    chat = await request.app[STORE].get_chat(chat_id)
+    if chat is None or (chat.owner_id != request[CALLER].user_id and chat.visibility != "public"):
+        # Another user's private chat does not exist, as far as this caller can tell.
+        raise ResourceNotFound(f"no chat with id {chat_id!r}", code="chat_not_found")
+    request[CHAT_ID] = chat_id
+    return chat
+
+
+def _own(request: web.Request, chat: Chat) -> None:
+    if chat.owner_id != request[CALLER].user_id:
+        raise PermissionDenied("this chat belongs to another user", code="chat_forbidden")
+
+
+# -- POST /api/chat --------------------------------------------------------------------------
+
+
+async def post_chat(request: web.Request) -> web.StreamResponse:
+    """Answer the chat's new message (or answer again) as a UI message stream."""
+    body = parse_body(await request.read())
+    request[CHAT_ID] = body.chat_id
+    model = body.model or request.app[SETTINGS].aisdk.default_model
+    if not model:
+        raise InvalidRequest(
+            "'model' is required (or set aisdk.default_model)",
+            code="missing_required_parameter",
+            param="model",
+        )
+    await check_daily_quota(request)
+    sent = {"model": model, **body.params, "messages": []}
+    sent |= {"stream": True, "stream_options": {"include_usage": True}}
+    (turn, parent_hash, stored), messages, branch_from = await _plan(request, body, sent)
+    ui_ids = {id(m): c.id for c in body.messages for m in c.messages}
+    for new in turn.new_messages:
+        if id(new.data) in ui_ids:
+            new.metadata = {UI_ID: ui_ids[id(new.data)]}
+    sent["messages"] = [for_upstream(m) for m in messages]
+    req = ChatRequest(orjson.dumps(sent), sent, sent["messages"], True, model)
+    history = [for_upstream(m) for m in stored]
+    gen = await launch(request, req, turn, parent_hash, history, branch_from)
+    headers = {"X-Chat-Id": turn.chat_id, "X-Message-Id": turn.assistant_id}
+    return await _stream(request, LocalFeed(gen), headers)
+
+
+async def _plan(
+    request: web.Request, body: ChatBody, sent: dict[str, Any]
+) -> tuple[Plan, list[dict[str, Any]], str | None]:
+    """Where the body's messages go: the plan, the messages to send after the stored ones,
+    and the branch point (for the one-answer-per-chat check)."""
+    app, caller = request.app, request[CALLER]
+    store, settings = app[STORE], app[SETTINGS]
+    new = [m for c in body.messages for m in c.messages]
+    if body.trigger == "regenerate-message":
+        branch_from = await _regenerate_from(request, body)
+        plan = await plan_server_history(
+            store, settings, caller, sent, [], body.chat_id, branch_from
+        )
+        return plan, [], branch_from
+    if not body.single:
+        plan = await plan_client_history(store, settings, caller, sent, new, body.chat_id)
+        return plan, new, None
+    if body.messages[0].role == "assistant":
+        raise InvalidRequest(
+            "'message' must be a user or system message; send the whole history ('messages') "
+            "to go on after tool results",
+            code="invalid_value",
+            param="message.role",
+        )
+    edited = await _edited(request, body)
+    if edited is not None and edited.parent_id is None:  # the first message, edited
+        plan = await plan_client_history(store, settings, caller, sent, new, body.chat_id)
+        return plan, new, None
+    branch_from = edited.parent_id if edited is not None else None
+    plan = await plan_server_history(store, settings, caller, sent, new, body.chat_id, branch_from)
+    return plan, new, branch_from
+
+
+async def _stored(request: web.Request, chat_id: str, ui_id: str) -> Message | None:
+    """The newest stored message of the caller's chat that the client knows as ``ui_id``."""
+    chat = await request.app[STORE].get_chat(chat_id)
+    if chat is None:
+        return None
+    _own(request, chat)
+    found = None
+    for m in await history.chat_tree(request.app[STORE], chat_id):
+        if stored_ui_id(m) == ui_id or m.id == ui_id:
+            found = m
+    return found
+
+
+async def _regenerate_from(request: web.Request, body: ChatBody) -> str:
+    """The message to answer again: the parent of the answer being regenerated, or the user
+    message named (``messageId``, else the body's last message)."""
+    ui_id = body.message_id or body.messages[-1].id
+    m = await _stored(request, body.chat_id, ui_id)
+    if m is None:
+        raise ResourceNotFound(
+            f"no message {ui_id!r} in chat {body.chat_id!r} to regenerate",
+            code="message_not_found",
+            param="messageId",
+        )
+    if m.role != "assistant":
+        return m.id
+    if m.parent_id is None:
+        raise InvalidRequest(
+            "this answer has no message before it", code="invalid_value", param="messageId"
+        )
+    return m.parent_id
+
+
+async def _edited(request: web.Request, body: ChatBody) -> Message | None:
+    """The stored user message that the body's message replaces (``sendMessage`` with a
+    ``messageId``), if any."""
+    if body.message_id is None:
+        return None
+    m = await _stored(request, body.chat_id, body.message_id)
+    return m if m is not None and m.role == "user" else None
+
+
+# -- the stream ------------------------------------------------------------------------------
+
+
+async def _stream(
+    request: web.Request, feed: Feed, headers: Mapping[str, str]
+) -> web.StreamResponse:
+    """Write ``feed``'s events to the client as a UI message stream, from the start. Events
+    that stop short of the end (the request could not be stored, the proxy is stopping) end
+    it with an error part."""
+    async with following(feed):
+        resp = web.StreamResponse(headers={**UI_STREAM_HEADERS, **headers})
+        await resp.prepare(request)
+        ui = UIMessageStream(feed.message_id)
+        await resp.write(ui.start())
+        while (batch := await feed.next()) is not None:
+            out = b"".join(ui.feed(data) for data in batch)
+            if out:
+                await resp.write(out)
+        await resp.write(ui.end())
+        await resp.write_eof()
+        return resp
+
+
+async def resume_stream(request: web.Request) -> web.StreamResponse:
+    """``GET /api/chat/{id}/stream``: the running answer from its start, or ``204``."""
+    chat_id = _chat_id(request.match_info["chat_id"], "id")
+    await _readable(request, chat_id)
+    feed = await find_feed(request.app, chat_id)
+    if feed is None:
+        return web.Response(status=204)
+    return await _stream(request, feed, {"X-Chat-Id": chat_id, "X-Message-Id": feed.message_id})
+
+
+# -- history ---------------------------------------------------------------------------------
+
+
+async def get_messages(request: web.Request) -> web.Response:
+    """``GET /api/chat/{id}/messages``: the active branch as ``UIMessage[]``, for
+    ``useChat({ messages })``. An answer that failed before it said anything is left out."""
+    chat = await _readable(request, _chat_id(request.match_info["chat_id"], "id"))
+    tree = await history.chat_tree(request.app[STORE], chat.id)
+    branch = [m for m in history.branch(tree, chat.head_id) if history.replayable(m)]
+    return web.Response(body=orjson.dumps(to_ui(branch)), content_type="application/json")
+
+
+async def delete_chat(request: web.Request) -> web.Response:
+    """``DELETE /api/chat?id=...``: the chat, every message of every branch, votes."""
+    chat = await _readable(request, _chat_id(request.query.get("id"), "id"))
+    if chat.owner_id != request[CALLER].user_id:
+        raise PermissionDenied(
+            "this chat belongs to another user: it is read-only for you", code="permission_denied"
+        )
+    await delete_idle_chat(request, chat.id)
+    return web.Response(
+        body=orjson.dumps({"id": chat.id, "object": "chat.deleted", "deleted": True}),
+        content_type="application/json",
+    )
