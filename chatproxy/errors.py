@@ -44,6 +44,7 @@ __all__ = [
     "UpstreamError",
     "error_body",
     "error_response",
+    "json_object",
     "normalize_upstream_error",
     "sse_error_event",
 ]
@@ -107,6 +108,20 @@ class InvalidRequest(APIError):
     status = 400
     type = "invalid_request_error"
     code = "invalid_request"
+
+
+def json_object(raw: bytes, *, empty_ok: bool = False) -> dict[str, Any]:
+    """A request body that must be a JSON object (``{}`` for an empty body when
+    ``empty_ok``); anything else is :class:`InvalidRequest` (``invalid_json``, ``invalid_type``)."""
+    if empty_ok and not raw.strip():
+        return {}
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise InvalidRequest("the request body is not valid JSON", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("the request body must be a JSON object", code="invalid_type")
+    return body
 
 
 class AuthenticationError(APIError):

@@ -176,3 +176,23 @@ async def test_bad_history_headers_are_400_and_store_nothing(
     assert (status, body["error"]["code"]) == (400, code)
     assert await all_messages(proxy.app[STORE]) == []
     assert upstream.chat_requests == []
+
+
+@pytest.mark.parametrize("field", ["reasoning_content", "reasoning"])
+async def test_server_history_sends_stored_answers_without_their_reasoning(
+    proxy: ProxyServer, upstream: FakeUpstream, http: aiohttp.ClientSession, field: str
+) -> None:
+    upstream.enqueue(Reply(content="Paris.", reasoning="A capital city.", reasoning_field=field))
+    _, _, first = await post(http, proxy, [U1])
+    stored = await message(proxy.app[STORE], first["X-Message-Id"])
+    assert stored.data["reasoning_content"] == "A capital city."  # kept in the store
+    u2 = {"role": "user", "content": "And of Germany?"}
+    headers = {"X-Chat-History": "server", "X-Chat-Id": first["X-Chat-Id"]}
+    status, _, _ = await post(http, proxy, [u2], **headers)
+    assert status == 200
+    # Some servers (DeepSeek) refuse reasoning in input messages: it is not sent back.
+    assert upstream.chat_requests[-1].json["messages"] == [
+        U1,
+        {"role": "assistant", "content": "Paris."},
+        u2,
+    ]

@@ -11,10 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
 from chatproxy.aisdk.messages import UIConverted, to_chat
-from chatproxy.errors import InvalidRequest
+from chatproxy.errors import InvalidRequest, json_object
 from chatproxy.ids import CHAT_ID_RE
 
 __all__ = ["FORWARDED", "ChatBody", "parse_body"]
@@ -59,12 +57,7 @@ def _invalid(message: str, code: str, param: str | None = None) -> InvalidReques
 
 def parse_body(raw: bytes) -> ChatBody:
     """Parse and check a body; anything malformed raises :class:`InvalidRequest`."""
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise _invalid("the request body is not valid JSON", "invalid_json") from None
-    if not isinstance(body, dict):
-        raise _invalid("the request body must be a JSON object", "invalid_type")
+    body = json_object(raw)
     chat_id = body.get("id")
     if chat_id is None:
         raise _invalid("'id' (the chat id) is required", "missing_required_parameter", "id")

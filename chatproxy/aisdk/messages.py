@@ -28,7 +28,7 @@ import orjson
 from chatproxy.aisdk.stream import INVALID_ARGUMENTS, PROVIDER, answer_metadata, tool_input
 from chatproxy.errors import InvalidRequest
 from chatproxy.store.models import Message
-from chatproxy.store.threading import message_text
+from chatproxy.store.threading import message_text, without_reasoning
 
 __all__ = [
     "UI_ID",
@@ -81,7 +81,7 @@ def for_upstream(message: dict[str, Any]) -> dict[str, Any]:
     """A message as it goes upstream: without its reasoning (some servers refuse it), keys in
     one order whatever the database gave back (PostgreSQL's ``jsonb`` orders them its own way),
     so that the request is the same whether the history came from the client or the store."""
-    return _sorted({k: v for k, v in message.items() if k != "reasoning_content"})
+    return _sorted(without_reasoning(message))
 
 
 def _sorted(value: Any) -> Any:

@@ -28,7 +28,7 @@ import orjson
 from aiohttp import web
 
 from chatproxy.appkeys import CALLER, CHAT_ID, STORE
-from chatproxy.errors import InvalidRequest, PermissionDenied, ResourceNotFound
+from chatproxy.errors import InvalidRequest, PermissionDenied, ResourceNotFound, json_object
 from chatproxy.ids import CHAT_ID_RE
 from chatproxy.store import completions as stored
 from chatproxy.store.models import Chat, Message
@@ -261,13 +261,7 @@ def _metadata_filter(query: Any) -> dict[str, str]:
 
 
 async def _body(request: web.Request) -> dict[str, Any]:
-    try:
-        body = orjson.loads(await request.read())
-    except orjson.JSONDecodeError:
-        raise InvalidRequest("the request body is not valid JSON", code="invalid_json") from None
-    if not isinstance(body, dict):
-        raise InvalidRequest("the request body must be a JSON object", code="invalid_type")
-    return body
+    return json_object(await request.read())
 
 
 def _metadata_body(body: dict[str, Any]) -> dict[str, str]:

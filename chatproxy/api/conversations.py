@@ -31,6 +31,7 @@ from chatproxy.errors import (
     NotFoundError,
     PermissionDenied,
     ResourceNotFound,
+    json_object,
 )
 from chatproxy.ids import CHAT_ID_RE
 from chatproxy.store import history
@@ -80,13 +81,7 @@ def _invalid(message: str, code: str, param: str | None = None) -> InvalidReques
 
 async def _body(request: web.Request, allowed: tuple[str, ...]) -> dict[str, Any]:
     """The request's JSON object (an empty body is ``{}``); unknown keys are refused."""
-    raw = await request.read()
-    try:
-        body = orjson.loads(raw) if raw.strip() else {}
-    except orjson.JSONDecodeError:
-        raise _invalid("the request body is not valid JSON", "invalid_json") from None
-    if not isinstance(body, dict):
-        raise _invalid("the request body must be a JSON object", "invalid_type")
+    body = json_object(await request.read(), empty_ok=True)
     for key in body:
         if key not in allowed:
             raise _invalid(f"unknown parameter {key!r}", "unknown_parameter", key)

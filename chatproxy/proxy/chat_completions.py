@@ -23,7 +23,7 @@ from chatproxy.appkeys import (
     UPSTREAM,
 )
 from chatproxy.auth import Caller
-from chatproxy.errors import Conflict, InvalidRequest
+from chatproxy.errors import Conflict, InvalidRequest, json_object
 from chatproxy.ids import CHAT_ID_RE
 from chatproxy.limits.policy import tightest
 from chatproxy.proxy.generation import Generation
@@ -64,12 +64,7 @@ def parse_chat_request(raw: bytes, *, allow_empty: bool = False) -> ChatRequest:
     """Parse and check a request body; anything malformed raises :class:`InvalidRequest`.
 
     ``allow_empty``: with server-side history, no new message means "answer again"."""
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise _invalid("the request body is not valid JSON", "invalid_json") from None
-    if not isinstance(body, dict):
-        raise _invalid("the request body must be a JSON object", "invalid_type")
+    body = json_object(raw)
     messages = body.get("messages")
     if messages is None:
         raise _invalid("'messages' is required", "missing_required_parameter", "messages")

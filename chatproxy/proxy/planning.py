@@ -16,7 +16,13 @@ from chatproxy.errors import InvalidRequest, PermissionDenied
 from chatproxy.ids import new_chat_id, new_message_id
 from chatproxy.settings import Settings
 from chatproxy.store.store import BranchEntry, NewMessage, Store, Turn, utcnow
-from chatproxy.store.threading import default_title, message_text, prefix_hashes, replayable
+from chatproxy.store.threading import (
+    default_title,
+    message_text,
+    prefix_hashes,
+    replayable,
+    without_reasoning,
+)
 
 __all__ = ["Plan", "plan_client_history", "plan_server_history"]
 
@@ -135,7 +141,7 @@ async def plan_server_history(
         body,
         messages,
     )
-    sent = [e.data for e in history if _replayable(e)]
+    sent = [without_reasoning(e.data) for e in history if _replayable(e)]
     return turn, hashes[-1] if hashes else (parent.prefix_hash if parent else ""), sent
 
 

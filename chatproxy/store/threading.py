@@ -27,6 +27,7 @@ __all__ = [
     "message_text",
     "prefix_hashes",
     "replayable",
+    "without_reasoning",
 ]
 
 ROOT_HASH = b""
@@ -122,3 +123,12 @@ def replayable(role: str, status: str, message: Mapping[str, Any]) -> bool:
     if role != "assistant" or status == "completed":
         return True
     return bool(message.get("content") or message.get("tool_calls"))
+
+
+REASONING_KEYS = frozenset({"reasoning_content", "reasoning"})
+
+
+def without_reasoning(message: Mapping[str, Any]) -> dict[str, Any]:
+    """A stored message as it is sent back upstream: without the model's reasoning, which
+    some servers refuse in input messages (DeepSeek answers 400)."""
+    return {k: v for k, v in message.items() if k not in REASONING_KEYS}
