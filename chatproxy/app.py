@@ -18,6 +18,7 @@ from chatproxy.appkeys import (
     AUTH,
     CALLER,
     CHAT_ID,
+    CORS,
     GENERATIONS,
     HTTP_SESSION,
     LIMITS,
@@ -31,6 +32,7 @@ from chatproxy.appkeys import (
     UPSTREAM,
 )
 from chatproxy.auth import Authenticator
+from chatproxy.cors import Cors
 from chatproxy.errors import APIError, InvalidRequest, PayloadTooLarge, error_response
 from chatproxy.heartbeat import Heartbeat
 from chatproxy.ids import new_request_id
@@ -75,9 +77,15 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     request[REQUEST_ID] = new_request_id()
     started = time.perf_counter()
     try:
-        if _guarded(request.path):
-            await _admit(request)
-        resp = await handler(request)
+        guarded = _guarded(request.path)
+        cors = request.app.get(CORS)
+        preflight = cors.preflight(request) if cors is not None and guarded else None
+        if preflight is not None:
+            resp: web.StreamResponse = preflight
+        else:
+            if guarded:
+                await _admit(request)
+            resp = await handler(request)
     except APIError as exc:
         if exc.status == 429:
             request.app[METRICS].refusals.labels(exc.code or "").inc()
@@ -130,6 +138,9 @@ async def _add_response_headers(request: web.Request, response: web.StreamRespon
     request_id = request.get(REQUEST_ID)
     if request_id is not None:
         response.headers["X-Request-Id"] = request_id
+    cors = request.app.get(CORS)
+    if cors is not None and _guarded(request.path):
+        cors.decorate(request, response)
     state = request.get(RATE_LIMIT)
     if state is not None and "x-ratelimit-limit-requests" not in response.headers:
         response.headers.update(state.headers())
@@ -144,6 +155,8 @@ def create_app(settings: Settings) -> web.Application:
     )
     app[SETTINGS] = settings
     app[METRICS] = Metrics(instance_id(settings))
+    if settings.server.cors_origins:
+        app[CORS] = Cors(settings.server.cors_origins)
     app.cleanup_ctx.extend([_store_ctx, _access_ctx, _upstream_ctx, _generations_ctx])
     app.on_response_prepare.append(_add_response_headers)
     app.router.add_get("/healthz", healthz)

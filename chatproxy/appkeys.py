@@ -6,6 +6,7 @@ import aiohttp
 from aiohttp import web
 
 from chatproxy.auth import Authenticator, Caller
+from chatproxy.cors import Cors
 from chatproxy.limits.policy import Limits, LimitState
 from chatproxy.metrics import Metrics
 from chatproxy.proxy.registry import Generations
@@ -18,6 +19,7 @@ __all__ = [
     "AUTH",
     "CALLER",
     "CHAT_ID",
+    "CORS",
     "GENERATIONS",
     "HTTP_SESSION",
     "LIMITS",
@@ -38,8 +40,9 @@ UPSTREAM = web.AppKey("upstream", Upstream)
 GENERATIONS = web.AppKey("generations", Generations)
 AUTH = web.AppKey("auth", Authenticator)
 LIMITS = web.AppKey("limits", Limits)
-TITLER = web.AppKey("titler", Titler)
-METRICS = web.AppKey("metrics", Metrics)  # only with [chats] title = "upstream"
+TITLER = web.AppKey("titler", Titler)  # only with [chats] title = "upstream"
+METRICS = web.AppKey("metrics", Metrics)
+CORS = web.AppKey("cors", Cors)  # only with server.cors_origins set
 
 # Per request.
 REQUEST_ID = web.RequestKey("request_id", str)

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from chatproxy.cors import ORIGIN_RE
 from chatproxy.errors import SettingsError
 
 __all__ = [
@@ -75,6 +76,13 @@ def _check_cidrs(value: list[str]) -> str | None:
     return None
 
 
+def _check_origins(value: list[str]) -> str | None:
+    for item in value:
+        if not ORIGIN_RE.fullmatch(item):
+            return f'a list of origins like "https://app.example.com" or "*" ({item!r} is not one)'
+    return None
+
+
 def _check_rate(value: str) -> str | None:
     try:
         parse_rate(value)
@@ -108,6 +116,8 @@ class ServerSettings:
     max_body_bytes: int = field(default=8 * 1024 * 1024, metadata=_meta(_check_positive))
     trusted_proxies: list[str] = field(default_factory=list, metadata=_meta(_check_cidrs))
     instance_id: str = ""  # empty: "<hostname>:<port>"
+    # Browser origins allowed to call /v1/* and /api/chat* (CORS); empty: none, "*": any.
+    cors_origins: list[str] = field(default_factory=list, metadata=_meta(_check_origins))
     # Each instance records that it is alive this often; one silent for heartbeat_timeout is
     # taken for dead and its in-progress answers are marked interrupted.
     heartbeat_interval: float = field(default=5.0, metadata=_meta(_check_positive))

@@ -19,6 +19,7 @@ from chatproxy.server import ProxyServer
 from chatproxy.settings import Settings, load_settings
 from chatproxy.store.store import Store
 from chatproxy.testing import FakeUpstream
+from tests.browser import browser, chromium  # noqa: F401 (fixtures for the browser tests)
 
 StartProxy = Callable[..., Awaitable[ProxyServer]]
 

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import shutil
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -20,7 +18,7 @@ from typing import Any
 import aiohttp
 import openai
 import pytest
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import Browser, Page, expect
 
 from chatproxy.appkeys import STORE
 from chatproxy.server import ProxyServer
@@ -28,17 +26,6 @@ from chatproxy.testing import FakeUpstream, Reply, ToolCall
 from tests.test_identity import make_key
 from tests.util import post_stream
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-BROWSER_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 ARTIFACTS = Path(__file__).parent / "artifacts"
 UNLIMITED = {"limits.ip_rate": "0"}  # the page makes many calls; limits are tested elsewhere
 
@@ -64,27 +51,9 @@ def db_url(db_path: Path) -> str:
 
 
 @pytest.fixture
-def chromium() -> str:
-    if not os.path.exists(CHROMIUM):
-        reason = f"{CHROMIUM} is missing (`make test` installs Debian's chromium package)"
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
-    return CHROMIUM
-
-
-@pytest.fixture
 def artifacts() -> Path:
     ARTIFACTS.mkdir(exist_ok=True)
     return ARTIFACTS
-
-
-@pytest.fixture
-async def browser(chromium: str) -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=chromium, args=BROWSER_ARGS)
-        yield browser
-        await browser.close()
 
 
 @pytest.fixture
