@@ -206,6 +206,9 @@ class AISDKSettings:
     """``/api/chat``, the Vercel AI SDK chat backend."""
 
     default_model: str = ""  # for bodies without "model"; empty: "model" is required
+    # The finish part's finishReason (AI SDK 6 and later); false for AI SDK 5 clients, whose
+    # stream reader refuses the field.
+    finish_reason: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -237,3 +237,19 @@ def test_a_tool_call_whose_name_comes_late_starts_once_named_with_all_its_input(
         b'data: {"type":"tool-input-delta","toolCallId":"c","inputTextDelta":"{}"}\n\n'
         b'data: {"type":"tool-input-available","toolCallId":"c","toolName":"f","input":{}}\n\n'
     )
+
+
+async def test_for_ai_sdk_5_clients_the_finish_part_carries_no_finish_reason(
+    start_proxy, upstream: FakeUpstream, http: aiohttp.ClientSession
+) -> None:
+    proxy = await start_proxy(**{"aisdk.finish_reason": False})
+    raw, mid = await answer(http, proxy, upstream, Reply(chunks=["Hi"], usage=USAGE))
+    assert raw == expected(
+        mid,
+        b'{"type":"text-start","id":"text-0"}',
+        b'{"type":"text-delta","id":"text-0","delta":"Hi"}',
+        b'{"type":"text-end","id":"text-0"}',
+        b'{"type":"finish-step"}',
+        b'{"type":"finish",' + META + b"}",
+        b"[DONE]",
+    )

@@ -11,7 +11,10 @@ import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
-from chatproxy.appkeys import STORE
+from chatproxy.appkeys import SETTINGS, STORE
+from chatproxy.proxy.registry import Generations
+from chatproxy.server import ProxyServer
+from chatproxy.store.batch import Turn
 from chatproxy.store.models import Chat, Instance, Message, User
 from chatproxy.store.store import Store, utcnow
 from chatproxy.testing import FakeUpstream, Reply
@@ -112,14 +115,21 @@ async def test_stream_records_live_for_the_grace_period_then_expire(
     start_proxy, upstream: FakeUpstream, http: aiohttp.ClientSession, redis_prefix: str, redis
 ) -> None:
     proxy = await start_proxy(
-        **{"redis.url": REDIS_URL, "redis.prefix": redis_prefix, "chats.resume_grace": 0.5}
+        **{
+            "redis.url": REDIS_URL,
+            "redis.prefix": redis_prefix,
+            "chats.resume_grace": 0.5,
+            "server.instance_id": "p1",
+        }
     )
     upstream.enqueue(Reply(chunks=["a ", "b ", "c "], chunk_delay=0.05))
     async with http.post(f"{proxy.url}/chat/completions", json=BODY) as resp:
-        chat_id = resp.headers["X-Chat-Id"]
+        chat_id, message_id = resp.headers["X-Chat-Id"], resp.headers["X-Message-Id"]
         await resp.read()
-    stream, meta = f"{redis_prefix}gen:{chat_id}", f"{redis_prefix}genmeta:{chat_id}"
-    busy = f"{redis_prefix}busy:{chat_id}"
+        # The chat is free before the client sees the end of its answer.
+        assert not await redis.exists(f"{redis_prefix}busy:{chat_id}")
+    stream = f"{redis_prefix}gen:{chat_id}:{message_id}"
+    meta = f"{redis_prefix}genmeta:{chat_id}"
 
     async def closed() -> bool:
         entries = await redis.xrange(stream)
@@ -127,16 +137,26 @@ async def test_stream_records_live_for_the_grace_period_then_expire(
 
     await eventually(closed)
     entries = await redis.xrange(stream)
-    assert [e[0] for e in entries] == [f"0-{i}".encode() for i in range(1, len(entries) + 1)]
+    # A start entry, then event N as entry 1-N, then the end.
+    ids = [e[0].decode() for e in entries]
+    assert ids == ["0-1", *(f"1-{i}" for i in range(1, len(entries)))]
+    assert entries[0][1] == {b"s": b"p1"}
     assert entries[-2][1] == {b"d": b"[DONE]"}
-    assert 0 < await redis.pttl(stream) <= 500
+    assert await redis.hgetall(meta) == {
+        b"message": message_id.encode(),
+        b"instance": b"p1",
+    }
+    # The meta (how a resume finds the answer) lives for the grace period; the stream a
+    # little longer, for followers still reading its end.
     assert 0 < await redis.pttl(meta) <= 500
-    assert not await redis.exists(busy)  # the claim ends with the answer
+    assert 0 < await redis.pttl(stream) <= 5000
 
     async def gone() -> bool:
-        return not await redis.exists(stream, meta)
+        return not await redis.exists(meta)
 
     await eventually(gone, within=5)
+    async with http.get(f"{proxy.url}/conversations/{chat_id}/stream") as resp:
+        assert resp.status == 204
 
 
 @needs_redis
@@ -147,9 +167,9 @@ async def test_deleting_the_chat_removes_its_stream_records(
         **{"redis.url": REDIS_URL, "redis.prefix": redis_prefix, "chats.resume_grace": 60}
     )
     async with http.post(f"{proxy.url}/chat/completions", json=BODY) as resp:
-        chat_id = resp.headers["X-Chat-Id"]
+        chat_id, message_id = resp.headers["X-Chat-Id"], resp.headers["X-Message-Id"]
         await resp.read()
-    stream = f"{redis_prefix}gen:{chat_id}"
+    stream = f"{redis_prefix}gen:{chat_id}:{message_id}"
     await eventually(lambda: redis.exists(stream))
     async with http.delete(f"{proxy.url}/conversations/{chat_id}") as resp:
         assert resp.status == 200
@@ -195,3 +215,138 @@ async def test_redis_unreachable_answers_are_still_served_and_one_per_chat_on_th
             assert (await followed.read()).endswith(b"data: [DONE]\n\n")
         await first.read()
     assert (await message(proxy.app[STORE], message_id)).status == "completed"
+
+
+class _SlowRedis:
+    """Stands in for a Redis that takes long to answer a claim."""
+
+    def __init__(self) -> None:
+        self.asked = asyncio.Event()
+        self.released: list[tuple[str, str]] = []
+
+    async def claim(self, *args: object) -> bool:
+        self.asked.set()
+        await asyncio.Event().wait()
+        return True
+
+    async def release(self, chat_id: str, message_id: str) -> None:
+        self.released.append((chat_id, message_id))
+
+
+async def test_a_client_leaving_while_redis_answers_the_claim_leaves_the_chat_free() -> None:
+    slow = _SlowRedis()
+    generations = Generations(30.0, shared=slow)  # type: ignore[arg-type]
+    turn = Turn(
+        user_id="u",
+        chat_id="c",
+        chat_is_new=False,
+        title=None,
+        parent_id=None,
+        new_messages=[],
+        assistant_id="msg_1",
+        params={},
+        model=None,
+        instance_id="me",
+        created_at=utcnow(),
+    )
+    claiming = asyncio.ensure_future(generations.claim(turn))
+    await slow.asked.wait()
+    assert generations.busy("c")  # claimed here while Redis is asked
+    claiming.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await claiming
+    assert not generations.busy("c")
+    await asyncio.sleep(0)
+    assert slow.released == [("c", "msg_1")]  # Redis may have recorded it: given back
+
+
+@pytest.fixture
+async def pair(start_proxy, redis_prefix: str) -> tuple[ProxyServer, ProxyServer]:
+    """Two instances in process, one store, one Redis."""
+    shared = {"redis.url": REDIS_URL, "redis.prefix": redis_prefix, "limits.ip_rate": "0"}
+    a = await start_proxy(**shared, **{"server.instance_id": "a"})
+    b = await start_proxy(**shared, **{"server.instance_id": "b"})
+    return a, b
+
+
+@needs_redis
+async def test_the_next_turn_through_another_instance_right_after_the_end_is_never_busy(
+    pair, upstream: FakeUpstream, http: aiohttp.ClientSession
+) -> None:
+    a, b = pair
+    headers = {"X-Chat-Id": "back-to-back"}
+    messages: list[dict[str, str]] = []
+    for i in range(6):
+        first, second = (a, b) if i % 2 == 0 else (b, a)
+        messages.append({"role": "user", "content": f"q{i}"})
+        body = {"model": "m", "stream": True, "messages": messages}
+        async with http.post(f"{first.url}/chat/completions", json=body, headers=headers) as r:
+            assert r.status == 200
+            assert (await r.read()).endswith(b"data: [DONE]\n\n")
+        # At once, through the other instance: the chat is already free there.
+        probe = {"model": "m", "messages": [*messages, {"role": "assistant", "content": "x"}]}
+        async with http.post(f"{second.url}/chat/completions", json=probe, headers=headers) as r:
+            assert r.status == 200, await r.text()
+        messages.append({"role": "assistant", "content": "x"})
+
+
+@needs_redis
+async def test_two_answers_on_different_branches_keep_separate_streams(
+    pair, upstream: FakeUpstream, http: aiohttp.ClientSession, redis
+) -> None:
+    a, b = pair
+    upstream.enqueue(Reply(content="Paris."))
+    body = {"model": "m", "messages": [{"role": "user", "content": "Capital of France?"}]}
+    async with http.post(f"{a.url}/chat/completions", json=body) as r:
+        chat_id, answer = r.headers["X-Chat-Id"], r.headers["X-Message-Id"]
+    user = (await message(a.app[STORE], answer)).parent_id
+    upstream.enqueue(
+        Reply(chunks=[f"again{i} " for i in range(20)], chunk_delay=0.03),
+        Reply(chunks=[f"next{i} " for i in range(20)], chunk_delay=0.03),
+    )
+    server = {"X-Chat-History": "server", "X-Chat-Id": chat_id}
+    again = {"model": "m", "stream": True, "messages": []}
+    nxt = {"model": "m", "stream": True, "messages": [{"role": "user", "content": "And?"}]}
+    async with (
+        http.post(
+            f"{a.url}/chat/completions", json=again, headers={**server, "X-Chat-Parent": user}
+        ) as first,
+        http.post(
+            f"{a.url}/chat/completions", json=nxt, headers={**server, "X-Chat-Parent": answer}
+        ) as second,
+    ):
+        assert first.status == second.status == 200
+        # Through B, the chat's newest answer: the second one, whole and only it.
+        async with http.get(f"{b.url}/conversations/{chat_id}/stream") as followed:
+            assert followed.headers["X-Message-Id"] == second.headers["X-Message-Id"]
+            followed_text = await followed.read()
+        await first.read(), await second.read()
+    assert b"next19 " in followed_text and b"again" not in followed_text
+    for resp, word in ((first, b"again"), (second, b"next")):
+        key = f"{a.app[SETTINGS].redis.prefix}gen:{chat_id}:{resp.headers['X-Message-Id']}"
+
+        async def closed(key: str = key) -> bool:
+            entries = await redis.xrange(key)
+            return bool(entries) and b"e" in entries[-1][1]
+
+        await eventually(closed)
+        data = b"".join(e[1].get(b"d", b"") for e in await redis.xrange(key))
+        assert word + b"19 " in data and data.count(b"19 ") == 1
+
+
+@needs_redis
+async def test_resuming_through_another_instance_after_the_last_event_ends_at_once(
+    pair, upstream: FakeUpstream, http: aiohttp.ClientSession
+) -> None:
+    a, b = pair
+    async with http.post(f"{a.url}/chat/completions", json=BODY) as r:
+        chat_id = r.headers["X-Chat-Id"]
+        await r.read()
+    resume = f"{b.url}/conversations/{chat_id}/stream"
+    async with http.get(resume) as whole:
+        events = (await whole.read()).count(b"\n\n")
+    started = asyncio.get_running_loop().time()
+    async with http.get(resume, headers={"Last-Event-ID": str(events + 50)}) as r:
+        assert r.status == 200
+        assert await r.read() == b""
+    assert asyncio.get_running_loop().time() - started < 5  # not the grace period

@@ -63,11 +63,16 @@ async def test_export_follows_the_read_rules_and_refuses_bad_input(
     base = f"{team.url}/conversations"
     url = f"{base}/{chat_id}/export"
 
-    # Another user's private chat does not exist; a public one may be read (and exported).
+    # Another user's private chat does not exist; a public one may be read, and exported as
+    # Markdown, but the lossless file (parameters, metadata) stays its owner's.
     status, body = await call(http, "GET", url, user="bob")
     assert_error(status, body, 404, "chat_not_found")
     await call(http, "POST", f"{base}/{chat_id}", user="alice", json={"visibility": "public"})
-    status, _, body = await download(http, url, user="bob")
+    status, body = await call(http, "GET", url, user="bob")
+    assert_error(status, body, 403, "permission_denied")
+    status, _, body = await download(http, f"{url}?format=markdown", user="bob")
+    assert status == 200 and b"## User\n\nWhat is the capital of France?" in body
+    status, _, body = await download(http, url, user="alice")
     assert status == 200 and read_documents(body)[0]["chat"]["id"] == chat_id
 
     cases = [

@@ -196,7 +196,8 @@ async def _stream(
     async with following(feed):
         resp = web.StreamResponse(headers={**UI_STREAM_HEADERS, **headers})
         await resp.prepare(request)
-        ui = UIMessageStream(feed.message_id)
+        finish_reason = request.app[SETTINGS].aisdk.finish_reason
+        ui = UIMessageStream(feed.message_id, finish_reason=finish_reason)
         await resp.write(ui.start())
         while (batch := await feed.next()) is not None:
             out = b"".join(ui.feed(data) for data in batch)

@@ -124,8 +124,10 @@ class _Call:
 class UIMessageStream:
     """Maps one generation's events to UI message stream bytes, incrementally."""
 
-    def __init__(self, message_id: str) -> None:
+    def __init__(self, message_id: str, *, finish_reason: bool = True) -> None:
         self.message_id = message_id
+        # AI SDK 6 reads the finish reason from the finish part; AI SDK 5 refuses the field.
+        self._finish_reason = finish_reason
         self.finished = False  # [DONE] was written
         self._failed = False  # an error part was written
         self._acc = Accumulator()  # tool calls, finish reason, usage and model, as stored
@@ -279,10 +281,9 @@ class UIMessageStream:
         if self._failed:
             return DONE
         acc = self._acc
-        finish: dict[str, Any] = {
-            "type": "finish",
-            "finishReason": _FINISH_REASONS.get(acc.finish_reason or "", "other"),
-        }
+        finish: dict[str, Any] = {"type": "finish"}
+        if self._finish_reason:
+            finish["finishReason"] = _FINISH_REASONS.get(acc.finish_reason or "", "other")
         metadata = answer_metadata(acc.model, acc.usage)
         if metadata is not None:
             finish["messageMetadata"] = metadata

@@ -438,10 +438,17 @@ def _stored(m: Message) -> dict[str, Any]:
 
 async def export_conversation(request: web.Request) -> web.Response:
     """``GET .../export?format=json|markdown``: the file ``chatproxy export`` writes, as a
-    download: ``json`` is lossless (every branch; ``chatproxy import`` reads it), ``markdown``
-    the active branch."""
+    download: ``json`` is lossless (every branch; ``chatproxy import`` reads it) and its owner's
+    only, ``markdown`` the active branch, for anyone who may read the chat."""
     chat = await _chat(request)
     fmt = _query(request, "format", tuple(EXPORTS), "json")
+    if fmt == "json" and chat.owner_id != request[CALLER].user_id:
+        # The lossless file holds what only the owner sees (request parameters, metadata).
+        raise PermissionDenied(
+            "only the owner may export this conversation losslessly; format=markdown is "
+            "open to its readers",
+            code="permission_denied",
+        )
     try:
         body = await export.export_chat(request.app[STORE], chat.id, fmt)
     except NotFoundError:  # deleted meanwhile

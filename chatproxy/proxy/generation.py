@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -97,6 +97,9 @@ class Generation:
         self.head: asyncio.Future[Head] = asyncio.get_running_loop().create_future()
         self.head.add_done_callback(_retrieve)
         self.task: asyncio.Task[None] | None = None
+        # Awaited once the answer is stored, before its end is published (the registry frees
+        # the chat there, so a client that saw the end can post the next turn at once).
+        self.before_end: Callable[[], Awaitable[None]] | None = None
         self.acc = Accumulator()
         self._parent_hash = parent_hash
         self._body = body
@@ -139,7 +142,7 @@ class Generation:
 
     def abort(self) -> None:
         """Cancel the upstream request; the message is stored as ``cancelled``."""
-        if self.task is not None and not self.output.done:
+        if self.task is not None and not self.output.done and not self._aborted:
             self._aborted = True
             self.task.cancel()
 
@@ -205,6 +208,8 @@ class Generation:
         # answer (or an error) can read it back at once.
         if await self._begun():
             await self._finish()
+        if self.before_end is not None:
+            await self.before_end()
         if not self.head.done():
             self.head.set_exception(head_error)
         if self._final:

@@ -10,6 +10,7 @@ first, before their grace period is over.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -71,12 +72,18 @@ class Generations:
         # Claimed here before asking Redis: no second request on this instance gets in
         # while the claim is in flight.
         self._claims.setdefault(chat_id, {})[turn.assistant_id] = turn.parent_id
-        if self.shared is not None and not await self.shared.claim(
-            chat_id, turn.assistant_id, turn.parent_id, branch_from
-        ):
+        if self.shared is None:
+            return True
+        try:
+            claimed = await self.shared.claim(
+                chat_id, turn.assistant_id, turn.parent_id, branch_from
+            )
+        except BaseException:  # the client left while Redis answered: the claim may be made
+            self.release(turn)
+            raise
+        if not claimed:
             self._unclaim(chat_id, turn.assistant_id)
-            return False
-        return True
+        return claimed
 
     def release(self, turn: Turn) -> None:
         """Give up a claim whose generation never started."""
@@ -109,8 +116,15 @@ class Generations:
         assert gen.task is not None
         self.running.setdefault(gen.chat_id, []).append(gen)
         gen.task.add_done_callback(lambda _: self._finish(gen))
+        gen.before_end = functools.partial(self._answered, gen)
         if self.shared is not None:
-            self.shared.mirror(gen)  # releases the Redis claim at the end
+            self.shared.mirror(gen)
+
+    async def _answered(self, gen: Generation) -> None:
+        """The answer is stored: free the chat before its end reaches any client."""
+        self._unclaim(gen.chat_id, gen.message_id)
+        if self.shared is not None:
+            await self.shared.release(gen.chat_id, gen.message_id)
 
     def find(self, chat_id: str) -> Generation | Replay | None:
         """The chat's newest running generation, or the replay of one that ended within the

@@ -82,11 +82,8 @@ async def relay_events(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", **headers}
         )
         await resp.prepare(request)
-        while True:
-            first = feed.position
-            batch = await feed.next()
-            if batch is None:
-                break
+        while (batch := await feed.next()) is not None:
+            first = feed.position - len(batch)  # the feed's position is its last event's number
             await resp.write(b"".join(_frame(first + i + 1, data) for i, data in enumerate(batch)))
         await resp.write_eof()
         return resp

@@ -368,16 +368,19 @@ class Store:
             dead = set(
                 await Instance.filter(heartbeat_at__lt=cutoff).values_list("id", flat=True)
             ) - {self.instance_id}
-            reaped: dict[str, int] = {}
-            ids = []
+            taken: dict[str, list[str]] = {}
             for message_id, owner, created_at in stuck:
                 if owner in dead or created_at < cutoff:
-                    ids.append(message_id)
-                    reaped[str(owner)] = reaped.get(str(owner), 0) + 1
-            if ids:
-                await Message.filter(id__in=ids, status="in_progress").update(
+                    taken.setdefault(str(owner), []).append(message_id)
+            reaped: dict[str, int] = {}
+            for owner, ids in taken.items():
+                # Counted by what this update changed: instances reaping in the same round
+                # do not count the same message twice.
+                count = await Message.filter(id__in=ids, status="in_progress").update(
                     status="interrupted", completed_at=now
                 )
+                if count:
+                    reaped[owner] = count
             if dead:
                 await Instance.filter(id__in=dead, heartbeat_at__lt=cutoff).delete()
             return reaped
