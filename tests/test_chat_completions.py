@@ -4,12 +4,14 @@ real port, in front of the fake upstream, with the store as a real SQLite file."
 from __future__ import annotations
 
 import asyncio
+import gc
 
 import aiohttp
 import openai
 import orjson
 import pytest
 
+from chatproxy.proxy.generation import Generation
 from chatproxy.server import ProxyServer
 from chatproxy.store.store import Store
 from chatproxy.testing import FakeUpstream, Reply, ToolCall
@@ -584,3 +586,26 @@ async def test_idle_timeout_and_max_duration_end_the_stream_and_store_what_arriv
     # What arrived before the limit is kept (for the idle case: the role chunk, no text).
     assert answer.text == "".join(reply.chunks or [])[: len(answer.text)]
     assert bool(answer.text) is (status == "incomplete")
+
+
+async def test_a_finished_generation_is_freed_without_the_cycle_collector(
+    start_proxy, upstream: FakeUpstream, http: aiohttp.ClientSession
+) -> None:
+    # serve() raises the collector's thresholds, so garbage in reference cycles lingers and
+    # adds up under load: an answer's objects must be freed by reference counting alone.
+    proxy = await start_proxy(**{"chats.resume_grace": 0})
+    gc.collect()
+    gc.disable()
+    try:
+        for stream in (True, False):
+            body = {"model": "m", "messages": [USER], "stream": stream}
+            async with http.post(f"{proxy.url}/chat/completions", json=body) as resp:
+                assert resp.status == 200
+                await resp.read()
+
+        def alive() -> bool:
+            return not any(isinstance(o, Generation) for o in gc.get_objects())
+
+        await eventually(lambda: asyncio.sleep(0, alive()))
+    finally:
+        gc.enable()

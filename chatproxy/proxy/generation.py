@@ -99,7 +99,8 @@ class Generation:
         self.task: asyncio.Task[None] | None = None
         # Awaited once the answer is stored, before its end is published (the registry frees
         # the chat there, so a client that saw the end can post the next turn at once).
-        self.before_end: Callable[[], Awaitable[None]] | None = None
+        # (A function of the generation, not a closure over it: no reference cycle per answer.)
+        self.before_end: Callable[[Generation], Awaitable[None]] | None = None
         self.acc = Accumulator()
         self._parent_hash = parent_hash
         self._body = body
@@ -209,7 +210,7 @@ class Generation:
         if await self._begun():
             await self._finish()
         if self.before_end is not None:
-            await self.before_end()
+            await self.before_end(self)
         if not self.head.done():
             self.head.set_exception(head_error)
         if self._final:

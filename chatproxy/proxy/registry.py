@@ -10,7 +10,6 @@ first, before their grace period is over.
 from __future__ import annotations
 
 import asyncio
-import functools
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -116,7 +115,7 @@ class Generations:
         assert gen.task is not None
         self.running.setdefault(gen.chat_id, []).append(gen)
         gen.task.add_done_callback(lambda _: self._finish(gen))
-        gen.before_end = functools.partial(self._answered, gen)
+        gen.before_end = self._answered
         if self.shared is not None:
             self.shared.mirror(gen)
 
