@@ -287,6 +287,7 @@ async def test_the_next_turn_through_another_instance_right_after_the_end_is_nev
         probe = {"model": "m", "messages": [*messages, {"role": "assistant", "content": "x"}]}
         async with http.post(f"{second.url}/chat/completions", json=probe, headers=headers) as r:
             assert r.status == 200, await r.text()
+            await r.read()
         messages.append({"role": "assistant", "content": "x"})
 
 

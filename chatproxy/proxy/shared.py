@@ -23,18 +23,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
-from functools import partial
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import orjson
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
 from chatproxy.errors import error_body
-from chatproxy.proxy.fanout import Subscriber
 
 if TYPE_CHECKING:
     from chatproxy.proxy.generation import Generation
@@ -77,6 +76,9 @@ BLOCK_MS = 1000  # how long a follower waits on Redis before checking the answer
 READ_COUNT = 1000
 ENDED_STREAM_MS = 5000  # an ended stream kept for its followers when resume_grace is 0
 CLOSE_ATTEMPTS = 3  # once the answer has ended, how often closing its stream is tried
+# How often running answers' new events are written to Redis, all in one round trip: what a
+# follower on another instance waits at most, on top of Redis itself.
+FLUSH_INTERVAL = 0.02
 
 
 def event_id(number: int) -> str:
@@ -105,14 +107,17 @@ class SharedGenerations:
             retry=Retry(NoBackoff(), 1),
         )
         self._claim = self.client.register_script(_CLAIM_LUA)
-        self._close = self.client.register_script(_CLOSE_LUA)
+        self.close_script = self.client.register_script(_CLOSE_LUA)
         self._prefix = prefix
-        self._instance_id = instance_id
-        self._maxlen = maxlen
-        self._ttl_ms = max(1, round(ttl * 1000))
-        self._refresh = refresh
-        self._grace_ms = round(grace * 1000)
-        self._mirrors: set[asyncio.Task[None]] = set()
+        self.instance_id = instance_id
+        self.maxlen = maxlen
+        self.ttl_ms = max(1, round(ttl * 1000))
+        self.refresh = refresh
+        self.grace_ms = round(grace * 1000)
+        self._live: list[_Mirrored] = []
+        self._wake = asyncio.Event()
+        self._flusher: asyncio.Task[None] | None = None
+        self._healthy = True
 
     def busy_key(self, chat_id: str) -> str:
         return f"{self._prefix}busy:{chat_id}"
@@ -130,7 +135,7 @@ class SharedGenerations:
     ) -> bool:
         """Claim the chat for ``message_id``; False if another instance's answer runs there
         (on the same branch point, when ``branch_from`` names one)."""
-        args = (message_id, parent_id or "", branch_from or "", self._ttl_ms)
+        args = (message_id, parent_id or "", branch_from or "", self.ttl_ms)
         try:
             return bool(await self._claim(keys=(self.busy_key(chat_id),), args=args))
         except REDIS_ERRORS as exc:
@@ -155,93 +160,61 @@ class SharedGenerations:
     # -- publishing --------------------------------------------------------------------------
 
     def mirror(self, gen: Generation) -> None:
-        """Copy ``gen``'s events into Redis as they come, in a task of its own, and keep its
-        claim alive while it runs."""
-        task = asyncio.create_task(self._mirror(gen), name=f"mirror-{gen.message_id}")
-        self._mirrors.add(task)
-        task.add_done_callback(self._mirrors.discard)
+        """Copy ``gen``'s events into Redis and keep its claim alive while it runs. Nothing
+        happens per event: the flusher task writes what is new in every running answer, in
+        one round trip, every ``FLUSH_INTERVAL``."""
+        self._live.append(_Mirrored(gen, self))
+        self._wake.set()
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush_forever(), name="redis-mirror")
 
-    async def _mirror(self, gen: Generation) -> None:
-        chat_id, message_id = gen.chat_id, gen.message_id
-        busy, meta = self.busy_key(chat_id), self.meta_key(chat_id)
-        stream = self.stream_key(chat_id, message_id)
-        keys = (busy, meta, stream) if gen.stream else (busy,)
-        fanout = gen.events
-        # Passive: following for Redis does not keep an answer alive under policy "abort".
-        sub = Subscriber(passive=True)
-        fanout.subscribers.append(sub)
-        loop = asyncio.get_running_loop()
-        retry = _Retry(gen)
-        try:
-            if gen.stream:
-                await retry(partial(self._open, stream, meta, message_id))
-            refresh_at = loop.time() + self._refresh
-            while True:
-                due = loop.time() >= refresh_at
-                if due:
-                    refresh_at = loop.time() + self._refresh
-                n = len(fanout.pieces)
-                if sub.seen < n and gen.stream:
-                    pieces = fanout.pieces
-                    await retry(partial(self._append, stream, pieces, sub.seen, n, keys, due))
-                    sub.seen = n
-                    continue
-                sub.seen = n
-                ended = fanout.done or (gen.task is not None and gen.task.done())
-                if ended:
-                    if gen.stream:
-                        await retry(partial(self._finish, stream, meta, message_id, n), ended=True)
-                    return
-                if due:
-                    await retry(partial(self._expire, keys))
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(max(0.0, refresh_at - loop.time())):
-                        await fanout.wait(sub)
-        except REDIS_ERRORS:
-            log.warning("answer %s ended; its stream could not be closed in redis", message_id)
-        finally:
-            fanout.subscribers.remove(sub)
-            await self.release(chat_id, message_id)  # already done, unless the answer failed
+    async def _flush_forever(self) -> None:
+        while True:
+            # A new answer is written at once (a follower on another instance can find it as
+            # soon as its client has the response head); then every FLUSH_INTERVAL.
+            self._wake.clear()
+            await self.flush()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(FLUSH_INTERVAL if self._live else None):
+                    await self._wake.wait()
 
-    async def _open(self, stream: str, meta: str, message_id: str) -> None:
-        async with self.client.pipeline(transaction=True) as pipe:
-            pipe.xadd(stream, {"s": self._instance_id}, id="0-1")
-            pipe.pexpire(stream, self._ttl_ms)
-            pipe.hset(meta, mapping={"message": message_id, "instance": self._instance_id})
-            pipe.pexpire(meta, self._ttl_ms)
-            await pipe.execute()
-
-    async def _append(
-        self,
-        stream: str,
-        pieces: list[bytes],
-        start: int,
-        end: int,
-        keys: tuple[str, ...],
-        refresh: bool,
-    ) -> None:
+    async def flush(self) -> None:
+        """Write what is new in every mirrored answer; forget the ones that are over."""
+        now = asyncio.get_running_loop().time()
+        live = list(self._live)
         async with self.client.pipeline(transaction=False) as pipe:
-            for i in range(start, end):
-                pipe.xadd(
-                    stream,
-                    {"d": pieces[i]},
-                    id=event_id(i + 1),
-                    maxlen=self._maxlen,
-                    approximate=True,
-                )
-            for key in keys if refresh else ():
-                pipe.pexpire(key, self._ttl_ms)
-            await pipe.execute()
+            marks = [await m.queue(pipe, now) for m in live]
+            try:
+                results = await pipe.execute(raise_on_error=False)
+            except REDIS_ERRORS as exc:
+                self._unhealthy(exc)
+                for m in live:
+                    self._failed(m)
+                return
+        start, healthy = 0, True
+        for m, mark in zip(live, marks, strict=True):
+            done = results[start : start + mark.commands]
+            start += mark.commands
+            # An entry already there was written by an earlier attempt that seemed to fail.
+            errors = [r for r in done if isinstance(r, Exception) and not _already_there(r)]
+            if errors:
+                healthy = False
+                self._unhealthy(errors[0])
+                self._failed(m)
+            elif m.written(mark, now):
+                self._live.remove(m)
+        if healthy and not self._healthy:
+            self._healthy = True
+            log.info("redis reachable again, running answers shared")
 
-    async def _finish(self, stream: str, meta: str, message_id: str, n: int) -> None:
-        args = (event_id(n + 1), self._grace_ms, message_id, ENDED_STREAM_MS)
-        await self._close(keys=(stream, meta), args=args)
+    def _failed(self, m: _Mirrored) -> None:
+        if m.failed() >= CLOSE_ATTEMPTS:  # ended some attempts ago: given up
+            self._live.remove(m)
 
-    async def _expire(self, keys: tuple[str, ...]) -> None:
-        async with self.client.pipeline(transaction=False) as pipe:
-            for key in keys:
-                pipe.pexpire(key, self._ttl_ms)
-            await pipe.execute()
+    def _unhealthy(self, exc: BaseException) -> None:
+        if self._healthy:
+            self._healthy = False
+            log.warning("redis unreachable, running answers not shared for now: %r", exc)
 
     # -- following ---------------------------------------------------------------------------
 
@@ -265,44 +238,108 @@ class SharedGenerations:
             await self.client.delete(self.meta_key(chat_id), *streams)
 
     async def close(self) -> None:
-        """Let the mirrors finish (the generations have ended), then close the client."""
-        if self._mirrors:
-            await asyncio.wait(set(self._mirrors), timeout=5.0)
-        left = list(self._mirrors)
-        for task in left:
-            task.cancel()
-        await asyncio.gather(*left, return_exceptions=True)
+        """Write the last events of the answers (they have ended), then close the client."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(5.0):
+                while self._live:
+                    await self.flush()
+                    if self._live:
+                        await asyncio.sleep(FLUSH_INTERVAL)
+        if self._flusher is not None:
+            self._flusher.cancel()
+            await asyncio.gather(self._flusher, return_exceptions=True)
         await self.client.aclose()
 
 
-class _Retry:
-    """Runs a Redis operation of one mirror until it succeeds: while the answer runs, Redis
-    being away only delays the copy (the events stay in memory); once it has ended, a few
-    attempts are made, then the copy is given up."""
+@dataclass(slots=True, frozen=True)
+class _Mark:
+    """What one flush queued for an answer: its events up to ``events``, the end or not, in
+    ``commands`` commands."""
 
-    def __init__(self, gen: Generation) -> None:
-        self._gen = gen
-        self._warned = False
+    events: int
+    ended: bool
+    commands: int
 
-    async def __call__(self, op: Callable[[], Awaitable[None]], *, ended: bool = False) -> None:
-        attempts = 0
-        while True:
-            try:
-                await op()
-                return
-            except REDIS_ERRORS as exc:
-                attempts += 1
-                if not self._warned:
-                    self._warned = True
-                    log.warning(
-                        "redis unreachable, answer %s is not shared for now: %r",
-                        self._gen.message_id,
-                        exc,
-                    )
-                gen_ended = self._gen.task is not None and self._gen.task.done()
-                if (ended or gen_ended) and attempts >= CLOSE_ATTEMPTS:
-                    raise
-                await asyncio.sleep(min(0.1 * 2**attempts, 1.0))
+
+def _already_there(exc: Exception) -> bool:
+    return "equal or smaller than the target stream top item" in str(exc)
+
+
+class _Mirrored:
+    """One answer being copied to Redis: how far, and what is left to do."""
+
+    __slots__ = (
+        "_seen",
+        "failures",
+        "gen",
+        "keys",
+        "meta",
+        "opened",
+        "refresh_at",
+        "shared",
+        "stream",
+    )
+
+    def __init__(self, gen: Generation, shared: SharedGenerations) -> None:
+        self.gen = gen
+        self.shared = shared
+        chat_id = gen.chat_id
+        self.meta = shared.meta_key(chat_id)
+        self.stream = shared.stream_key(chat_id, gen.message_id)
+        busy = shared.busy_key(chat_id)
+        self.keys = (busy, self.meta, self.stream) if gen.stream else (busy,)
+        self.opened = not gen.stream
+        self.refresh_at = 0.0
+        self.failures = 0
+        self._seen = 0
+
+    async def queue(self, pipe: Pipeline, now: float) -> _Mark:
+        """Queue what is new, and say what that will have written."""
+        gen, shared = self.gen, self.shared
+        fanout = gen.events
+        before = len(pipe)
+        # The end is only taken once every event before it is in the same write.
+        ended = fanout.done or (gen.task is not None and gen.task.done())
+        n = len(fanout.pieces)
+        if not gen.stream:
+            if now >= self.refresh_at:
+                pipe.pexpire(self.keys[0], shared.ttl_ms)
+            return _Mark(n, ended, len(pipe) - before)
+        if not self.opened:
+            pipe.xadd(self.stream, {"s": shared.instance_id}, id="0-1")
+            owner = {"message": gen.message_id, "instance": shared.instance_id}
+            pipe.hset(self.meta, mapping=owner)
+        for i in range(self._seen, n):
+            pipe.xadd(
+                self.stream,
+                {"d": fanout.pieces[i]},
+                id=event_id(i + 1),
+                maxlen=shared.maxlen,
+                approximate=True,
+            )
+        if ended:
+            args = (event_id(n + 1), shared.grace_ms, gen.message_id, ENDED_STREAM_MS)
+            await shared.close_script(keys=(self.stream, self.meta), args=args, client=pipe)
+        elif not self.opened or now >= self.refresh_at:
+            for key in self.keys:
+                pipe.pexpire(key, shared.ttl_ms)
+        return _Mark(n, ended, len(pipe) - before)
+
+    def written(self, mark: _Mark, now: float) -> bool:
+        """The queued write went through; whether this answer is done with."""
+        self._seen = mark.events
+        self.opened = True
+        self.failures = 0
+        if now >= self.refresh_at:
+            self.refresh_at = now + self.shared.refresh
+        return mark.ended
+
+    def failed(self) -> int:
+        """The write failed; how often in a row since the answer ended."""
+        gen = self.gen
+        if gen.events.done or (gen.task is not None and gen.task.done()):
+            self.failures += 1
+        return self.failures
 
 
 class RedisFeed:
