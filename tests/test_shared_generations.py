@@ -317,7 +317,15 @@ async def test_two_answers_on_different_branches_keep_separate_streams(
         ) as second,
     ):
         assert first.status == second.status == 200
-        # Through B, the chat's newest answer: the second one, whole and only it.
+        # Through B, the chat's newest answer (once its first write is in Redis): the second
+        # one, whole and only it.
+        meta = f"{a.app[SETTINGS].redis.prefix}genmeta:{chat_id}"
+        newest = second.headers["X-Message-Id"].encode()
+
+        async def published() -> bool:
+            return await redis.hget(meta, "message") == newest
+
+        await eventually(published)
         async with http.get(f"{b.url}/conversations/{chat_id}/stream") as followed:
             assert followed.headers["X-Message-Id"] == second.headers["X-Message-Id"]
             followed_text = await followed.read()
@@ -351,3 +359,20 @@ async def test_resuming_through_another_instance_after_the_last_event_ends_at_on
         assert r.status == 200
         assert await r.read() == b""
     assert asyncio.get_running_loop().time() - started < 5  # not the grace period
+
+
+@needs_redis
+async def test_a_resume_through_another_instance_at_once_after_the_head_finds_the_answer(
+    pair, upstream: FakeUpstream, http: aiohttp.ClientSession
+) -> None:
+    a, b = pair
+    for _ in range(5):
+        upstream.enqueue(Reply(chunks=[f"w{i} " for i in range(10)], chunk_delay=0.02))
+        async with http.post(f"{a.url}/chat/completions", json=BODY) as original:
+            chat_id, message_id = original.headers["X-Chat-Id"], original.headers["X-Message-Id"]
+            # No wait: the answer's first write to Redis may not have happened yet.
+            async with http.get(f"{b.url}/conversations/{chat_id}/stream") as followed:
+                assert followed.status == 200
+                assert followed.headers["X-Message-Id"] == message_id
+                assert (await followed.read()).endswith(b"data: [DONE]\n\n")
+            await original.read()

@@ -161,22 +161,22 @@ class SharedGenerations:
 
     def mirror(self, gen: Generation) -> None:
         """Copy ``gen``'s events into Redis and keep its claim alive while it runs. Nothing
-        happens per event: the flusher task writes what is new in every running answer, in
-        one round trip, every ``FLUSH_INTERVAL``."""
+        happens per request or per event: the flusher task writes what is new in every running
+        answer, in one round trip, every ``FLUSH_INTERVAL``."""
         self._live.append(_Mirrored(gen, self))
         self._wake.set()
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush_forever(), name="redis-mirror")
 
     async def _flush_forever(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
-            # A new answer is written at once (a follower on another instance can find it as
-            # soon as its client has the response head); then every FLUSH_INTERVAL.
-            self._wake.clear()
+            if not self._live:
+                self._wake.clear()
+                await self._wake.wait()
+            started = loop.time()
             await self.flush()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(FLUSH_INTERVAL if self._live else None):
-                    await self._wake.wait()
+            await asyncio.sleep(max(0.0, FLUSH_INTERVAL - (loop.time() - started)))
 
     async def flush(self) -> None:
         """Write what is new in every mirrored answer; forget the ones that are over."""
@@ -222,7 +222,7 @@ class SharedGenerations:
         """A feed of the chat's newest streamed answer, running on any instance (or just
         finished), from event ``after + 1``; ``None`` when there is none."""
         try:
-            message_id = await self.client.hget(self.meta_key(chat_id), "message")
+            message_id = await self._newest(chat_id)
         except REDIS_ERRORS as exc:
             log.warning("redis unreachable, cannot look for a shared generation: %r", exc)
             return None
@@ -230,6 +230,24 @@ class SharedGenerations:
             return None
         message = message_id.decode()
         return RedisFeed(self.client, self.stream_key(chat_id, message), message, after)
+
+    async def _newest(self, chat_id: str) -> bytes | None:
+        """The chat's newest streamed answer. One that has just started is in the busy hash
+        before its first write (at most ``FLUSH_INTERVAL`` later), while the meta still names
+        the chat's previous answer, or nothing: wait for that write."""
+        meta, busy = self.meta_key(chat_id), self.busy_key(chat_id)
+        deadline = asyncio.get_running_loop().time() + 3 * FLUSH_INTERVAL
+        while True:
+            async with self.client.pipeline(transaction=False) as pipe:
+                pipe.hget(meta, "message")
+                pipe.hkeys(busy)
+                message_id, running = await pipe.execute()
+            if not running or message_id in running:
+                return message_id  # type: ignore[no-any-return]
+            if asyncio.get_running_loop().time() > deadline:
+                # Running, but not streamed (or its instance cannot reach Redis).
+                return message_id  # type: ignore[no-any-return]
+            await asyncio.sleep(FLUSH_INTERVAL / 4)
 
     async def forget(self, chat_id: str) -> None:
         """Remove the chat's stream records (the chat was deleted)."""
