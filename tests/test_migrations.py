@@ -24,6 +24,7 @@ from chatproxy.store import migrations as migrations_package
 from chatproxy.store.db import APP_LABEL, SQLITE_BUSY_TIMEOUT_MS, open_database, tortoise_config
 from chatproxy.store.models import ApiKey, Chat, Instance, Message, Meta, User, Vote
 from chatproxy.store.store import Store
+from tests.conftest import fresh_postgres, needs_postgres
 
 MODELS: dict[str, type[Model]] = {
     "users": User,
@@ -319,17 +320,16 @@ async def test_postgres_migration_creates_the_tables_indexes_and_history(
     assert history == ALL_MIGRATIONS
 
 
-@pytest.mark.skipif(not POSTGRES_URL, reason="set CHATPROXY_TEST_POSTGRES_URL")
-async def test_instances_starting_together_on_postgres_migrate_once(db_url: str) -> None:
-    if db_url.startswith("sqlite"):
-        pytest.skip("PostgreSQL only")
-    stores = [Store(db_url, instance_id=f"i{n}") for n in range(3)]
-    await asyncio.gather(*(s.open() for s in stores))
-    try:
-        history = await stores[0].read(
-            lambda: stores[0].conn.execute_query(f"SELECT app, name FROM {MIGRATION_TABLE}")
-        )
-        assert sorted((r[0], r[1]) for r in history[1]) == ALL_MIGRATIONS
-    finally:
-        for s in stores:
-            await s.close()
+@needs_postgres
+async def test_instances_starting_together_on_postgres_migrate_once() -> None:
+    async with fresh_postgres() as db_url:
+        stores = [Store(db_url, instance_id=f"i{n}") for n in range(3)]
+        await asyncio.gather(*(s.open() for s in stores))
+        try:
+            history = await stores[0].read(
+                lambda: stores[0].conn.execute_query(f"SELECT app, name FROM {MIGRATION_TABLE}")
+            )
+            assert sorted((r[0], r[1]) for r in history[1]) == ALL_MIGRATIONS
+        finally:
+            for s in stores:
+                await s.close()
