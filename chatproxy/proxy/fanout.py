@@ -17,17 +17,13 @@ __all__ = ["Fanout", "Subscriber"]
 class Subscriber:
     """One reader of a :class:`Fanout`: its position, and how to hand it a piece directly."""
 
-    __slots__ = ("direct", "passive", "seen", "waiter")
+    __slots__ = ("direct", "seen", "waiter")
 
-    def __init__(
-        self, direct: Callable[[bytes], bool] | None = None, *, passive: bool = False
-    ) -> None:
+    def __init__(self, direct: Callable[[bytes], bool] | None = None) -> None:
         self.seen = 0
         self.waiter: asyncio.Future[None] | None = None
         # Writes a piece without blocking and says whether it did; None: always wake.
         self.direct = direct
-        # A passive subscriber (a copy to Redis) is not a client: it keeps nothing alive.
-        self.passive = passive
 
 
 class Fanout:

@@ -129,9 +129,7 @@ class Generation:
         to.subscribers.remove(sub)
         if disconnected and not self.output.done:
             self.client_disconnected = True
-            followed = any(
-                not s.passive for s in (*self.output.subscribers, *self.events.subscribers)
-            )
+            followed = self.output.subscribers or self.events.subscribers
             if not followed and self._settings.chats.on_disconnect == "abort":
                 self.abort()
 

@@ -64,7 +64,8 @@ class Generations:
     async def claim(self, turn: Turn, branch_from: str | None = None) -> bool:
         """Claim the chat for ``turn``'s answer; False while another answer runs there (on any
         instance, with Redis), unless ``branch_from`` names a branch point no running answer
-        hangs from. A claim lasts until the answer's generation ends, or :meth:`release`."""
+        hangs from. A claim lasts until the answer is stored (before its end is published), or
+        until :meth:`release`."""
         chat_id = turn.chat_id
         if self.busy(chat_id, branch_from):
             return False

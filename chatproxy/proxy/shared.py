@@ -279,6 +279,11 @@ class _Mark:
     commands: int
 
 
+def _over(gen: Generation) -> bool:
+    """Whether the answer has published its last event (or its task ended without it)."""
+    return gen.events.done or (gen.task is not None and gen.task.done())
+
+
 def _already_there(exc: Exception) -> bool:
     return "equal or smaller than the target stream top item" in str(exc)
 
@@ -317,7 +322,7 @@ class _Mirrored:
         fanout = gen.events
         before = len(pipe)
         # The end is only taken once every event before it is in the same write.
-        ended = fanout.done or (gen.task is not None and gen.task.done())
+        ended = _over(gen)
         n = len(fanout.pieces)
         if not gen.stream:
             if now >= self.refresh_at:
@@ -354,8 +359,7 @@ class _Mirrored:
 
     def failed(self) -> int:
         """The write failed; how often in a row since the answer ended."""
-        gen = self.gen
-        if gen.events.done or (gen.task is not None and gen.task.done()):
+        if _over(self.gen):
             self.failures += 1
         return self.failures
 

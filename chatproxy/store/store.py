@@ -358,16 +358,14 @@ class Store:
         async def op() -> dict[str, int]:
             now = utcnow()
             cutoff = now - timedelta(seconds=silent_for)
-            live = await Instance.filter(heartbeat_at__gte=cutoff).values_list("id", flat=True)
-            live_ids = {*live, self.instance_id}
+            beats = await Instance.all().values_list("id", "heartbeat_at")
+            live_ids = {i for i, at in beats if at >= cutoff} | {self.instance_id}
+            dead = {i for i, at in beats if at < cutoff} - {self.instance_id}
             stuck = (
                 await Message.filter(status="in_progress")
                 .exclude(instance_id__in=live_ids)
                 .values_list("id", "instance_id", "created_at")
             )
-            dead = set(
-                await Instance.filter(heartbeat_at__lt=cutoff).values_list("id", flat=True)
-            ) - {self.instance_id}
             taken: dict[str, list[str]] = {}
             for message_id, owner, created_at in stuck:
                 if owner in dead or created_at < cutoff:
