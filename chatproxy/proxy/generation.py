@@ -94,8 +94,10 @@ class Generation:
         self.status = "in_progress"
         self.error: dict[str, Any] | None = None
         self.client_disconnected = False
-        self.head: asyncio.Future[Head] = asyncio.get_running_loop().create_future()
-        self.head.add_done_callback(_retrieve)
+        # Resolved only here; subscribers wait through :meth:`wait_head`, which shields it, so a
+        # handler cancelled by its client's leaving can never cancel it under the generation.
+        self._head: asyncio.Future[Head] = asyncio.get_running_loop().create_future()
+        self._head.add_done_callback(_retrieve)
         self.task: asyncio.Task[None] | None = None
         # Awaited once the answer is stored, before its end is published (the registry frees
         # the chat there, so a client that saw the end can post the next turn at once).
@@ -132,6 +134,12 @@ class Generation:
             followed = self.output.subscribers or self.events.subscribers
             if not followed and self._settings.chats.on_disconnect == "abort":
                 self.abort()
+
+    async def wait_head(self) -> Head:
+        """The upstream's response head, once it is in (and the turn is stored); raises the
+        :class:`~chatproxy.errors.APIError` to answer when there is none. Cancelling the
+        waiter leaves the generation untouched."""
+        return await asyncio.shield(self._head)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -209,8 +217,8 @@ class Generation:
             await self._finish()
         if self.before_end is not None:
             await self.before_end(self)
-        if not self.head.done():
-            self.head.set_exception(head_error)
+        if not self._head.done():
+            self._head.set_exception(head_error)
         if self._final:
             self.output.publish(self._final)
         for data in self._final_events:
@@ -241,7 +249,7 @@ class Generation:
         headers = CIMultiDict(
             (k, v) for k, v in resp.headers.items() if k.lower() not in _DROP_RESPONSE_HEADERS
         )
-        self.head.set_result(Head(resp.status, headers))
+        self._head.set_result(Head(resp.status, headers))
         return resp
 
     async def _pump_sse(self, resp: aiohttp.ClientResponse) -> None:

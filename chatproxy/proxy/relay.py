@@ -56,12 +56,12 @@ async def relay(
     """Stream ``gen`` to the client of ``request``, adding ``headers`` to the response head.
 
     Errors before the upstream answered (an :class:`~chatproxy.errors.APIError` from
-    ``gen.head``) propagate to the error middleware.
+    ``gen.wait_head()``) propagate to the error middleware.
     """
     sub = Subscriber()
     with _subscription(gen, gen.output, sub):
         try:
-            head = await gen.head
+            head = await gen.wait_head()
         except APIError as exc:
             exc.headers = {**exc.headers, **headers}
             raise
