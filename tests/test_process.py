@@ -154,8 +154,14 @@ async def test_sigterm_stores_what_outlives_the_drain_timeout_as_interrupted(
             await resp.content.readuntil(b"tok2 ")
             assert server.proc is not None
             server.proc.send_signal(signal.SIGTERM)
-            await resp.read()
+            rest = await resp.read()
         assert await server.stop() == 0
+    # The client's stream ends as any other cut: the in-band error, then [DONE].
+    events = [e for e in rest.split(b"\n\n") if e]
+    assert events[-1] == b"data: [DONE]"
+    error = orjson.loads(events[-2].removeprefix(b"data: "))["error"]
+    assert error["code"] == "generation_interrupted"
+    assert set(error) == {"message", "type", "param", "code"}
     stored = await stored_message(db, message_id)
     assert stored.status == "interrupted"
     assert stored.text.startswith("tok0 tok1 tok2 ")

@@ -191,17 +191,24 @@ class Generation:
                 await self._pump_body(resp)
             self.status = "completed"
         except asyncio.CancelledError:
-            self.status = "cancelled" if self._aborted else "interrupted"
+            if self._aborted:
+                self.status = "cancelled"
+            else:  # stopped by the shutdown's drain timeout: the stream ends as any other cut
+                self.status = "interrupted"
+                self._cut(
+                    error_body(
+                        "the proxy shut down before the answer was complete",
+                        "server_error",
+                        "generation_interrupted",
+                    )["error"]
+                )
         except UpstreamError as exc:  # before the first byte
             self.status, self.error, head_error = "failed", exc.body()["error"], exc
             # The requesting client gets an HTTP error; a resuming one, the same in-band.
             self._final_events += [orjson.dumps(exc.body()), b"[DONE]"]
         except _StreamBroken as exc:
-            self.status, self.error = exc.status, exc.error
-            if self.stream:
-                error = orjson.dumps({"error": exc.error})
-                self._final += b"data: " + error + b"\n\n" + DONE_EVENT
-                self._final_events += [error, b"[DONE]"]
+            self.status = exc.status
+            self._cut(exc.error)
         except _NotStored:
             head_error = APIError("could not store the request", code="store_unavailable")
         except Exception:
@@ -225,6 +232,15 @@ class Generation:
             self.events.publish(data)
         self.output.end()
         self.events.end()
+
+    def _cut(self, error: dict[str, Any]) -> None:
+        """The answer ends early with ``error``: a stream's clients get it in-band, then
+        ``[DONE]``."""
+        self.error = error
+        if self.stream:
+            data = orjson.dumps({"error": error})
+            self._final += b"data: " + data + b"\n\n" + DONE_EVENT
+            self._final_events += [data, b"[DONE]"]
 
     async def _begun(self) -> bool:
         assert self._begin is not None

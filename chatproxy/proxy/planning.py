@@ -14,6 +14,7 @@ from typing import Any
 from chatproxy.auth import Caller
 from chatproxy.errors import InvalidRequest, PermissionDenied
 from chatproxy.ids import new_chat_id, new_message_id
+from chatproxy.proxy.offload import offload
 from chatproxy.settings import Settings
 from chatproxy.store.store import BranchEntry, NewMessage, Store, Turn, utcnow
 from chatproxy.store.threading import (
@@ -76,7 +77,7 @@ async def plan_client_history(
     chat_id: str | None,
 ) -> Plan:
     """Thread a request that resends the whole conversation."""
-    hashes = prefix_hashes(messages)
+    hashes = await offload(len(messages), prefix_hashes, messages)
     chat_is_new = chat_id is not None and await _own_chat(store, caller, chat_id) is None
     match = None if chat_is_new else await store.find_thread(caller.user_id, hashes, chat_id)
     if match is not None:
@@ -86,7 +87,10 @@ async def plan_client_history(
         if chat_id is None:
             chat_id, chat_is_new = new_chat_id(), True
     new = list(zip(messages[first_new:], hashes[first_new:], strict=True))
-    turn = _turn(store, settings, caller, (chat_id, chat_is_new), parent_id, new, body, messages)
+    chat = (chat_id, chat_is_new)
+    turn = await offload(
+        len(new), _turn, store, settings, caller, chat, parent_id, new, body, messages
+    )
     return turn, hashes[-1], []
 
 
@@ -129,9 +133,13 @@ async def plan_server_history(
     if chat_id is None:
         chat_id = new_chat_id()
     parent = history[-1] if history else None
-    hashes = prefix_hashes(messages, parent=parent.prefix_hash if parent else "")
+    hashes = await offload(
+        len(messages), prefix_hashes, messages, parent=parent.prefix_hash if parent else ""
+    )
     new = list(zip(messages, hashes, strict=True))
-    turn = _turn(
+    turn = await offload(
+        len(new),
+        _turn,
         store,
         settings,
         caller,
