@@ -188,15 +188,21 @@ async def handle_chat_completions(request: web.Request) -> web.StreamResponse:
         turn, parent_hash, history = await plan_server_history(
             store, settings, caller, req.body, req.messages, chat_id, branch_from
         )
+        if not stored:
+            turn = None
+        gen = await launch(request, req, turn, parent_hash, history, branch_from)
     elif stored:
-        turn, parent_hash, history = await plan_client_history(
-            store, settings, caller, req.body, req.messages, chat_id
-        )
+        # The same request sent twice at once threads as if sent one after the other: the
+        # second is planned once the first one's turn is written.
+        async with app[GENERATIONS].one_at_a_time((caller.user_id, chat_id, req.raw)):
+            turn, parent_hash, history = await plan_client_history(
+                store, settings, caller, req.body, req.messages, chat_id
+            )
+            gen = await launch(request, req, turn, parent_hash, history, branch_from)
+            await gen.begun()
     else:  # incognito with the client's own history: nothing to look up
-        turn, parent_hash, history = None, "", []
-    if not stored:
         turn = None
-    gen = await launch(request, req, turn, parent_hash, history, branch_from)
+        gen = await launch(request, req, None, "", [], branch_from)
     if turn is None:  # incognito: forwarded, never written
         return await relay(request, gen, {})
     return await relay(request, gen, {"X-Chat-Id": turn.chat_id, "X-Message-Id": turn.assistant_id})

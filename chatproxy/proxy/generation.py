@@ -144,8 +144,18 @@ class Generation:
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> asyncio.Task[None]:
+        if self._store is not None and self.turn is not None:
+            self._begin = asyncio.ensure_future(self._store.begin_turn(self.turn))
+        else:
+            self._begin = asyncio.get_running_loop().create_future()
+            self._begin.set_result(None)
         self.task = asyncio.create_task(self._run(), name=f"generation-{self.message_id}")
         return self.task
+
+    async def begun(self) -> None:
+        """Return once the request's turn is written (or could not be)."""
+        assert self._begin is not None
+        await asyncio.wait([self._begin])
 
     def abort(self) -> None:
         """Cancel the upstream request; the message is stored as ``cancelled``."""
@@ -176,11 +186,6 @@ class Generation:
         loop = asyncio.get_running_loop()
         self._t0 = loop.time()
         self._next_checkpoint = self._t0 + self._settings.storage.checkpoint_interval
-        if self._store is not None and self.turn is not None:
-            self._begin = asyncio.ensure_future(self._store.begin_turn(self.turn))
-        else:
-            self._begin = asyncio.get_running_loop().create_future()
-            self._begin.set_result(None)
         head_error: APIError = APIError("the request was stopped before the upstream answered")
         resp: aiohttp.ClientResponse | None = None
         try:

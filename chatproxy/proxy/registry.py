@@ -10,7 +10,9 @@ first, before their grace period is over.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import OrderedDict
+from collections.abc import AsyncIterator, Hashable
 from dataclasses import dataclass
 
 from chatproxy.proxy.fanout import Fanout, Subscriber
@@ -60,6 +62,21 @@ class Generations:
         self._claims: dict[str, dict[str, str | None]] = {}
         self._finished: OrderedDict[str, Replay] = OrderedDict()
         self._finished_bytes = 0
+        self._serial: dict[Hashable, asyncio.Future[None]] = {}
+
+    @contextlib.asynccontextmanager
+    async def one_at_a_time(self, key: Hashable) -> AsyncIterator[None]:
+        """Run the block for one request with ``key`` at a time (in arrival order is not
+        promised); others with the same key wait until it is over."""
+        while (running := self._serial.get(key)) is not None:
+            await asyncio.shield(running)
+        done = asyncio.get_running_loop().create_future()
+        self._serial[key] = done
+        try:
+            yield
+        finally:
+            del self._serial[key]
+            done.set_result(None)
 
     async def claim(self, turn: Turn, branch_from: str | None = None) -> bool:
         """Claim the chat for ``turn``'s answer; False while another answer runs there (on any
