@@ -26,6 +26,7 @@ from chatproxy.auth import Caller
 from chatproxy.errors import Conflict, InvalidRequest, json_object
 from chatproxy.ids import CHAT_ID_RE
 from chatproxy.limits.policy import tightest
+from chatproxy.offload import LARGE_BODY, offload
 from chatproxy.proxy.generation import Generation
 from chatproxy.proxy.planning import plan_client_history, plan_server_history
 from chatproxy.proxy.relay import relay
@@ -182,7 +183,10 @@ async def handle_chat_completions(request: web.Request) -> web.StreamResponse:
         if not CHAT_ID_RE.fullmatch(branch_from):
             raise _invalid("X-Chat-Parent is not a message id", "invalid_parent", "X-Chat-Parent")
     stored = _flag(request, "X-Chat-Store", True)
-    req = parse_chat_request(await request.read(), allow_empty=history_mode == "server")
+    raw = await request.read()
+    req = await offload(
+        len(raw) > LARGE_BODY, parse_chat_request, raw, allow_empty=history_mode == "server"
+    )
     await check_daily_quota(request)
     if history_mode == "server":
         turn, parent_hash, history = await plan_server_history(

@@ -14,7 +14,7 @@ from typing import Any
 from chatproxy.auth import Caller
 from chatproxy.errors import InvalidRequest, PermissionDenied
 from chatproxy.ids import new_chat_id, new_message_id
-from chatproxy.proxy.offload import offload
+from chatproxy.offload import LARGE_COUNT, offload
 from chatproxy.settings import Settings
 from chatproxy.store.store import BranchEntry, NewMessage, Store, Turn, utcnow
 from chatproxy.store.threading import (
@@ -77,7 +77,7 @@ async def plan_client_history(
     chat_id: str | None,
 ) -> Plan:
     """Thread a request that resends the whole conversation."""
-    hashes = await offload(len(messages), prefix_hashes, messages)
+    hashes = await offload(len(messages) > LARGE_COUNT, prefix_hashes, messages)
     chat_is_new = chat_id is not None and await _own_chat(store, caller, chat_id) is None
     match = None if chat_is_new else await store.find_thread(caller.user_id, hashes, chat_id)
     if match is not None:
@@ -89,7 +89,7 @@ async def plan_client_history(
     new = list(zip(messages[first_new:], hashes[first_new:], strict=True))
     chat = (chat_id, chat_is_new)
     turn = await offload(
-        len(new), _turn, store, settings, caller, chat, parent_id, new, body, messages
+        len(new) > LARGE_COUNT, _turn, store, settings, caller, chat, parent_id, new, body, messages
     )
     return turn, hashes[-1], []
 
@@ -134,11 +134,14 @@ async def plan_server_history(
         chat_id = new_chat_id()
     parent = history[-1] if history else None
     hashes = await offload(
-        len(messages), prefix_hashes, messages, parent=parent.prefix_hash if parent else ""
+        len(messages) > LARGE_COUNT,
+        prefix_hashes,
+        messages,
+        parent=parent.prefix_hash if parent else "",
     )
     new = list(zip(messages, hashes, strict=True))
     turn = await offload(
-        len(new),
+        len(new) > LARGE_COUNT,
         _turn,
         store,
         settings,

@@ -130,9 +130,10 @@ async def _migration_lock(url: str) -> AsyncIterator[None]:
 
 
 def open_fast_sqlite(path: str) -> sqlite3.Connection:
-    """A connection for the store's hot statements, used on the event loop: autocommit (the
+    """A connection for the store's hot statements, used on the event loop (or, for a very
+    large batch, by the writer from a worker thread: one user at a time): autocommit (the
     batch opens its own transaction), and no busy wait, ever."""
-    db = sqlite3.connect(path, isolation_level=None)
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     for pragma in (
         "busy_timeout=0",
         "synchronous=NORMAL",

@@ -31,6 +31,7 @@ from tortoise.backends.base.client import BaseDBAsyncClient
 from tortoise.context import TortoiseContext, _current_context
 from tortoise.transactions import in_transaction
 
+from chatproxy.offload import LARGE_COUNT, offload
 from chatproxy.store.batch import Answer, Batch, Dialect, NewMessage, Turn
 from chatproxy.store.db import WalCheckpointer, open_database, open_fast_sqlite, sqlite_path
 from chatproxy.store.models import ApiKey, Chat, Instance, Message, Meta, User
@@ -212,7 +213,14 @@ class Store:
         assert self._dialect is not None
         if self._fast is not None:
             try:
-                batch.apply_sqlite(self._fast, self._dialect)
+                # A batch carrying a very large request would hold the loop for as long as it
+                # takes to write it (a second for 50,000 messages): that one runs in a thread.
+                await offload(
+                    sum(len(t.new_messages) for t in batch.turns) > LARGE_COUNT,
+                    batch.apply_sqlite,
+                    self._fast,
+                    self._dialect,
+                )
                 return
             except sqlite3.OperationalError as exc:
                 # Another connection (an ORM write) holds the write lock: never wait for it on
@@ -430,6 +438,7 @@ class Store:
                         best = row
                 return ThreadMatch(best[0], best[1], position[best[2]])
             end, first = first, max(0, first - _IN_CHUNK)
+            await asyncio.sleep(0)  # a long history is many reads: let other clients in between
         return None
 
     async def chat_access(self, chat_id: str) -> tuple[str, str, str | None] | None:
