@@ -199,6 +199,10 @@ class ChatsSettings:
     title: Literal["first-message", "upstream", "none"] = "first-message"
     drain_timeout: float = field(default=30.0, metadata=_meta(_check_non_negative))
     resume_grace: float = field(default=30.0, metadata=_meta(_check_non_negative))
+    # An exact resend of a stored history ending in a user message is a regenerate (a sibling
+    # answer in the same chat) within this many seconds of the stored answer; later, it is an
+    # agent running the same task again: a new chat. 0: always a new chat.
+    regenerate_window: float = field(default=300.0, metadata=_meta(_check_non_negative))
 
 
 @dataclass(frozen=True, slots=True)

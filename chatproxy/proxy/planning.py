@@ -16,7 +16,7 @@ from chatproxy.errors import InvalidRequest, PermissionDenied
 from chatproxy.ids import new_chat_id, new_message_id
 from chatproxy.offload import LARGE_COUNT, offload
 from chatproxy.settings import Settings
-from chatproxy.store.store import BranchEntry, NewMessage, Store, Turn, utcnow
+from chatproxy.store.store import BranchEntry, NewMessage, Store, ThreadMatch, Turn, utcnow
 from chatproxy.store.threading import (
     default_title,
     message_text,
@@ -76,10 +76,17 @@ async def plan_client_history(
     messages: list[dict[str, Any]],
     chat_id: str | None,
 ) -> Plan:
-    """Thread a request that resends the whole conversation."""
+    """Thread a request that resends the whole conversation (the rule: module
+    :mod:`chatproxy.store.threading` and the README's "How conversations are stored")."""
     hashes = await offload(len(messages) > LARGE_COUNT, prefix_hashes, messages)
     chat_is_new = chat_id is not None and await _own_chat(store, caller, chat_id) is None
     match = None if chat_is_new else await store.find_thread(caller.user_id, hashes, chat_id)
+    if (
+        match is not None
+        and chat_id is None
+        and not await _continues(store, settings, messages, match)
+    ):
+        match = None
     if match is not None:
         chat_id, parent_id, first_new = match.chat_id, match.message_id, match.index + 1
     else:
@@ -92,6 +99,29 @@ async def plan_client_history(
         len(new) > LARGE_COUNT, _turn, store, settings, caller, chat, parent_id, new, body, messages
     )
     return turn, hashes[-1], []
+
+
+async def _continues(
+    store: Store, settings: Settings, messages: list[dict[str, Any]], match: ThreadMatch
+) -> bool:
+    """Whether a request without a chat header continues the chat of its longest stored
+    prefix, or starts a chat of its own.
+
+    A shared prefix that holds an answer is one conversation. One without (the setup, and at
+    most the first question) is what every run of an agent sends: a new chat, except for the
+    exact resend of it (nothing new) within ``chats.regenerate_window`` of the stored answer,
+    which is a regenerate.
+    """
+    shared = messages[: match.index + 1]
+    if any(m.get("role") == "assistant" for m in shared):
+        return True
+    if match.index < len(messages) - 1:
+        return False
+    window = settings.chats.regenerate_window
+    if window <= 0:
+        return False
+    answered = await store.last_activity(match.message_id)
+    return answered is not None and (utcnow() - answered).total_seconds() <= window
 
 
 def _replayable(entry: BranchEntry) -> bool:

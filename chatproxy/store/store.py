@@ -441,6 +441,20 @@ class Store:
             await asyncio.sleep(0)  # a long history is many reads: let other clients in between
         return None
 
+    async def last_activity(self, message_id: str) -> datetime | None:
+        """When ``message_id`` was last answered (its newest child), else when it was stored;
+        ``None`` when it does not exist."""
+        rows = await self._query(
+            "SELECT MAX(created_at) FROM messages WHERE parent_id = ? OR id = ?",
+            [message_id, message_id],
+        )
+        value = rows[0][0] if rows else None
+        if isinstance(value, str):  # SQLite keeps timestamps as ISO text
+            value = datetime.fromisoformat(value)
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value
+
     async def chat_access(self, chat_id: str) -> tuple[str, str, str | None] | None:
         """``(owner, visibility, head message id)`` of a chat, or ``None`` when it does not
         exist."""

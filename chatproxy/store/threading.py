@@ -2,13 +2,19 @@
 
 ``prefix_hash(m_k) = H(prefix_hash(m_{k-1}), canonical(m_k))``: a hash of the whole
 conversation up to and including a message. A request that resends history m1..mn is matched
-to the longest stored prefix; only what follows it is new.
+to the longest stored prefix (:func:`plan_thread` says what follows from the match).
 
 ``canonical`` keeps exactly what identifies a message when a client sends it back (role,
-content, name, tool calls, tool_call_id) and irons out the differences between clients: a
-``None`` and an empty content, content as a string or as a list of text parts, extra keys the
-SDKs add to tool calls, and key order. Everything else (reasoning, refusal, audio ...) is left
-out, because clients do not reliably send it back.
+content, name, tool calls, tool_call_id) and irons out the differences clients introduce when
+they send history back: a ``None`` and an empty content, content as a string or as a list of
+text parts, extra keys the SDKs add to tool calls, key order, tool-call arguments re-serialised
+(``{"city": "Paris"}`` for the ``{"city":"Paris"}`` the upstream sent: compared as parsed JSON,
+compact with sorted keys, when they parse), and whitespace around an answer's text (some UIs
+trim it). Everything else (reasoning, refusal, audio ...) is left out, because clients do not
+reliably send it back.
+
+``CANONICAL_VERSION`` names this form; a change to it comes with a migration that rehashes the
+stored messages (migration ``0005_canonical_v2``), so chats stored before the change keep threading.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from typing import Any
 import orjson
 
 __all__ = [
+    "CANONICAL_VERSION",
     "ROOT_HASH",
     "TITLE_LENGTH",
     "canonical",
@@ -31,6 +38,7 @@ __all__ = [
 ]
 
 ROOT_HASH = b""
+CANONICAL_VERSION = 2
 TITLE_LENGTH = 80
 
 
@@ -72,16 +80,28 @@ def _canonical_tool_calls(calls: Any) -> list[Any] | None:
             continue
         fn = call.get("function")
         fn = fn if isinstance(fn, Mapping) else {}
-        out.append({"id": call.get("id"), "name": fn.get("name"), "args": fn.get("arguments")})
+        out.append({"id": call.get("id"), "name": fn.get("name"), "args": _canonical_arguments(fn)})
     return out
+
+
+def _canonical_arguments(fn: Mapping[str, Any]) -> Any:
+    """A call's arguments as compact sorted-key JSON when they parse, else as sent."""
+    args = fn.get("arguments")
+    if not isinstance(args, str):
+        return args
+    try:
+        return orjson.dumps(orjson.loads(args), option=orjson.OPT_SORT_KEYS).decode()
+    except orjson.JSONDecodeError:
+        return args
 
 
 def canonical(message: Mapping[str, Any]) -> bytes:
     """The bytes that identify ``message`` for threading."""
-    doc: dict[str, Any] = {
-        "r": message.get("role"),
-        "c": _canonical_content(message.get("content")),
-    }
+    role = message.get("role")
+    content = _canonical_content(message.get("content"))
+    if role == "assistant" and isinstance(content, str):
+        content = content.strip()
+    doc: dict[str, Any] = {"r": role, "c": content}
     if message.get("name"):
         doc["n"] = message["name"]
     tool_calls = _canonical_tool_calls(message.get("tool_calls"))
