@@ -231,6 +231,11 @@ class LimitsSettings:
     ip_burst: int = field(default=30, metadata=_meta(_check_non_negative))
     default_tier: str = "free"
     tiers: dict[str, TierSettings] = field(default_factory=_default_tiers)
+    # Set by the loader, not a key: the tiers whose quotas the configuration sets (in auth mode
+    # "none" only those have a daily quota).
+    quota_tiers: frozenset[str] = field(
+        default=frozenset(), compare=False, repr=False, metadata={"internal": True}
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,7 +310,7 @@ def _build_dataclass(
     values: dict[str, Any] = {}
     for name, value in raw.items():
         key = f"{prefix}.{name}" if prefix else name
-        if name not in fields:
+        if name not in fields or fields[name].metadata.get("internal"):
             where = f"{key} (from {from_env[key]})" if key in from_env else key
             raise SettingsError(where, "a known key (see config.example.toml)", None, unknown=True)
         tp = hints[name]
@@ -321,6 +326,11 @@ def _build_dataclass(
                     for k, v in value.items()
                 },
             }
+            values["quota_tiers"] = frozenset(
+                str(k)
+                for k, v in value.items()
+                if isinstance(v, Mapping) and {"messages_per_day", "tokens_per_day"} & set(v)
+            )
             continue
         if dataclasses.is_dataclass(tp):
             values[name] = _build_dataclass(tp, value, key, from_env)

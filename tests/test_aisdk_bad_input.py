@@ -251,7 +251,7 @@ async def test_the_ip_limit_counts_aisdk_requests_with_the_same_429(
     root = base(proxy)
     async with http.get(f"{root}/api/chat/c1/messages") as resp:
         assert resp.status == 404
-        assert resp.headers["x-ratelimit-limit-requests"] == "2"
+        assert resp.headers["x-ratelimit-limit-requests"] == "1"  # 1/minute, burst 2
     await post_chat(http, proxy, full("c1", U))
     status, error = await error_of(http, "GET", f"{root}/api/chat/c1/messages")
     assert (status, error["code"]) == (429, "rate_limit_exceeded")

@@ -6,8 +6,11 @@ from __future__ import annotations
 import aiohttp
 import pytest
 
-from chatproxy.appkeys import STORE
+from chatproxy.appkeys import LIMITS, STORE
+from chatproxy.auth import LOCAL_USER, new_api_key
+from chatproxy.errors import SettingsError
 from chatproxy.server import ProxyServer
+from chatproxy.settings import load_settings
 from chatproxy.testing import FakeUpstream, Reply
 from tests.conftest import REDIS_URL, needs_redis
 from tests.util import all_messages
@@ -29,9 +32,10 @@ async def test_ip_limit_lets_exactly_burst_requests_through_then_429_with_header
     for remaining in (2, 1, 0):
         async with http.get(f"{proxy.url}/models") as resp:
             assert resp.status == 200
-            assert resp.headers["x-ratelimit-limit-requests"] == "3"
+            # The configured policy (10 a minute); what is left of the burst of 3.
+            assert resp.headers["x-ratelimit-limit-requests"] == "10"
             assert resp.headers["x-ratelimit-remaining-requests"] == str(remaining)
-            assert resp.headers["RateLimit-Policy"] == '"ip";q=3;w=60'
+            assert resp.headers["RateLimit-Policy"] == '"ip";q=10;w=60'
             assert resp.headers["RateLimit"].startswith(f'"ip";r={remaining};t=')
     async with http.post(f"{proxy.url}/chat/completions", json=BODY) as resp:
         assert resp.status == 429
@@ -133,8 +137,6 @@ async def test_daily_token_quota(
 
 
 async def test_tiers_come_from_the_users_key(start_proxy, http: aiohttp.ClientSession) -> None:
-    from chatproxy.auth import new_api_key
-
     proxy = await start_proxy(
         **{
             "auth.mode": "keys",
@@ -184,3 +186,41 @@ async def test_redis_unreachable_the_proxy_keeps_serving_and_readyz_reports_it(
         r for r in caplog.records if r.name == "chatproxy.limits" and r.levelname == "WARNING"
     ]
     assert len(warnings) == 1
+
+
+async def test_auth_mode_none_has_no_daily_quota_unless_one_is_configured(
+    start_proxy, upstream: FakeUpstream, http: aiohttp.ClientSession
+) -> None:
+    # The built-in free tier (200 a day) does not lock a local user out.
+    proxy = await start_proxy(**{"limits.ip_rate": "0"})
+    async with http.post(f"{proxy.url}/chat/completions", json=BODY) as resp:
+        assert resp.status == 200
+        assert "RateLimit-Policy" not in resp.headers
+    assert await proxy.app[LIMITS].check_daily(LOCAL_USER) == (None, {})
+
+
+async def test_a_configured_quota_applies_in_auth_mode_none_even_at_the_default_value(
+    make_settings,
+) -> None:
+    configured = make_settings(**{"limits.tiers.free.messages_per_day": 200})
+    assert configured.limits.quota_tiers == frozenset({"free"})
+    assert make_settings().limits.quota_tiers == frozenset()
+    env = load_settings(None, env={"CHATPROXY_LIMITS__TIERS__FREE__TOKENS_PER_DAY": "5"})
+    assert env.limits.quota_tiers == frozenset({"free"})
+
+
+def test_the_loader_never_takes_the_configured_tiers_as_a_key() -> None:
+    with pytest.raises(SettingsError, match=r"limits\.quota_tiers"):
+        load_settings(None, env={}, overrides={"limits.quota_tiers": ["free"]})
+
+
+async def test_the_built_in_daily_quota_applies_with_proxy_keys(
+    start_proxy, upstream: FakeUpstream, http: aiohttp.ClientSession
+) -> None:
+    proxy = await start_proxy(**{"limits.ip_rate": "0", "auth.mode": "keys"})
+    key_id, key, key_hash, prefix = new_api_key()
+    await proxy.app[STORE].add_api_key(key_id, ("ada", "ada", None), key_hash, prefix)
+    headers = {"Authorization": f"Bearer {key}"}
+    async with http.post(f"{proxy.url}/chat/completions", json=BODY, headers=headers) as resp:
+        assert resp.status == 200
+        assert resp.headers["RateLimit-Policy"] == '"daily";q=200;w=86400'

@@ -77,6 +77,8 @@ def settings_keys(obj: Any, prefix: str = "") -> dict[str, Any]:
     """Every leaf key of a settings object, dotted, with its value."""
     out: dict[str, Any] = {}
     for f in dataclasses.fields(obj):
+        if f.metadata.get("internal"):  # set by the loader, never a key
+            continue
         dotted = f"{prefix}.{f.name}" if prefix else f.name
         value = getattr(obj, f.name)
         if dataclasses.is_dataclass(value):

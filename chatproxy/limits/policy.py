@@ -25,6 +25,7 @@ from chatproxy.store.store import Store, utcnow
 __all__ = ["DAY", "LimitState", "Limits", "tightest"]
 
 DAY = 86_400.0
+_NO_QUOTA = TierSettings(messages_per_day=0, tokens_per_day=0)
 
 
 @dataclass(slots=True, frozen=True)
@@ -48,10 +49,10 @@ class LimitState:
 
 
 def tightest(a: LimitState | None, b: LimitState) -> LimitState:
-    """The limit closer to refusing (the smaller share left)."""
+    """The limit closer to refusing: fewer requests left (of equals, the later reset)."""
     if a is None:
         return b
-    return b if b.remaining * a.limit < a.remaining * b.limit else a
+    return b if (b.remaining, -b.reset_after) < (a.remaining, -a.reset_after) else a
 
 
 class Limits:
@@ -65,11 +66,13 @@ class Limits:
         self._default_tier = settings.limits.default_tier
         rate = parse_rate(settings.limits.ip_rate)
         if rate is None:
-            self._ip: tuple[float, int, float] | None = None
+            self._ip: tuple[int, float, int] | None = None
         else:
             count, period = rate
-            capacity = settings.limits.ip_burst or count
-            self._ip = (count / period, capacity, period)
+            self._ip = (count, period, settings.limits.ip_burst or count)
+        # In auth mode "none" (one local user) a tier has a daily quota only where the
+        # configuration sets one: a local agent is not locked out by the built-in default.
+        self._quota_tiers = settings.limits.quota_tiers if settings.auth.mode == "none" else None
 
     def client_ip(self, request: web.Request) -> str:
         return client_ip(request.remote, request.headers.get("X-Forwarded-For"), self._trusted)
@@ -78,11 +81,12 @@ class Limits:
         """Take a token from the client IP's bucket; raises ``RateLimited`` when empty."""
         if self._ip is None:
             return None
-        rate, capacity, period = self._ip
+        count, period, burst = self._ip
         result = await self.buckets.take(
-            f"ip:{self.client_ip(request)}", rate=rate, capacity=capacity
+            f"ip:{self.client_ip(request)}", rate=count / period, capacity=burst
         )
-        state = LimitState("ip", result.limit, result.remaining, result.reset_after, period)
+        # The headers state the configured policy (120 a minute), not the bucket's size.
+        state = LimitState("ip", count, result.remaining, result.reset_after, period)
         if not result.allowed:
             raise RateLimited(
                 "too many requests from this address; slow down",
@@ -92,7 +96,10 @@ class Limits:
         return state
 
     def tier(self, caller: Caller) -> TierSettings:
-        return self._tiers.get(caller.tier or self._default_tier) or self._tiers[self._default_tier]
+        name = caller.tier if caller.tier in self._tiers else self._default_tier
+        if self._quota_tiers is not None and name not in self._quota_tiers:
+            return _NO_QUOTA
+        return self._tiers[name]
 
     async def check_daily(self, caller: Caller) -> tuple[LimitState | None, dict[str, str]]:
         """The caller's daily quotas over the last 24 hours, counted from the store.
