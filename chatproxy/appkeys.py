@@ -22,6 +22,7 @@ __all__ = [
     "CORS",
     "GENERATIONS",
     "HTTP_SESSION",
+    "LEFT_EARLY",
     "LIMITS",
     "METRICS",
     "RATE_EXTRA",
@@ -51,3 +52,5 @@ CALLER = web.RequestKey("caller", Caller)
 # The tightest limit this request is under, and any token-quota headers, for the response head.
 RATE_LIMIT = web.RequestKey("rate_limit", LimitState)
 RATE_EXTRA = web.RequestKey("rate_extra", dict)
+# Set when the client went away before its response was complete (for the access log).
+LEFT_EARLY = web.RequestKey("left_early", bool)

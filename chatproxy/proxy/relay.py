@@ -12,19 +12,23 @@ socket buffer fills up is served by this handler's own awaited writes, with back
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Callable, Iterator, Mapping
 
 from aiohttp import web
+from aiohttp.client_exceptions import ClientConnectionResetError
 
+from chatproxy.appkeys import LEFT_EARLY
 from chatproxy.errors import APIError
 from chatproxy.proxy.fanout import Fanout, Subscriber
 from chatproxy.proxy.feed import DISCONNECTS, Feed, following
 from chatproxy.proxy.generation import Generation
 
-__all__ = ["direct_writer", "relay", "relay_events"]
+__all__ = ["client_may_leave", "direct_writer", "relay", "relay_events"]
 
 HIGH_WATER = 64 * 1024
+_RESETS = (ConnectionResetError, ClientConnectionResetError)
 
 
 def direct_writer(request: web.Request, resp: web.StreamResponse) -> Callable[[bytes], bool] | None:
@@ -59,7 +63,8 @@ async def relay(
     ``gen.wait_head()``) propagate to the error middleware.
     """
     sub = Subscriber()
-    with _subscription(gen, gen.output, sub):
+    resp = None
+    with client_may_leave(request), _subscription(gen, gen.output, sub):
         try:
             head = await gen.wait_head()
         except APIError as exc:
@@ -70,23 +75,45 @@ async def relay(
         await resp.prepare(request)
         sub.direct = direct_writer(request, resp)
         await _follow(resp, gen.output, sub, b"".join)
-        return resp
+    assert resp is not None  # a write failed, so the response was prepared
+    return resp
 
 
 async def relay_events(
     request: web.Request, feed: Feed, headers: Mapping[str, str]
 ) -> web.StreamResponse:
     """Stream ``feed``'s events, each with its ``id: N``, to the client of ``request``."""
-    async with following(feed):
-        resp = web.StreamResponse(
-            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", **headers}
-        )
-        await resp.prepare(request)
-        while (batch := await feed.next()) is not None:
-            first = feed.position - len(batch)  # the feed's position is its last event's number
-            await resp.write(b"".join(_frame(first + i + 1, data) for i, data in enumerate(batch)))
-        await resp.write_eof()
-        return resp
+    resp = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", **headers}
+    )
+    with client_may_leave(request):
+        async with following(feed):
+            await resp.prepare(request)
+            while (batch := await feed.next()) is not None:
+                first = feed.position - len(batch)  # its position is its last event's number
+                await resp.write(
+                    b"".join(_frame(first + i + 1, data) for i, data in enumerate(batch))
+                )
+            await resp.write_eof()
+    return resp
+
+
+@contextlib.contextmanager
+def client_may_leave(request: web.Request) -> Iterator[None]:
+    """Around writing a response: a client that goes away is normal traffic, not an error.
+
+    A write to its closed connection ends the block quietly (the handler then returns its
+    response, and aiohttp's own final write meets the closed connection without a traceback);
+    a cancelled handler goes on being cancelled. Either way the request is marked
+    :data:`~chatproxy.appkeys.LEFT_EARLY` for its access-log line.
+    """
+    try:
+        yield
+    except _RESETS:
+        request[LEFT_EARLY] = True
+    except asyncio.CancelledError:
+        request[LEFT_EARLY] = True
+        raise
 
 
 @contextlib.contextmanager
