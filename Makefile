@@ -8,7 +8,7 @@ SUDO := $(if $(filter 0,$(shell id -u)),,sudo -n)
 NODE_DIR := tests/node
 NODE_STAMP := $(NODE_DIR)/node_modules/.installed-stamp
 
-.PHONY: install node-deps run test lint format bench clean chromium
+.PHONY: install node-deps run test lint format bench clean chromium clients
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "Python >= 3.11 is required"; exit 1; }
@@ -30,6 +30,20 @@ $(NODE_STAMP): $(NODE_DIR)/package-lock.json
 
 node-deps: $(NODE_STAMP)
 
+# Real Python clients for the client-matrix tests (tests/test_client_*.py), in a virtualenv of
+# their own so their pins never meet the proxy's; the tests run tests/clients/*.py with it.
+CLIENTS_VENV := .venv-clients
+CLIENTS_STAMP := $(CLIENTS_VENV)/.installed-stamp
+CLIENTS_REQUIREMENTS := tests/clients/requirements.txt
+
+$(CLIENTS_STAMP): $(CLIENTS_REQUIREMENTS)
+	$(PYTHON) -m venv $(CLIENTS_VENV)
+	$(CLIENTS_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(CLIENTS_VENV)/bin/python -m pip install --quiet -r $(CLIENTS_REQUIREMENTS)
+	touch $(CLIENTS_STAMP)
+
+clients: $(CLIENTS_STAMP)
+
 run: $(STAMP)
 	$(BIN)/chatproxy serve --demo --host 127.0.0.1 --port 8787
 
@@ -50,11 +64,11 @@ chromium:
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get -qq install -y chromium >/dev/null; \
 	} || { echo "chromium could not be installed" >&2; [ -z "$$CI" ]; }
 
-test: lint chromium node-deps
+test: lint chromium node-deps clients
 	$(BIN)/pytest
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info $(NODE_DIR)/node_modules
+	rm -rf $(VENV) $(CLIENTS_VENV) .pytest_cache .ruff_cache *.egg-info $(NODE_DIR)/node_modules

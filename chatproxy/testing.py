@@ -10,6 +10,18 @@
 
 It speaks the Chat Completions wire format closely enough for the ``openai`` SDK to parse, and
 misbehaves on demand: slow or fragmented streams, dropped connections, bad events, error statuses.
+
+With ``auto`` (``FakeUpstream(auto=True)`` for every unscripted answer, ``Reply(auto=True)`` for
+one; ``demo`` implies it) it answers in kind, as an agent framework expects a model to:
+
+- the request offers ``tools`` and its last message is not a tool result: a call of the tool
+  ``tool_choice`` names (else the first one), its arguments built from the tool's JSON schema
+  (required properties only: strings ``"Paris"``, numbers ``1``, booleans ``true``), spelled
+  compact as OpenAI sends them (``{"city":"Paris"}``) or, with ``spaced_arguments``, as
+  Python's ``json.dumps`` does (``{"city": "Paris"}``), and streamed in fragments;
+- ``response_format`` asks for JSON: a JSON document (``json_schema``: one with the schema's
+  required properties; ``json_object``: ``{"answer": <the reply's text>}``);
+- the last message is a tool result: text quoting it (``The tool said: ...``).
 """
 
 from __future__ import annotations
@@ -17,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import json
 import re
 import secrets
 import struct
@@ -28,7 +41,15 @@ from typing import Any, Self
 import orjson
 from aiohttp import web
 
-__all__ = ["DEFAULT_CONTENT", "FakeUpstream", "RecordedRequest", "Reply", "ToolCall"]
+__all__ = [
+    "DEFAULT_CONTENT",
+    "PLACEHOLDER_TEXT",
+    "FakeUpstream",
+    "RecordedRequest",
+    "Reply",
+    "ToolCall",
+    "example_value",
+]
 
 DEFAULT_CONTENT = "Hello! How can I help you today?"
 DEMO_CHUNK_DELAY = 0.02
@@ -80,6 +101,8 @@ class Reply:
     split_writes: bool = False  # write each event in several separate small writes
     coalesce: bool = False  # write all events at once
     garbage_after: int | None = None  # insert an invalid ``data: {not json`` event here
+    auto: bool = False  # answer in kind: a tool call, a JSON document (see the module doc)
+    spaced_arguments: bool = False  # auto tool-call arguments as ``{"city": "Paris"}``
 
 
 _PLAIN = Reply()
@@ -329,6 +352,110 @@ async def _drop(request: web.Request) -> None:
     transport.abort()
 
 
+PLACEHOLDER_TEXT = "Paris"
+_SCHEMA_DEPTH = 12
+
+
+def example_value(schema: Any, root: Any = None, depth: int = 0) -> Any:
+    """A value that conforms to the JSON schema ``schema``: required properties only, strings
+    ``PLACEHOLDER_TEXT``, numbers 1, booleans true, one item per array; ``$ref`` followed."""
+    root = schema if root is None else root
+    if depth > _SCHEMA_DEPTH:
+        return None  # a schema that requires itself
+    if not isinstance(schema, dict):
+        return PLACEHOLDER_TEXT
+    ref = schema.get("$ref")
+    if isinstance(ref, str) and (ref == "#" or ref.startswith("#/")):
+        target: Any = root
+        for key in filter(None, ref[2:].split("/")):
+            target = target.get(key) if isinstance(target, dict) else None
+        return example_value(target, root, depth + 1)
+    if "const" in schema:
+        return schema["const"]
+    if isinstance(schema.get("enum"), list) and schema["enum"]:
+        return schema["enum"][0]
+    for combinator in ("anyOf", "oneOf", "allOf"):
+        listed = schema.get(combinator)
+        options = [
+            o
+            for o in (listed if isinstance(listed, list) else [])
+            if isinstance(o, dict) and o.get("type") != "null"
+        ]
+        if options:
+            return example_value(options[0], root, depth + 1)
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
+    if kind is None and "properties" in schema:
+        kind = "object"
+    if kind == "object":
+        properties = schema.get("properties")
+        properties = properties if isinstance(properties, dict) else {}
+        required = schema.get("required")
+        return {
+            str(name): example_value(properties.get(name, {}), root, depth + 1)
+            for name in (required if isinstance(required, list) else [])
+        }
+    if kind == "array":
+        return [example_value(schema.get("items", {}), root, depth + 1)]
+    scalars = {"integer": 1, "number": 1, "boolean": True, "null": None}
+    return scalars.get(kind, PLACEHOLDER_TEXT) if isinstance(kind, str) else PLACEHOLDER_TEXT
+
+
+def _offered_tool(body: dict[str, Any]) -> dict[str, Any] | None:
+    """The function the request would have called: the one ``tool_choice`` names, else the
+    first one offered; None when no tool is offered or ``tool_choice`` is ``"none"``."""
+    tools = body.get("tools")
+    functions = [
+        t["function"]
+        for t in (tools if isinstance(tools, list) else [])
+        if isinstance(t, dict) and isinstance(t.get("function"), dict) and t["function"].get("name")
+    ]
+    choice = body.get("tool_choice")
+    if not functions or choice == "none":
+        return None
+    if isinstance(choice, dict):
+        named = (choice.get("function") or {}).get("name") or choice.get("name")
+        return next((f for f in functions if f["name"] == named), functions[0])
+    return functions[0]
+
+
+def _json_answer(reply: Reply, body: dict[str, Any]) -> str | None:
+    """The JSON document ``response_format`` asks for, or None when it asks for none."""
+    form = body.get("response_format")
+    kind = form.get("type") if isinstance(form, dict) else None
+    if kind == "json_object":
+        return orjson.dumps({"answer": reply.content}).decode()
+    if kind == "json_schema":
+        spec = form.get("json_schema") if isinstance(form, dict) else None
+        schema = spec.get("schema") if isinstance(spec, dict) else None
+        return orjson.dumps(example_value(schema or {"type": "object"})).decode()
+    return None
+
+
+def _in_kind(reply: Reply, body: dict[str, Any]) -> Reply:
+    """``reply`` answered in kind for this request (the rules in the module docstring)."""
+    messages = body.get("messages")
+    messages = [m for m in messages if isinstance(m, dict)] if isinstance(messages, list) else []
+    results = []
+    for message in reversed(messages):
+        if message.get("role") != "tool":
+            break
+        results.insert(0, _text_of(message.get("content")))
+    tool = None if results else _offered_tool(body)
+    if tool is not None:
+        arguments = example_value(tool.get("parameters") or {"type": "object"})
+        text = json.dumps(arguments) if reply.spaced_arguments else orjson.dumps(arguments).decode()
+        return replace(reply, chunks=[], tool_calls=[ToolCall(tool["name"], text)], refusal=None)
+    document = _json_answer(reply, body)
+    if document is not None:
+        return replace(reply, chunks=_fragments(document, 4), tool_calls=None)
+    if results:
+        quoted = "; ".join(" ".join(r.split()) for r in results)
+        return replace(reply, content=f"The tool said: {quoted}", chunks=None, tool_calls=None)
+    return reply
+
+
 def _demo_reply(body: dict[str, Any]) -> Reply:
     said = ""
     messages = body.get("messages")
@@ -343,7 +470,7 @@ def _demo_reply(body: dict[str, Any]) -> Reply:
         f"{opening} I'm the chatproxy demo model, so my answers are canned, "
         "but this conversation is stored just like a real one."
     )
-    return Reply(content=content, chunk_delay=DEMO_CHUNK_DELAY)
+    return Reply(content=content, chunk_delay=DEMO_CHUNK_DELAY, auto=True)
 
 
 class FakeUpstream:
@@ -351,18 +478,34 @@ class FakeUpstream:
 
     ``enqueue`` replies (FIFO, one per chat request); an empty queue answers with ``default``,
     else a demo echo when ``demo``, else ``Reply()``. ``fast`` caches the encoded stream of that
-    fallback (20 pieces unless ``default`` is given) for benchmarks. Headers
-    ``X-Fake-Chunks: <n>`` and ``X-Fake-Chunk-Delay: <seconds>`` override any reply.
+    fallback (20 pieces unless ``default`` is given) for benchmarks. ``auto`` (and
+    ``spaced_arguments``) make that fallback answer in kind (tool calls, JSON documents: see the
+    module docstring), as the demo's does. Headers ``X-Fake-Chunks: <n>`` and
+    ``X-Fake-Chunk-Delay: <seconds>`` override any reply.
     """
 
-    def __init__(self, *, default: Reply | None = None, demo: bool = False, fast: bool = False):
+    def __init__(
+        self,
+        *,
+        default: Reply | None = None,
+        demo: bool = False,
+        fast: bool = False,
+        auto: bool = False,
+        spaced_arguments: bool = False,
+    ):
         self.requests: list[RecordedRequest] = []
         self._queue: deque[Reply] = deque()
         self._demo = demo
         self._fast = fast
         if default is None and fast and not demo:
             default = Reply(content=_filler(FAST_CHUNKS))
+        if default is None and auto and not demo:
+            default = Reply()
+        if default is not None and (auto or spaced_arguments):
+            spaced = spaced_arguments or default.spaced_arguments
+            default = replace(default, auto=auto or default.auto, spaced_arguments=spaced)
         self._default = default
+        self._spaced = spaced_arguments
         self._cache: dict[tuple[str, bool, float | None], tuple[_Answer, int, list[bytes]]] = {}
         self._runner: web.AppRunner | None = None
         self._url: str | None = None
@@ -510,7 +653,7 @@ class FakeUpstream:
         if self._default is not None:
             return self._default, self._fast
         if self._demo:
-            return _demo_reply(body), False
+            return replace(_demo_reply(body), spaced_arguments=self._spaced), False
         return Reply(), False
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
@@ -528,6 +671,10 @@ class FakeUpstream:
         chunk_delay = _header_number(request, "X-Fake-Chunk-Delay")
         if chunk_delay is not None:
             reply = replace(reply, chunk_delay=chunk_delay)
+        if reply.auto:
+            answered = _in_kind(reply, body)
+            cacheable = cacheable and answered is reply
+            reply = answered
 
         if reply.status != 200:
             error = reply.error_body
