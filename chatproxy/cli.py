@@ -1,7 +1,9 @@
 """The ``chatproxy`` command line: parse, build Settings, call. No logic lives here.
 
-Exit codes: 0 ok, 1 runtime failure, 2 usage error (bad flags or configuration), always with a
-one-line message on stderr and no traceback.
+Exit codes: 0 ok, 1 runtime failure (nothing with that id, a file that cannot be read or holds
+no export, the database refusing), 2 usage error (bad flags, dates, durations or
+configuration), always with one line on stderr (``chatproxy: ...``) and no traceback: under
+click's ``CliRunner`` as in the console script.
 """
 
 from __future__ import annotations
@@ -9,15 +11,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import os
+import sqlite3
 import sys
 from collections.abc import Awaitable, Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, BinaryIO, NoReturn, TypeVar
 
 import click
 
 from chatproxy.errors import ChatProxyError, SettingsError
+from chatproxy.ids import CHAT_ID_RE
 from chatproxy.settings import Settings, load_settings
 
 __all__ = ["main", "run"]
@@ -35,6 +40,34 @@ CONFIG_OPTION = click.option(
 DB_OPTION = click.option("--db", "db_url", default=None, help="Storage URL (storage.url).")
 
 
+class _UserId(click.ParamType):
+    """A ``--user`` value: anything but a user id is a usage error."""
+
+    name = "user"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        from chatproxy.auth import USER_ID_RE
+
+        if not USER_ID_RE.fullmatch(value):
+            expected = "a user id (1 to 128 of A-Z a-z 0-9 _ . @ : -)"
+            self.fail(f"expected {expected}, got {_shown(value)}", param, ctx)
+        return value
+
+
+USER = _UserId()
+
+
+def _user_option(help: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    return click.option("--user", "user", type=USER, default=None, help=help)
+
+
+def _shown(value: str, limit: int = 40) -> str:
+    """``value`` quoted for a message, cut short when long."""
+    if len(value) <= limit:
+        return repr(value)
+    return f"{value[:limit]!r}... ({len(value)} characters)"
+
+
 def _fail(message: str, code: int) -> NoReturn:
     click.echo(f"chatproxy: {message}", err=True)
     sys.exit(code)
@@ -45,6 +78,32 @@ def _settings(config_file: Path | None, **overrides: Any) -> Settings:
         return load_settings(config_file, overrides=overrides)
     except SettingsError as exc:
         _fail(str(exc), 2)
+    except (OSError, UnicodeDecodeError) as exc:  # a config file that is not readable TOML
+        path = config_file or os.environ.get("CHATPROXY_CONFIG")
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        _fail(f"{path}: expected a readable TOML file ({reason})", 2)
+
+
+def _chat_id(chat_id: str) -> str:
+    """A CHAT_ID argument: one that cannot be an id names no chat (exit 1, as an unknown one)."""
+    if not CHAT_ID_RE.fullmatch(chat_id):
+        _fail(f"no chat with id {_shown(chat_id)} (ids are 1 to 128 of A-Z a-z 0-9 _ -)", 1)
+    return chat_id
+
+
+def _age(text: str, flag: str) -> timedelta:
+    """A duration flag (``90d``); anything else is a usage error."""
+    from chatproxy.store.maintenance import parse_age
+    from chatproxy.store.store import utcnow
+
+    try:
+        age = parse_age(text)
+        utcnow() - age
+    except ValueError:
+        _fail(f"{flag}: expected an age such as 90d, 12h, 4w or 6m, got {_shown(text)}", 2)
+    except OverflowError:
+        _fail(f"{flag}: {_shown(text)} reaches back before the year 1", 2)
+    return age
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -56,6 +115,8 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 
 def _run(main: Callable[[], Awaitable[T]]) -> T:
+    from tortoise.exceptions import BaseORMException
+
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
             return runner.run(main())
@@ -65,6 +126,8 @@ def _run(main: Callable[[], Awaitable[T]]) -> T:
         _fail(str(exc), 1)
     except OSError as exc:
         _fail(str(exc), 1)
+    except (BaseORMException, sqlite3.Error) as exc:
+        _fail(f"the database refused: {exc}", 1)
 
 
 async def _with_store(settings: Settings, fn: Callable[[Any], Awaitable[T]]) -> T:
@@ -79,7 +142,26 @@ async def _with_store(settings: Settings, fn: Callable[[Any], Awaitable[T]]) -> 
         await store.close()
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Main(click.Group):
+    """The ``chatproxy`` group: a usage error is one line too, whoever runs it (the console
+    script, ``python -m chatproxy``, click's ``CliRunner``)."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except click.exceptions.NoArgsIsHelpError as exc:
+            click.echo(exc.ctx.get_help() if exc.ctx else exc.format_message())
+            sys.exit(0)
+        except click.ClickException as exc:
+            _fail(exc.format_message(), exc.exit_code)
+        except click.exceptions.Abort:
+            _fail("aborted", 1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="chatproxy")
 def main() -> None:
     """chatproxy: durable chat history for any OpenAI-compatible endpoint.
@@ -157,12 +239,12 @@ def serve(
 @click.option(
     "-o",
     "--output",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=click.Path(path_type=Path),
     default=None,
     help="Write to this file instead of standard output.",
 )
 @click.option("--all", "everything", is_flag=True, help="Every chat, as JSON lines (a backup).")
-@click.option("--user", "user", default=None, help="With --all: only this user's chats.")
+@_user_option("With --all: only this user's chats.")
 @click.option(
     "--since",
     type=click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"]),
@@ -203,6 +285,7 @@ def export(
         click.echo(f"exported {count} chat(s)", err=True)
         return
     assert chat_id is not None
+    _chat_id(chat_id)
     data = _run(
         lambda: _with_store(settings, lambda store: export_chat(store, chat_id, fmt or "json"))
     )
@@ -244,20 +327,26 @@ def _progress() -> Iterator[Callable[[int, int], None] | None]:
 
 
 @main.command(name="import")
-@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("file", type=click.Path(path_type=Path))
 @CONFIG_OPTION
 @DB_OPTION
 def import_(file: Path, config_file: Path | None, db_url: str | None) -> None:
     """Restore a json or jsonl export (every branch, status and timestamp). Importing twice
-    changes nothing."""
-    from chatproxy.export import import_documents, read_documents
+    changes nothing. The whole file is checked first: an error names the line and the field,
+    and nothing of that document is stored."""
+    from chatproxy.export import BadExport, import_documents, read_documents
 
     settings = _settings(config_file, **{"storage.url": db_url})
     try:
         docs = read_documents(file.read_bytes())
-    except ValueError as exc:
+    except OSError as exc:
+        _fail(f"cannot read {file}: {exc.strerror or exc}", 1)
+    except BadExport as exc:
         _fail(f"{file}: {exc}", 1)
-    chats, messages = _run(lambda: _with_store(settings, lambda s: import_documents(s, docs)))
+    try:
+        chats, messages = _run(lambda: _with_store(settings, lambda s: import_documents(s, docs)))
+    except BadExport as exc:
+        _fail(f"{file}: {exc}", 1)
     click.echo(f"imported {chats} chat(s) and {messages} message(s) from {file}")
 
 
@@ -281,18 +370,8 @@ def upgrade(config_file: Path | None, db_url: str | None) -> None:
 
 
 def run() -> None:
-    """The console script: like ``main``, but usage errors are one line too."""
-    try:
-        main.main(standalone_mode=False)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    except click.exceptions.NoArgsIsHelpError as exc:
-        click.echo(exc.ctx.get_help() if exc.ctx else exc.format_message())
-        sys.exit(0)
-    except click.ClickException as exc:
-        _fail(exc.format_message(), exc.exit_code)
-    except click.exceptions.Abort:
-        _fail("aborted", 1)
+    """The console script."""
+    main.main(prog_name="chatproxy")
 
 
 @main.group()
@@ -301,19 +380,20 @@ def keys() -> None:
 
 
 @keys.command("create")
-@click.option("--user", "user", required=True, help="The user the key belongs to (created if new).")
+@click.option(
+    "--user", "user", type=USER, required=True, help="The user the key belongs to (created if new)."
+)
 @click.option("--tier", default=None, help="Set the user's tier (a [limits.tiers.NAME] table).")
 @CONFIG_OPTION
 @DB_OPTION
 def keys_create(user: str, tier: str | None, config_file: Path | None, db_url: str | None) -> None:
     """Create a key; it is printed once, alone on the last line, and never shown again."""
-    from chatproxy.auth import USER_ID_RE, new_api_key
+    from chatproxy.auth import new_api_key
 
     settings = _settings(config_file, **{"storage.url": db_url})
-    if not USER_ID_RE.fullmatch(user):
-        _fail(f"--user must match {USER_ID_RE.pattern}", 2)
     if tier is not None and tier not in settings.limits.tiers:
-        _fail(f"--tier {tier!r} is not a configured tier ({', '.join(settings.limits.tiers)})", 2)
+        tiers = ", ".join(settings.limits.tiers)
+        _fail(f"--tier {_shown(tier)} is not a configured tier ({tiers})", 2)
     key_id, key, key_hash, prefix = new_api_key()
     _run(
         lambda: _with_store(
@@ -327,7 +407,7 @@ def keys_create(user: str, tier: str | None, config_file: Path | None, db_url: s
 
 
 @keys.command("list")
-@click.option("--user", "user", default=None, help="Only this user's keys.")
+@_user_option("Only this user's keys.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per key.")
 @CONFIG_OPTION
 @DB_OPTION
@@ -360,15 +440,33 @@ def keys_list(
 
 
 @keys.command("revoke")
-@click.argument("key_id")
+@click.argument("key")
 @CONFIG_OPTION
 @DB_OPTION
-def keys_revoke(key_id: str, config_file: Path | None, db_url: str | None) -> None:
-    """Revoke a key (it stops working within 10 seconds on running proxies)."""
+def keys_revoke(key: str, config_file: Path | None, db_url: str | None) -> None:
+    """Revoke KEY: its id, its prefix as `keys list` shows it, or the key itself.
+
+    With redis.url set, running proxies are told at once; otherwise they stop accepting it
+    within auth.key_cache_seconds.
+    """
+    from chatproxy.auth import announce_revocation, revoke_key
+
     settings = _settings(config_file, **{"storage.url": db_url})
-    if not _run(lambda: _with_store(settings, lambda s: s.revoke_api_key(key_id))):
-        _fail(f"no active key with id {key_id!r}", 1)
-    click.echo(f"Revoked {key_id}.")
+    key_id, prefix = _run(lambda: _with_store(settings, lambda s: revoke_key(s, key)))
+    click.echo(f"Revoked {key_id} ({prefix}...).")
+    window = f"within auth.key_cache_seconds ({settings.auth.key_cache_seconds:g} s)"
+    if not settings.redis.url:
+        click.echo(f"Running proxies stop accepting it {window}.")
+        return
+    problem = _run(lambda: announce_revocation(settings, key_id))
+    if problem is None:
+        click.echo("Running proxies were told through Redis.")
+    else:
+        click.echo(
+            f"chatproxy: warning: running proxies could not be told through Redis ({problem}); "
+            f"they stop accepting it {window}",
+            err=True,
+        )
 
 
 @main.group()
@@ -414,7 +512,7 @@ LIMIT_OPTION = click.option(
 
 
 @chats.command("list")
-@click.option("--user", default=None, help="Only this user's chats.")
+@_user_option("Only this user's chats.")
 @LIMIT_OPTION
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per chat.")
 @CONFIG_OPTION
@@ -429,7 +527,7 @@ def chats_list(
 
 @chats.command("search")
 @click.argument("query")
-@click.option("--user", default=None, help="Only this user's chats.")
+@_user_option("Only this user's chats.")
 @LIMIT_OPTION
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per chat.")
 @CONFIG_OPTION
@@ -456,6 +554,7 @@ def chats_show(chat_id: str, config_file: Path | None, db_url: str | None) -> No
     from chatproxy.export import export_chat
 
     settings = _settings(config_file, **{"storage.url": db_url})
+    _chat_id(chat_id)
     data = _run(lambda: _with_store(settings, lambda s: export_chat(s, chat_id, "markdown")))
     click.echo(data.decode())
 
@@ -469,6 +568,7 @@ def chats_rm(chat_id: str, config_file: Path | None, db_url: str | None) -> None
     from chatproxy.store.history import delete_chat
 
     settings = _settings(config_file, **{"storage.url": db_url})
+    _chat_id(chat_id)
     if not _run(lambda: _with_store(settings, lambda s: delete_chat(s, chat_id))):
         _fail(f"no chat with id {chat_id!r}", 1)
     click.echo(f"Deleted {chat_id}.")
@@ -476,18 +576,14 @@ def chats_rm(chat_id: str, config_file: Path | None, db_url: str | None) -> None
 
 @db.command()
 @click.option("--older-than", "older_than", required=True, help="An age: 90d, 12h, 4w, 6m.")
-@click.option("--user", default=None, help="Only this user's chats.")
+@_user_option("Only this user's chats.")
 @CONFIG_OPTION
 @DB_OPTION
 def prune(older_than: str, user: str | None, config_file: Path | None, db_url: str | None) -> None:
     """Delete chats not updated for a while (with their messages and votes), reclaim space."""
-    from chatproxy.store.maintenance import parse_age
     from chatproxy.store.maintenance import prune as prune_chats
 
-    try:
-        age = parse_age(older_than)
-    except ValueError as exc:
-        _fail(f"--older-than: expected {exc}", 2)
+    age = _age(older_than, "--older-than")
     settings = _settings(config_file, **{"storage.url": db_url})
     n = _run(lambda: _with_store(settings, lambda s: prune_chats(s, age, user)))
     click.echo(f"deleted {n} chat(s) not updated for {older_than}")
@@ -495,7 +591,7 @@ def prune(older_than: str, user: str | None, config_file: Path | None, db_url: s
 
 @main.command()
 @click.option("--since", "period", default="30d", show_default=True, help="A period: 30d, 24h.")
-@click.option("--user", default=None, help="Only this user.")
+@_user_option("Only this user.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per row.")
 @CONFIG_OPTION
 @DB_OPTION
@@ -505,13 +601,10 @@ def stats(
     """Answers, tokens and errors per user and model over a period."""
     import orjson
 
-    from chatproxy.store.maintenance import parse_age, usage
+    from chatproxy.store.maintenance import usage
     from chatproxy.store.store import utcnow
 
-    try:
-        age = parse_age(period)
-    except ValueError as exc:
-        _fail(f"--since: expected {exc}", 2)
+    age = _age(period, "--since")
     settings = _settings(config_file, **{"storage.url": db_url})
     rows = _run(lambda: _with_store(settings, lambda s: usage(s, utcnow() - age, user)))
     if as_json:
