@@ -104,7 +104,8 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
         fields = {
             "request_id": request[REQUEST_ID],
             "method": request.method,
-            "path": request.path,
+            # As sent, still percent-encoded: a decoded "%0d%0a" would forge a log line.
+            "path": request.rel_url.raw_path.encode("ascii", "backslashreplace").decode(),
             "status": resp.status,
             "user": caller.user_id if caller else None,
             "chat": request.get(CHAT_ID),
@@ -168,7 +169,9 @@ def create_app(settings: Settings) -> web.Application:
     completions.add_routes(app.router)
     ui.add_routes(app.router)
     aisdk.add_routes(app.router)
-    app.router.add_route("*", "/v1/{tail:.*}", handle_passthrough)
+    # Every other /v1 path, even one with an encoded newline: the pass-through refuses what
+    # it must not forward, in one place.
+    app.router.add_route("*", "/v1/{tail:(?s:.*)}", handle_passthrough)
     return app
 
 

@@ -14,6 +14,7 @@ from aiohttp import web
 
 from chatproxy.app import create_app
 from chatproxy.appkeys import GENERATIONS
+from chatproxy.http_edge import ProxyRunner
 from chatproxy.settings import Settings
 
 __all__ = ["ProxyServer", "serve"]
@@ -52,8 +53,9 @@ class ProxyServer:
             )
             self.settings = settings
         self.app = create_app(settings)
-        # Handlers are cancelled when their client goes away, in production as in tests.
-        self._runner = web.AppRunner(
+        # Handlers are cancelled when their client goes away, in production as in tests. The
+        # runner sets the HTTP parser's limits and answers what it refuses in OpenAI's shape.
+        self._runner = ProxyRunner(
             self.app,
             handler_cancellation=True,
             access_log=None,

@@ -19,6 +19,7 @@ from tenacity import (
     retry_if_exception,
     stop_after_attempt,
 )
+from yarl import URL
 
 from chatproxy.errors import UpstreamError, normalize_upstream_error
 from chatproxy.settings import UpstreamSettings
@@ -87,6 +88,7 @@ class Upstream:
         self._on_retry = on_retry
         self.session = session
         self.base_url = settings.base_url
+        self._base = str(URL(self.base_url))  # the configured URL, encoded once
         self._sleep = sleep
         self._timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=settings.connect_timeout, connect=settings.connect_timeout
@@ -129,10 +131,14 @@ class Upstream:
     ) -> aiohttp.ClientResponse:
         """Open an upstream response with a 2xx/3xx status; errors raise :class:`UpstreamError`.
 
+        ``path`` is appended to the base URL as it is, already encoded: nothing resolves its
+        dot segments or re-encodes it on the way (the pass-through checked it).
         Connection errors, timeouts and 429/5xx statuses are retried (``retry``) with
         exponential backoff and jitter, honouring the upstream's ``Retry-After``.
         """
-        url = self.base_url + path
+        if not path.startswith("/"):
+            raise ValueError(f"an upstream path must start with '/', not {path!r}")
+        url = URL(self._base + path, encoded=True)
         # The first attempt is made directly: most requests need no retry, and a retrying
         # controller per request costs more than the rest of opening the request.
         try:
@@ -158,7 +164,7 @@ class Upstream:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _open_once(
-        self, method: str, url: str, headers: Mapping[str, str], data: Any, params: Any
+        self, method: str, url: URL, headers: Mapping[str, str], data: Any, params: Any
     ) -> aiohttp.ClientResponse:
         try:
             async with asyncio.timeout(self.settings.first_byte_timeout):
