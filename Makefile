@@ -8,7 +8,7 @@ SUDO := $(if $(filter 0,$(shell id -u)),,sudo -n)
 NODE_DIR := tests/node
 NODE_STAMP := $(NODE_DIR)/node_modules/.installed-stamp
 
-.PHONY: install node-deps run test lint format bench clean chromium clients
+.PHONY: install node-deps run test lint format bench bench-history clean chromium clients
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "Python >= 3.11 is required"; exit 1; }
@@ -69,6 +69,11 @@ test: lint chromium node-deps clients
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench.py
+
+# Every history operation on a store of 1,000,000 messages, on SQLite and (with
+# CHATPROXY_TEST_POSTGRES_URL set, as .ci/run sets it) PostgreSQL; figures in docs/performance.md.
+bench-history: $(STAMP)
+	$(BIN)/python benchmarks/history.py
 
 clean:
 	rm -rf $(VENV) $(CLIENTS_VENV) .pytest_cache .ruff_cache *.egg-info $(NODE_DIR)/node_modules
