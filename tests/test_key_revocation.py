@@ -5,7 +5,8 @@ cache at once, however long ``auth.key_cache_seconds`` is. Without Redis a proxy
 when its cached entry expires: the window is ``auth.key_cache_seconds``, as documented.
 
 The CLI runs through click's ``CliRunner`` in a worker thread (it runs its own event loop),
-against the proxy's own database, while the proxy serves.
+against the proxy's own database, while the proxy serves. Each test stops the proxies'
+listeners itself (``Authenticator.close``, idempotent), so that none outlives its test.
 """
 
 from __future__ import annotations
