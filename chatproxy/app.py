@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 import time
@@ -21,11 +22,13 @@ from chatproxy.appkeys import (
     CORS,
     GENERATIONS,
     HTTP_SESSION,
+    LEFT_EARLY,
     LIMITS,
     METRICS,
     RATE_EXTRA,
     RATE_LIMIT,
     REQUEST_ID,
+    SENT_STATUS,
     SETTINGS,
     STORE,
     TITLER,
@@ -73,32 +76,48 @@ def _http_error(exc: web.HTTPException) -> APIError:
 
 @web.middleware
 async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Request id, errors in OpenAI's shape, and one access-log line per request."""
+    """Request id, errors in OpenAI's shape, and one access-log line per request (also for a
+    client that left before its response was complete: ``left_early``)."""
     request[REQUEST_ID] = new_request_id()
     started = time.perf_counter()
+    try:
+        resp = await _respond(request, handler)
+    except asyncio.CancelledError:  # the client went away while the handler waited
+        request[LEFT_EARLY] = True
+        # 499, as nginx logs it, when the client left before the response head.
+        _account(request, request.get(SENT_STATUS, 499), started)
+        raise
+    _account(request, resp.status, started)
+    return resp
+
+
+async def _respond(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         guarded = _guarded(request.path)
         cors = request.app.get(CORS)
         preflight = cors.preflight(request) if cors is not None and guarded else None
         if preflight is not None:
-            resp: web.StreamResponse = preflight
-        else:
-            if guarded:
-                await _admit(request)
-            resp = await handler(request)
+            return preflight
+        if guarded:
+            await _admit(request)
+        return await handler(request)
     except APIError as exc:
         if exc.status == 429:
             request.app[METRICS].refusals.labels(exc.code or "").inc()
-        resp = error_response(exc)
+        return error_response(exc)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        resp = error_response(_http_error(exc))
+        return error_response(_http_error(exc))
     except UnicodeDecodeError:
-        resp = error_response(InvalidRequest("the request is not valid UTF-8", code="invalid_utf8"))
+        return error_response(InvalidRequest("the request is not valid UTF-8", code="invalid_utf8"))
+
+
+def _account(request: web.Request, status: int, started: float) -> None:
+    """The request's metric and its access-log line."""
     resource = request.match_info.route.resource
     route = resource.canonical if resource is not None else "unmatched"
-    request.app[METRICS].requests.labels(route, str(resp.status)).inc()
+    request.app[METRICS].requests.labels(route, str(status)).inc()
     if log.isEnabledFor(logging.INFO):
         caller = request.get(CALLER)
         fields = {
@@ -106,18 +125,18 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
             "method": request.method,
             # As sent, still percent-encoded: a decoded "%0d%0a" would forge a log line.
             "path": request.rel_url.raw_path.encode("ascii", "backslashreplace").decode(),
-            "status": resp.status,
+            "status": status,
             "user": caller.user_id if caller else None,
             "chat": request.get(CHAT_ID),
             "ms": round((time.perf_counter() - started) * 1000, 1),
+            "left_early": request.get(LEFT_EARLY, False),
         }
         log.info(
             "%(request_id)s %(method)s %(path)s status=%(status)d user=%(user)s chat=%(chat)s "
-            "ms=%(ms).1f",
+            "ms=%(ms).1f left_early=%(left_early)s",
             fields,
             extra={"fields": fields},
         )
-    return resp
 
 
 def _guarded(path: str) -> bool:
@@ -136,6 +155,7 @@ async def _admit(request: web.Request) -> None:
 
 async def _add_response_headers(request: web.Request, response: web.StreamResponse) -> None:
     # on_response_prepare runs right before the head is sent, streams included.
+    request[SENT_STATUS] = response.status
     request_id = request.get(REQUEST_ID)
     if request_id is not None:
         response.headers["X-Request-Id"] = request_id
@@ -215,6 +235,7 @@ async def _access_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
     if TITLER in app:
         await app[TITLER].close()
+    await auth.close()
     await buckets.close()
 
 

@@ -28,6 +28,7 @@ __all__ = [
     "RATE_EXTRA",
     "RATE_LIMIT",
     "REQUEST_ID",
+    "SENT_STATUS",
     "SETTINGS",
     "STORE",
     "TITLER",
@@ -54,3 +55,6 @@ RATE_LIMIT = web.RequestKey("rate_limit", LimitState)
 RATE_EXTRA = web.RequestKey("rate_extra", dict)
 # Set when the client went away before its response was complete (for the access log).
 LEFT_EARLY = web.RequestKey("left_early", bool)
+# The status of the response head once it is sent (the access log's, if the handler is then
+# cancelled).
+SENT_STATUS = web.RequestKey("sent_status", int)

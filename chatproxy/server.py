@@ -63,7 +63,15 @@ class ProxyServer:
         )
         await self._runner.setup()
         site = web.TCPSite(self._runner, settings.server.host, settings.server.port)
-        await site.start()
+        try:
+            await site.start()
+        except BaseException:  # the port is taken: close what setup opened, then say so
+            await self._runner.cleanup()
+            self._runner = None
+            if self._demo is not None:
+                await self._demo.close()
+                self._demo = None
+            raise
         server = site._server
         assert server is not None
         self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]

@@ -390,6 +390,10 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise SettingsError("-c", "an existing config file", str(path)) from None
     except tomllib.TOMLDecodeError as exc:
         raise SettingsError(str(path), f"valid TOML ({exc})", None) from None
+    except UnicodeDecodeError:
+        raise SettingsError(str(path), "a UTF-8 TOML file", None) from None
+    except OSError as exc:  # a directory, unreadable
+        raise SettingsError(str(path), f"a readable config file ({exc.strerror})", None) from None
 
 
 def _resolve_secrets(settings: Settings, env: Mapping[str, str]) -> Settings:

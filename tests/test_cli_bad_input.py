@@ -11,7 +11,10 @@ the real exit status and stderr.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import socket
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
@@ -433,3 +436,28 @@ async def test_the_installed_script_refuses_bad_import_files(
         assert "Traceback" not in proc.stderr, name
         assert len(proc.stderr.splitlines()) == 1, (name, proc.stderr)
         assert proc.stderr.startswith("chatproxy: "), (name, proc.stderr)
+
+
+async def test_the_installed_script_refuses_a_database_of_another_program(tmp_path: Path) -> None:
+    other = tmp_path / "other.db"
+    with contextlib.closing(sqlite3.connect(other)) as conn:
+        conn.execute("CREATE TABLE messages (x)")
+        conn.commit()
+    for args in (["stats"], ["serve", "--port", "0"]):
+        proc = await asyncio.to_thread(run_script, *args, "--db", f"sqlite://{other}")
+        assert proc.returncode == 1, (args, proc.stderr)
+        assert "Traceback" not in proc.stderr
+        assert proc.stderr.startswith("chatproxy: cannot upgrade the database"), proc.stderr
+
+
+async def test_serve_on_a_port_in_use_exits_1_with_one_line(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        db = f"sqlite://{tmp_path / 'busy.db'}"
+        proc = await asyncio.to_thread(run_script, "serve", "--demo", "--port", port, "--db", db)
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("chatproxy: ")]
+    assert len(lines) == 1 and "address already in use" in lines[0], proc.stderr

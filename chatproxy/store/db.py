@@ -101,8 +101,14 @@ async def open_database(url: str, *, migrate: bool = True) -> TortoiseContext:
             raise StoreUnavailable(f"cannot open the database {_redact(url)}: {exc}") from None
         if migrate:
             executor = MigrationExecutor(ctx.db("default"), {APP_LABEL: config["apps"][APP_LABEL]})
-            async with _migration_lock(url):
-                await executor.migrate()
+            try:
+                async with _migration_lock(url):
+                    await executor.migrate()
+            except Exception as exc:  # not chatproxy's database, or one it cannot upgrade
+                await ctx.close_connections()
+                raise StoreUnavailable(
+                    f"cannot upgrade the database {_redact(url)}: {type(exc).__name__}: {exc}"
+                ) from None
     return ctx
 
 
