@@ -13,6 +13,7 @@
         ├── ResourceNotFound     404 (also a NotFoundError)
         ├── Conflict             409
         ├── PayloadTooLarge      413
+        ├── HeadersTooLarge      431 (the HTTP parser's limits)
         ├── RateLimited          429
         └── UpstreamError        the upstream's status, its body normalised
 
@@ -33,6 +34,7 @@ __all__ = [
     "AuthenticationError",
     "ChatProxyError",
     "Conflict",
+    "HeadersTooLarge",
     "InvalidRequest",
     "NotFoundError",
     "PayloadTooLarge",
@@ -152,6 +154,12 @@ class PayloadTooLarge(APIError):
     status = 413
     type = "invalid_request_error"
     code = "payload_too_large"
+
+
+class HeadersTooLarge(APIError):
+    status = 431
+    type = "invalid_request_error"
+    code = "request_header_fields_too_large"
 
 
 class RateLimited(APIError):

@@ -34,7 +34,7 @@ from aiohttp.http_exceptions import (
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
-from chatproxy.errors import APIError, InvalidRequest, error_response
+from chatproxy.errors import APIError, HeadersTooLarge, InvalidRequest, error_response
 from chatproxy.ids import new_request_id
 
 __all__ = [
@@ -64,10 +64,10 @@ def parser_refusal(exc: HttpProcessingError) -> APIError:
     if isinstance(exc, LineTooLong):
         limit = exc.args[1] if len(exc.args) > 1 else MAX_FIELD_SIZE
         message = f"a request header or the request line is longer than {limit} bytes"
-        return _status(InvalidRequest(message, code="request_header_fields_too_large"), 431)
+        return HeadersTooLarge(message)
     if exc.message.startswith("Too many headers"):
         message = f"the request has more than {MAX_HEADERS} headers"
-        return _status(InvalidRequest(message, code="request_header_fields_too_large"), 431)
+        return HeadersTooLarge(message)
     if isinstance(exc, BadStatusLine | InvalidURLError):  # BadHttpMethod is a BadStatusLine
         return InvalidRequest("the request line is not valid HTTP/1.1", code="malformed_request")
     return InvalidRequest("the request headers are not valid HTTP/1.1", code="malformed_request")
