@@ -4,6 +4,10 @@
 ``{id, message, trigger?, messageId?}`` only the last message (the "send only the last message"
 pattern: the history comes from the store). Other keys the app adds are ignored, except the
 chat-completions parameters listed in :data:`FORWARDED`, which go to the upstream.
+
+What is stored is checked as the chat-completions endpoint checks it: a NUL character in the
+model or a forwarded parameter, or a model name wider than its column, is refused; the
+messages are stored with any NUL replaced (:mod:`chatproxy.store.models`).
 """
 
 from __future__ import annotations
@@ -13,7 +17,8 @@ from typing import Any
 
 from chatproxy.aisdk.messages import UIConverted, to_chat
 from chatproxy.errors import InvalidRequest, json_object
-from chatproxy.ids import CHAT_ID_RE
+from chatproxy.ids import check_id
+from chatproxy.store.models import MODEL_LENGTH, refuse_nul
 
 __all__ = ["FORWARDED", "ChatBody", "parse_body"]
 
@@ -61,8 +66,7 @@ def parse_body(raw: bytes) -> ChatBody:
     chat_id = body.get("id")
     if chat_id is None:
         raise _invalid("'id' (the chat id) is required", "missing_required_parameter", "id")
-    if not isinstance(chat_id, str) or not CHAT_ID_RE.fullmatch(chat_id):
-        raise _invalid("'id' must match [A-Za-z0-9_-]{1,128}", "invalid_chat_id", "id")
+    chat_id = check_id(chat_id, what="chat", param="id")
     trigger = body.get("trigger", "submit-message")
     if trigger not in TRIGGERS:
         raise _invalid(
@@ -74,6 +78,10 @@ def parse_body(raw: bytes) -> ChatBody:
     model = body.get("model")
     if model is not None and not (isinstance(model, str) and model):
         raise _invalid("'model' must be a model name", "invalid_type", "model")
+    if model is not None and len(model) > MODEL_LENGTH:
+        raise _invalid(
+            f"'model' is longer than {MODEL_LENGTH} characters", "invalid_value", "model"
+        )
     single = "messages" not in body
     if single and "message" not in body:
         raise _invalid(
@@ -87,6 +95,7 @@ def parse_body(raw: bytes) -> ChatBody:
         )
     messages = [to_chat(body["message"], "message")] if single else _messages(body["messages"])
     params = {k: body[k] for k in FORWARDED if body.get(k) is not None}
+    refuse_nul({"model": model, **params}, raw)
     return ChatBody(chat_id, trigger, message_id, messages, single, model, params)
 
 

@@ -30,7 +30,7 @@ from chatproxy.errors import (
     PermissionDenied,
     ResourceNotFound,
 )
-from chatproxy.ids import CHAT_ID_RE
+from chatproxy.ids import check_id, unknown_id
 from chatproxy.proxy.chat_completions import ChatRequest, check_daily_quota, launch
 from chatproxy.proxy.feed import Feed, LocalFeed, following
 from chatproxy.proxy.planning import Plan, plan_client_history, plan_server_history
@@ -57,11 +57,7 @@ def _chat_id(value: str | None, param: str) -> str:
         raise InvalidRequest(
             f"'{param}' (the chat id) is required", code="missing_required_parameter", param=param
         )
-    if not CHAT_ID_RE.fullmatch(value):
-        raise InvalidRequest(
-            f"'{param}' must match [A-Za-z0-9_-]{{1,128}}", code="invalid_chat_id", param=param
-        )
-    return value
+    return check_id(value, what="chat", param=param)
 
 
 async def _readable(request: web.Request, chat_id: str) -> Chat:
@@ -69,7 +65,7 @@ async def _readable(request: web.Request, chat_id: str) -> Chat:
     chat = await request.app[STORE].get_chat(chat_id)
     if chat is None or (chat.owner_id != request[CALLER].user_id and chat.visibility != "public"):
         # Another user's private chat does not exist, as far as this caller can tell.
-        raise ResourceNotFound(f"no chat with id {chat_id!r}", code="chat_not_found")
+        raise unknown_id(chat_id, what="chat")
     request[CHAT_ID] = chat_id
     return chat
 

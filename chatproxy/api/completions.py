@@ -28,10 +28,10 @@ import orjson
 from aiohttp import web
 
 from chatproxy.appkeys import CALLER, CHAT_ID, STORE
-from chatproxy.errors import InvalidRequest, PermissionDenied, ResourceNotFound, json_object
-from chatproxy.ids import CHAT_ID_RE
+from chatproxy.errors import APIError, InvalidRequest, PermissionDenied, json_object
+from chatproxy.ids import check_id, unknown_id
 from chatproxy.store import completions as stored
-from chatproxy.store.models import Chat, Message
+from chatproxy.store.models import Chat, Message, refuse_nul
 from chatproxy.store.threading import message_text
 
 __all__ = ["add_routes"]
@@ -58,18 +58,21 @@ def add_routes(router: web.UrlDispatcher) -> None:
 async def list_completions(request: web.Request) -> web.Response:
     query = request.query
     limit, descending = _limit(query), _descending(query)
+    after = _after(query)
+    for name, value in query.items():
+        refuse_nul({name: value})
     try:
         page = await stored.list_completions(
             request.app[STORE],
             request[CALLER].user_id,
             model=query.get("model"),
             metadata=_metadata_filter(query),
-            after=query.get("after"),
+            after=after,
             limit=limit,
             descending=descending,
         )
     except stored.UnknownCursor:
-        raise _bad_cursor() from None
+        raise _bad_cursor(after) from None
     return _list([completion_object(m) for m in page.items], page.has_more)
 
 
@@ -101,16 +104,17 @@ async def list_messages(request: web.Request) -> web.Response:
     query = request.query
     limit, descending = _limit(query), _descending(query)
     message, _ = await _completion(request, write=False)
+    after = _after(query)
     try:
         page = await stored.request_messages(
             request.app[STORE],
             message,
-            after=query.get("after"),
+            after=after,
             limit=limit,
             descending=descending,
         )
     except stored.UnknownCursor:
-        raise _bad_cursor() from None
+        raise _bad_cursor(after) from None
     return _list([store_message(m) for m in page.items], page.has_more)
 
 
@@ -210,24 +214,20 @@ async def _completion(request: web.Request, *, write: bool) -> tuple[Message, Ch
 
 
 def _completion_id(request: web.Request) -> str:
-    completion_id = request.match_info["completion_id"]
-    if not CHAT_ID_RE.fullmatch(completion_id):
-        raise InvalidRequest(
-            "the completion id is malformed", code="invalid_id", param="completion_id"
-        )
-    return completion_id
+    return check_id(request.match_info["completion_id"], what="completion", param="completion_id")
 
 
-def _not_found(completion_id: str) -> ResourceNotFound:
-    return ResourceNotFound(
-        f"no chat completion found with id '{completion_id}'", param="completion_id"
-    )
+def _not_found(completion_id: str) -> APIError:
+    return unknown_id(completion_id, what="completion", param="completion_id")
 
 
-def _bad_cursor() -> InvalidRequest:
-    return InvalidRequest(
-        "'after' is not an item of this list", code="invalid_cursor", param="after"
-    )
+def _after(query: Any) -> str | None:
+    after = query.get("after")
+    return None if after is None else check_id(after, what="cursor", param="after")
+
+
+def _bad_cursor(after: str | None) -> APIError:
+    return unknown_id(after or "", what="cursor", param="after")
 
 
 # -- input -----------------------------------------------------------------------------------
@@ -261,7 +261,10 @@ def _metadata_filter(query: Any) -> dict[str, str]:
 
 
 async def _body(request: web.Request) -> dict[str, Any]:
-    return json_object(await request.read())
+    raw = await request.read()
+    body = json_object(raw)
+    refuse_nul(body, raw)
+    return body
 
 
 def _metadata_body(body: dict[str, Any]) -> dict[str, str]:

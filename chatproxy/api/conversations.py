@@ -26,23 +26,23 @@ from aiohttp import web
 from chatproxy import export
 from chatproxy.appkeys import CALLER, CHAT_ID, GENERATIONS, SETTINGS, STORE
 from chatproxy.errors import (
+    APIError,
     Conflict,
     InvalidRequest,
     NotFoundError,
     PermissionDenied,
-    ResourceNotFound,
     json_object,
 )
-from chatproxy.ids import CHAT_ID_RE
+from chatproxy.ids import check_id, unknown_id
 from chatproxy.store import history
 from chatproxy.store.history import ChatView, ItemError
-from chatproxy.store.models import Chat, Message
+from chatproxy.store.models import TITLE_LENGTH_MAX, Chat, Message, refuse_nul
 from chatproxy.store.threading import message_text
 
 __all__ = ["add_routes", "delete_chat", "ensure_not_busy", "message_items"]
 
 VISIBILITIES = ("private", "public")
-MAX_TITLE = 256  # the column's size
+MAX_TITLE = TITLE_LENGTH_MAX  # the column's size
 MAX_QUERY = 1000
 # format: (Content-Type, file extension) of GET .../export
 EXPORTS = {"json": ("application/json", "json"), "markdown": ("text/markdown; charset=utf-8", "md")}
@@ -80,19 +80,24 @@ def _invalid(message: str, code: str, param: str | None = None) -> InvalidReques
 
 
 async def _body(request: web.Request, allowed: tuple[str, ...]) -> dict[str, Any]:
-    """The request's JSON object (an empty body is ``{}``); unknown keys are refused."""
-    body = json_object(await request.read(), empty_ok=True)
+    """The request's JSON object (an empty body is ``{}``); unknown keys are refused, and so
+    is a NUL character anywhere in it (it could not be stored)."""
+    raw = await request.read()
+    body = json_object(raw, empty_ok=True)
     for key in body:
         if key not in allowed:
             raise _invalid(f"unknown parameter {key!r}", "unknown_parameter", key)
+    refuse_nul(body, raw)
     return body
 
 
-def _path_id(request: web.Request, name: str, code: str) -> str:
-    value = request.match_info[name]
-    if not CHAT_ID_RE.fullmatch(value):
-        raise _invalid(f"'{name}' must match [A-Za-z0-9_-]{{1,128}}", code, name)
-    return value
+def _path_id(request: web.Request, name: str, what: str) -> str:
+    return check_id(request.match_info[name], what=what, param=name)
+
+
+def _after(request: web.Request) -> str | None:
+    after = request.query.get("after") or None
+    return None if after is None else check_id(after, what="cursor", param="after")
 
 
 def _query(request: web.Request, name: str, choices: tuple[str, ...], default: str) -> str:
@@ -153,7 +158,7 @@ def _messages(body: dict[str, Any], *, required: bool) -> list[dict[str, Any]]:
 
 async def _chat(request: web.Request, *, write: bool = False) -> Chat:
     """The chat of the path, if the caller may read it (and change it, for ``write``)."""
-    chat_id = _path_id(request, "chat_id", "invalid_chat_id")
+    chat_id = _path_id(request, "chat_id", "chat")
     chat = await request.app[STORE].get_chat(chat_id)
     user = request[CALLER].user_id
     if chat is None or (chat.owner_id != user and chat.visibility != "public"):
@@ -168,12 +173,12 @@ async def _chat(request: web.Request, *, write: bool = False) -> Chat:
     return chat
 
 
-def _no_chat(chat_id: str) -> ResourceNotFound:
-    return ResourceNotFound(f"no conversation with id {chat_id!r}", code="chat_not_found")
+def _no_chat(chat_id: str) -> APIError:
+    return unknown_id(chat_id, what="chat")
 
 
-def _no_item(item_id: str) -> ResourceNotFound:
-    return ResourceNotFound(f"no item {item_id!r} in this conversation", code="item_not_found")
+def _no_item(item_id: str) -> APIError:
+    return unknown_id(item_id, what="item")
 
 
 async def ensure_not_busy(request: web.Request, chat_id: str) -> None:
@@ -305,12 +310,12 @@ async def create_conversation(request: web.Request) -> web.Response:
 async def list_conversations(request: web.Request) -> web.Response:
     """``GET /v1/conversations``: the caller's own chats, newest first (extension)."""
     limit = _limit(request)
-    after = request.query.get("after") or None
-    if after is not None and not CHAT_ID_RE.fullmatch(after):
-        raise _invalid("'after' is not an id from a previous page", "invalid_cursor", "after")
+    after = _after(request)
     q = request.query.get("q") or None
     if q is not None and len(q) > MAX_QUERY:
         raise _invalid("'q' is longer than 1000 characters", "invalid_value", "q")
+    for name, value in request.query.items():
+        refuse_nul({name: value})
     metadata = [
         (key[len("metadata[") : -1], value)
         for key, value in request.query.items()
@@ -356,14 +361,14 @@ async def list_items(request: web.Request) -> web.Response:
     chat = await _chat(request)
     limit = _limit(request)
     order = _query(request, "order", ("asc", "desc"), "desc")
-    after = request.query.get("after") or None
+    after = _after(request)
     tree = await history.chat_tree(request.app[STORE], chat.id)
     items = [i for m in history.branch(tree, chat.head_id) for i in message_items(m)]
     if order == "desc":
         items.reverse()
     ids = [item["id"] for item in items]
     if after is not None and after not in ids:
-        raise _invalid("'after' is not an item of this conversation", "invalid_cursor", "after")
+        raise unknown_id(after, what="cursor", param="after")
     start = ids.index(after) + 1 if after is not None else 0
     return _json(_list(items[start : start + limit], start + limit < len(items)))
 
@@ -381,7 +386,7 @@ async def create_items(request: web.Request) -> web.Response:
 
 async def _item(request: web.Request, chat_id: str) -> tuple[Message, dict[str, Any]]:
     """The item of the path (on any branch of the chat) and its message."""
-    item_id = _path_id(request, "item_id", "invalid_item_id")
+    item_id = _path_id(request, "item_id", "item")
     suffixed = _ITEM_SUFFIX.fullmatch(item_id)
     for message_id in [item_id, suffixed.group(1)] if suffixed else [item_id]:
         m = await request.app[STORE].get_message(message_id)
@@ -464,14 +469,12 @@ async def vote(request: web.Request) -> web.Response:
     """``PUT .../messages/{message_id}/vote`` ``{"up": bool}``: the caller's vote, replacing
     an earlier one; anyone who may read the chat may vote."""
     chat = await _chat(request)
-    message_id = _path_id(request, "message_id", "invalid_message_id")
+    message_id = _path_id(request, "message_id", "message")
     body = await _body(request, ("up",))
     if not isinstance(body.get("up"), bool):
         code = "missing_required_parameter" if body.get("up") is None else "invalid_type"
         raise _invalid("'up' is required and must be true or false", code, "up")
     user = request[CALLER].user_id
     if not await history.set_vote(request.app[STORE], chat.id, message_id, user, body["up"]):
-        raise ResourceNotFound(
-            f"no message {message_id!r} in this conversation", code="message_not_found"
-        )
+        raise unknown_id(message_id, what="message")
     return _json({"id": message_id, "object": "vote", "up": body["up"], "user_id": user})

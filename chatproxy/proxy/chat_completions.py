@@ -24,12 +24,13 @@ from chatproxy.appkeys import (
 )
 from chatproxy.auth import Caller
 from chatproxy.errors import Conflict, InvalidRequest, json_object
-from chatproxy.ids import CHAT_ID_RE
+from chatproxy.ids import check_id
 from chatproxy.limits.policy import tightest
 from chatproxy.offload import LARGE_BODY, offload
 from chatproxy.proxy.generation import Generation
 from chatproxy.proxy.planning import plan_client_history, plan_server_history
 from chatproxy.proxy.relay import relay
+from chatproxy.store.models import MODEL_LENGTH, refuse_nul
 from chatproxy.store.store import Turn
 from chatproxy.titles import Titler
 
@@ -64,7 +65,12 @@ def _invalid(message: str, code: str, param: str | None = None) -> InvalidReques
 def parse_chat_request(raw: bytes, *, allow_empty: bool = False) -> ChatRequest:
     """Parse and check a request body; anything malformed raises :class:`InvalidRequest`.
 
-    ``allow_empty``: with server-side history, no new message means "answer again"."""
+    ``allow_empty``: with server-side history, no new message means "answer again".
+
+    A NUL character anywhere outside ``messages`` (the model, a parameter's name or value),
+    or a model name wider than its column, is refused here, before the upstream is called:
+    neither store could keep it. The messages go upstream as they came and are stored with
+    any NUL replaced: they may hold what the upstream itself answered before."""
     body = json_object(raw)
     messages = body.get("messages")
     if messages is None:
@@ -101,9 +107,15 @@ def parse_chat_request(raw: bytes, *, allow_empty: bool = False) -> ChatRequest:
     model = body.get("model")
     if model is not None and not isinstance(model, str):
         raise _invalid("'model' must be a string", "invalid_type", "model")
+    if model is not None and len(model) > MODEL_LENGTH:
+        raise _invalid(
+            f"'model' is longer than {MODEL_LENGTH} characters", "invalid_value", "model"
+        )
     options = body.get("stream_options")
     if options is not None and not isinstance(options, dict):
         raise _invalid("'stream_options' must be an object", "invalid_type", "stream_options")
+    if b"\\u0000" in raw:
+        refuse_nul({k: v for k, v in body.items() if k != "messages"})
     return ChatRequest(raw, body, messages, bool(stream), model)
 
 
@@ -167,10 +179,8 @@ async def handle_chat_completions(request: web.Request) -> web.StreamResponse:
     store = app[STORE]
     caller = request[CALLER]
     chat_id = header_value(request, settings.headers.chat_id)
-    if chat_id is not None and not CHAT_ID_RE.fullmatch(chat_id):
-        raise _invalid(
-            "the chat id header must match [A-Za-z0-9_-]{1,128}", "invalid_chat_id", "X-Chat-Id"
-        )
+    if chat_id is not None:
+        chat_id = check_id(chat_id, what="chat", param="X-Chat-Id")
     history_mode = request.headers.get("X-Chat-History", settings.chats.history).strip().lower()
     if history_mode not in ("client", "server"):
         raise _invalid("X-Chat-History must be client or server", "invalid_value", "X-Chat-History")
@@ -180,8 +190,7 @@ async def handle_chat_completions(request: web.Request) -> web.StreamResponse:
             raise _invalid(
                 "X-Chat-Parent goes with X-Chat-History: server", "invalid_request", "X-Chat-Parent"
             )
-        if not CHAT_ID_RE.fullmatch(branch_from):
-            raise _invalid("X-Chat-Parent is not a message id", "invalid_parent", "X-Chat-Parent")
+        branch_from = check_id(branch_from, what="parent", param="X-Chat-Parent")
     stored = _flag(request, "X-Chat-Store", True)
     raw = await request.read()
     req = await offload(

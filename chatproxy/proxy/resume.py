@@ -10,8 +10,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from chatproxy.appkeys import CALLER, CHAT_ID, GENERATIONS, STORE
-from chatproxy.errors import InvalidRequest, ResourceNotFound
-from chatproxy.ids import CHAT_ID_RE
+from chatproxy.errors import InvalidRequest
+from chatproxy.ids import check_id, unknown_id
 from chatproxy.proxy.feed import Feed, LocalFeed
 from chatproxy.proxy.relay import relay_events
 
@@ -31,17 +31,13 @@ def _after(request: web.Request) -> int:
 
 async def handle_resume(request: web.Request) -> web.StreamResponse:
     """Re-attach to the chat's running (or just finished) generation."""
-    chat_id = request.match_info["chat_id"]
-    if not CHAT_ID_RE.fullmatch(chat_id):
-        raise InvalidRequest(
-            "a chat id matches [A-Za-z0-9_-]{1,128}", code="invalid_chat_id", param="chat_id"
-        )
+    chat_id = check_id(request.match_info["chat_id"], what="chat", param="chat_id")
     after = _after(request)
     access = await request.app[STORE].chat_access(chat_id)
     caller = request[CALLER]
     if access is None or (access[0] != caller.user_id and access[1] != "public"):
         # Another user's private chat does not exist, as far as this caller can tell.
-        raise ResourceNotFound(f"no chat with id {chat_id!r}", code="chat_not_found")
+        raise unknown_id(chat_id, what="chat")
     request[CHAT_ID] = chat_id
     feed = await find_feed(request.app, chat_id, after)
     if feed is None:

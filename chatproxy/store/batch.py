@@ -3,7 +3,10 @@
 The ORM builds each query anew (about a millisecond of CPU for a request's writes); these
 statements are fixed, so a burst of requests costs one transaction of a handful of statements.
 They are written for both SQLite and PostgreSQL: ``?`` placeholders are rewritten to ``$n``
-for PostgreSQL, datetimes go to SQLite in the text form Tortoise itself stores.
+for PostgreSQL, datetimes go to SQLite in the text form Tortoise itself stores, and every text
+and JSON value is made storable alike on both (a NUL becomes U+FFFD, a value wider than its
+column is cut: :mod:`chatproxy.store.models`): an answer the client has received is never
+refused by the database.
 """
 
 from __future__ import annotations
@@ -16,6 +19,16 @@ from typing import Any
 
 import orjson
 from tortoise.backends.base.client import BaseDBAsyncClient
+
+from chatproxy.store.models import (
+    FINISH_REASON_LENGTH,
+    MODEL_LENGTH,
+    TITLE_LENGTH_MAX,
+    UPSTREAM_ID_LENGTH,
+    storable_int,
+    storable_json,
+    storable_text,
+)
 
 __all__ = ["Answer", "Batch", "Dialect", "NewMessage", "Turn"]
 
@@ -92,7 +105,7 @@ class Dialect:
 
 
 def _json(value: Any) -> str | None:
-    return None if value is None else orjson.dumps(value).decode()
+    return None if value is None else storable_json(orjson.dumps(value).decode())
 
 
 INSERT_CHAT = (
@@ -130,7 +143,10 @@ class Batch:
         """The batch as ``(statement, rows)`` pairs, in the order they must run."""
         out = self._turns(d) if self.turns else []
         if self.checkpoints:
-            rows = [[text, _json(data), mid] for mid, (text, data) in self.checkpoints.items()]
+            rows = [
+                [storable_text(text), _json(data), mid]
+                for mid, (text, data) in self.checkpoints.items()
+            ]
             out.append((d.sql(CHECKPOINT), rows))
         if self.finishes:
             out.append((d.sql(FINISH), [_finish_row(a, mid, d) for mid, _, a in self.finishes]))
@@ -162,7 +178,8 @@ class Batch:
         for t in self.turns:
             now = d.ts(t.created_at)
             if t.chat_is_new:
-                chats.append([t.chat_id, t.user_id, t.title, t.assistant_id, now, now])
+                title = storable_text(t.title, TITLE_LENGTH_MAX)
+                chats.append([t.chat_id, t.user_id, title, t.assistant_id, now, now])
             parent = t.parent_id
             # One microsecond apart, so that "oldest first" keeps the request's order.
             for i, m in enumerate(t.new_messages):
@@ -174,7 +191,7 @@ class Batch:
                         parent,
                         t.user_id,
                         m.role,
-                        m.text,
+                        storable_text(m.text),
                         _json(m.data),
                         m.prefix_hash,
                         "completed",
@@ -200,7 +217,7 @@ class Batch:
                     '{"role":"assistant","content":""}',
                     "",
                     "in_progress",
-                    t.model,
+                    storable_text(t.model, MODEL_LENGTH),
                     _json(t.params),
                     False,
                     t.instance_id,
@@ -217,20 +234,22 @@ class Batch:
 
 
 def _finish_row(a: Answer, message_id: str, d: Dialect) -> list[Any]:
+    # Everything here came from the upstream (and is with the client already): stored as it
+    # can be, never refused.
     return [
         a.status,
-        a.text,
+        storable_text(a.text),
         _json(a.data),
         a.prefix_hash,
         _json(a.error),
-        a.model,
-        a.finish_reason,
-        a.prompt_tokens,
-        a.completion_tokens,
-        a.total_tokens,
+        storable_text(a.model, MODEL_LENGTH),
+        storable_text(a.finish_reason, FINISH_REASON_LENGTH),
+        storable_int(a.prompt_tokens),
+        storable_int(a.completion_tokens),
+        storable_int(a.total_tokens),
         _json(a.usage),
-        a.upstream_id,
-        a.system_fingerprint,
+        storable_text(a.upstream_id, UPSTREAM_ID_LENGTH),
+        storable_text(a.system_fingerprint, UPSTREAM_ID_LENGTH),
         a.client_disconnected,
         a.ttft_ms,
         a.duration_ms,

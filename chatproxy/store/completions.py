@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from chatproxy.ids import storable_message_id
 from chatproxy.store.batch import Dialect
 from chatproxy.store.models import Chat, Message, Vote
 from chatproxy.store.store import Store, utcnow
@@ -68,6 +69,8 @@ def _completions(**filters: Any) -> Any:
 
 async def get_completion(store: Store, completion_id: str) -> tuple[Message, Chat] | None:
     """The stored completion and its chat, whoever owns it."""
+    if not storable_message_id(completion_id):
+        return None
 
     async def read() -> tuple[Message, Chat] | None:
         message = await _completions(id=completion_id).first()
@@ -134,6 +137,9 @@ async def list_completions(
 ) -> Page:
     """A page of the user's completions by creation time (then id), after ``after`` in that
     order; raises :class:`UnknownCursor` when ``after`` is not one of the user's completions."""
+
+    if after is not None and not storable_message_id(after):
+        raise UnknownCursor(after)
 
     async def read() -> Page:
         if after is not None and not await _completions(id=after, user_id=user_id).exists():

@@ -22,8 +22,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from chatproxy.errors import InvalidRequest
-from chatproxy.ids import new_chat_id, new_message_id
+from chatproxy.ids import new_chat_id, new_message_id, storable_message_id, unknown_id
 from chatproxy.store.batch import Dialect
 from chatproxy.store.models import Chat, Message, Vote
 from chatproxy.store.store import Store, utcnow
@@ -134,7 +133,8 @@ async def list_chats(
     """One page of the owner's chats, newest ``updated_at`` first, and whether more follow.
 
     ``after`` is the id of a chat of this owner (the last one of the previous page); an
-    unknown or foreign id raises :class:`InvalidRequest` (``invalid_cursor``). ``metadata``
+    unknown or foreign id raises :class:`~chatproxy.errors.InvalidRequest`
+    (``invalid_cursor``). ``metadata``
     pairs must all match; ``q`` is a case-insensitive substring of the title or of any
     message's text.
     """
@@ -152,11 +152,7 @@ async def list_chats(
             lambda: store.conn.execute_query(d.sql(cursor_sql), cursor_params)
         )
         if not rows:
-            raise InvalidRequest(
-                f"'after' is not the id of one of your conversations: {after!r}",
-                code="invalid_cursor",
-                param="after",
-            )
+            raise unknown_id(after, what="cursor", param="after")
         # The stored value itself, so the comparison is exact in every dialect.
         where.append("(c.updated_at < ? OR (c.updated_at = ? AND c.id < ?))")
         params += [rows[0][0], rows[0][0], after]
@@ -355,6 +351,8 @@ async def delete_message(store: Store, chat_id: str, message_id: str) -> ChatVie
 async def set_vote(store: Store, chat_id: str, message_id: str, user_id: str, up: bool) -> bool:
     """Record ``user_id``'s vote on a message of the chat, replacing an earlier one; ``False``
     when the message is not in that chat."""
+    if not storable_message_id(message_id):
+        return False
 
     async def op() -> bool:
         if not await Message.exists(id=message_id, chat_id=chat_id):

@@ -12,17 +12,131 @@ parameters). ``Message.user_id`` repeats the chat's owner so that the two per-us
 
 Schema changes go through Tortoise's migrations in ``chatproxy/store/migrations``
 (``tortoise makemigrations``; applied by ``chatproxy db upgrade`` and by ``serve``).
+
+**What both stores hold.** PostgreSQL refuses two things SQLite stores: a NUL character
+(U+0000) in a text or JSON column, and a value wider than its ``VARCHAR``. So that every value
+is stored alike on both, what a client sends is checked before anything is done with it
+(:func:`refuse_nul`, and the widths below), and what the upstream sends, which the client has
+already received, is made storable instead: a NUL becomes U+FFFD (:func:`storable_text`,
+:func:`storable_json`), an over-wide value is cut to its column and a
+token count is held to the range of an integer column (:func:`storable_int`).
 """
 
 from __future__ import annotations
+
+import re
+from typing import Any
 
 from tortoise import fields
 from tortoise.indexes import Index
 from tortoise.models import Model
 
-__all__ = ["MESSAGE_STATUSES", "ApiKey", "Chat", "Instance", "Message", "Meta", "User", "Vote"]
+from chatproxy.errors import InvalidRequest
+from chatproxy.ids import CHAT_ID_LENGTH, MESSAGE_ID_LENGTH
+
+__all__ = [
+    "FINISH_REASON_LENGTH",
+    "MESSAGE_STATUSES",
+    "MODEL_LENGTH",
+    "TITLE_LENGTH_MAX",
+    "UPSTREAM_ID_LENGTH",
+    "ApiKey",
+    "Chat",
+    "Instance",
+    "Message",
+    "Meta",
+    "User",
+    "Vote",
+    "refuse_nul",
+    "storable_int",
+    "storable_json",
+    "storable_text",
+]
 
 MESSAGE_STATUSES = ("in_progress", "completed", "incomplete", "failed", "cancelled", "interrupted")
+MODEL_LENGTH = 256  # Message.model
+TITLE_LENGTH_MAX = 256  # Chat.title
+UPSTREAM_ID_LENGTH = 256  # Message.upstream_id and system_fingerprint
+FINISH_REASON_LENGTH = 32  # Message.finish_reason
+INT_RANGE = (-(2**31), 2**31 - 1)  # an IntField (PostgreSQL's integer)
+
+# -- what both stores hold ---------------------------------------------------------------------
+
+_NUL = "\x00"
+_REPLACEMENT = "\ufffd"
+# A NUL as JSON text has it: ``\u0000`` after an even number of backslashes (after an odd
+# number, the backslash is escaped and ``u0000`` is plain text).
+_JSON_NUL = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")
+_KEY_IN_PARAM = 64  # longer object keys are not spelled out in an error's ``param``
+
+
+def storable_text(value: str | None, width: int | None = None) -> str | None:
+    """``value`` with every NUL replaced by U+FFFD, cut to ``width`` characters."""
+    if value is None:
+        return None
+    if _NUL in value:
+        value = value.replace(_NUL, _REPLACEMENT)
+    return value if width is None or len(value) <= width else value[:width]
+
+
+def storable_int(value: int | None) -> int | None:
+    """``value`` held to the range of an integer column."""
+    if value is None:
+        return None
+    return min(max(value, INT_RANGE[0]), INT_RANGE[1])
+
+
+def storable_json(text: str | None) -> str | None:
+    """JSON text (as orjson writes it) with every NUL in its strings replaced by U+FFFD."""
+    if text is None or "\\u0000" not in text:
+        return text
+    return _JSON_NUL.sub(lambda m: m.group(1) + _REPLACEMENT, text)
+
+
+def _nul_path(value: Any, path: str) -> tuple[str, bool] | None:
+    """Where the first NUL of ``value`` is: the path of the string holding it and whether
+    it is in an object key (then the path is the object's); ``None`` when there is none."""
+    stack: list[tuple[Any, str]] = [(value, path)]
+    while stack:
+        current, where = stack.pop()
+        if isinstance(current, str):
+            if _NUL in current:
+                return where, False
+        elif isinstance(current, dict):
+            children = []
+            for key, child in current.items():
+                if _NUL in key:
+                    return where, True
+                name = key if len(key) <= _KEY_IN_PARAM else "…"
+                children.append((child, f"{where}.{name}" if where else name))
+            stack.extend(reversed(children))
+        elif isinstance(current, list):
+            stack.extend(
+                (child, f"{where}[{i}]") for i, child in reversed(list(enumerate(current)))
+            )
+    return None
+
+
+def refuse_nul(value: Any, raw: bytes | None = None, *, path: str = "") -> None:
+    """Refuse (400 ``invalid_value``, naming the field, not echoing it) a value a client sent
+    with a NUL character in any of its strings or object keys. ``raw``, the JSON text it was
+    parsed from, makes the usual case free: without ``\\u0000`` in it there is no NUL (a JSON
+    parser refuses a raw NUL byte)."""
+    if raw is not None and b"\\u0000" not in raw:
+        return
+    found = _nul_path(value, path)
+    if found is None:
+        return
+    where, in_key = found
+    if in_key:
+        what = f"a key of '{where}'" if where else "a parameter name"
+    else:
+        what = f"'{where}'" if where else "the value"
+    raise InvalidRequest(
+        f"{what} contains a NUL character (U+0000), which cannot be stored",
+        code="invalid_value",
+        param=where or None,
+    )
 
 
 class User(Model):
@@ -80,16 +194,16 @@ class Instance(Model):
 
 
 class Chat(Model):
-    id = fields.CharField(max_length=128, primary_key=True)
+    id = fields.CharField(max_length=CHAT_ID_LENGTH, primary_key=True)
     owner: fields.ForeignKeyRelation[User] = fields.ForeignKeyField(
         "models.User", related_name="chats", on_delete=fields.CASCADE
     )
-    title = fields.CharField(max_length=256, null=True)
+    title = fields.CharField(max_length=TITLE_LENGTH_MAX, null=True)
     visibility = fields.CharField(max_length=16, default="private")
     metadata = fields.JSONField(default=dict)
     # A plain column, not a foreign key: Message already points at Chat, and a cycle of
     # foreign keys would make inserts and deletes order-dependent.
-    head_id = fields.CharField(max_length=64, null=True)
+    head_id = fields.CharField(max_length=MESSAGE_ID_LENGTH, null=True)
     created_at = fields.DatetimeField()
     updated_at = fields.DatetimeField()
 
@@ -101,7 +215,7 @@ class Chat(Model):
 
 
 class Message(Model):
-    id = fields.CharField(max_length=64, primary_key=True)
+    id = fields.CharField(max_length=MESSAGE_ID_LENGTH, primary_key=True)
     chat: fields.ForeignKeyRelation[Chat] = fields.ForeignKeyField(
         "models.Chat", related_name="messages", on_delete=fields.CASCADE
     )
@@ -115,14 +229,14 @@ class Message(Model):
     prefix_hash = fields.CharField(max_length=32)
     status = fields.CharField(max_length=16, default="completed")
     error = fields.JSONField(null=True)
-    model = fields.CharField(max_length=256, null=True)
-    finish_reason = fields.CharField(max_length=32, null=True)
+    model = fields.CharField(max_length=MODEL_LENGTH, null=True)
+    finish_reason = fields.CharField(max_length=FINISH_REASON_LENGTH, null=True)
     prompt_tokens = fields.IntField(null=True)
     completion_tokens = fields.IntField(null=True)
     total_tokens = fields.IntField(null=True)
     usage = fields.JSONField(null=True)
-    upstream_id = fields.CharField(max_length=256, null=True)
-    system_fingerprint = fields.CharField(max_length=256, null=True)
+    upstream_id = fields.CharField(max_length=UPSTREAM_ID_LENGTH, null=True)
+    system_fingerprint = fields.CharField(max_length=UPSTREAM_ID_LENGTH, null=True)
     params = fields.JSONField(null=True)
     client_disconnected = fields.BooleanField(default=False)
     ttft_ms = fields.IntField(null=True)

@@ -11,6 +11,11 @@ loop: a WAL-mode commit without fsync takes tens of microseconds, less than hand
 to aiosqlite's thread and back (which, on one core, also fights the loop for the GIL). That
 connection never waits for a lock: if an ORM write holds it, the batch goes the asynchronous
 way instead. The ORM (management reads and writes, migrations) uses Tortoise's connection.
+
+An answer's final write is retried (:meth:`Store.finish`): the upstream has answered and the
+client has the answer, so a database that fails for a moment must not lose it. A write that
+keeps failing leaves the answer ``interrupted`` with its last checkpoint, as start-up recovery
+would, if the database takes that much.
 """
 
 from __future__ import annotations
@@ -27,10 +32,18 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import orjson
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential,
+    wait_random,
+)
 from tortoise.backends.base.client import BaseDBAsyncClient
 from tortoise.context import TortoiseContext, _current_context
 from tortoise.transactions import in_transaction
 
+from chatproxy.ids import storable_message_id
 from chatproxy.offload import LARGE_COUNT, offload
 from chatproxy.store.batch import Answer, Batch, Dialect, NewMessage, Turn
 from chatproxy.store.db import WalCheckpointer, open_database, open_fast_sqlite, sqlite_path
@@ -41,6 +54,8 @@ __all__ = ["Answer", "BranchEntry", "NewMessage", "Store", "ThreadMatch", "Turn"
 log = logging.getLogger("chatproxy.store")
 T = TypeVar("T")
 _IN_CHUNK = 500  # prefix hashes looked up per query
+FINISH_ATTEMPTS = 6  # an answer's final write: about 3 s of retries in all
+FINISH_BACKOFF = (0.1, 2.0)  # first and longest wait between two attempts, seconds
 
 
 def utcnow() -> datetime:
@@ -100,6 +115,8 @@ class Store:
         self._fast: sqlite3.Connection | None = None
         # Told how long each write batch took (the metrics' store write latency).
         self.observe_write: Callable[[float], object] | None = None
+        # The wait between two attempts of an answer's final write (replaced in tests).
+        self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -268,11 +285,53 @@ class Store:
             self._put("checkpoint", message_id, False)
 
     async def finish(self, message_id: str, chat_id: str, answer: Answer) -> None:
-        """Store the final state of a message (after any checkpoint still queued)."""
+        """Store the final state of a message (after any checkpoint still queued).
+
+        A failed write is tried again, :data:`FINISH_ATTEMPTS` times in all with a growing
+        wait (the write is idempotent). When every attempt fails, the message is marked
+        ``interrupted`` (its last checkpoint stays) if the database takes that, and the last
+        error is raised for the caller to log."""
         self._checkpoints.pop(message_id, None)
+        try:
+            # Directly: nearly every write succeeds, and a retrying controller per answer
+            # would cost more than the write.
+            await self._finish_once(message_id, chat_id, answer)
+        except Exception as exc:
+            log.debug("storing answer %s failed (%r), retrying", message_id, exc)
+            try:
+                await self._finish_again(message_id, chat_id, answer)
+            except Exception:
+                with contextlib.suppress(Exception):
+                    await self._give_up(message_id, answer.completed_at)
+                raise
+
+    async def _finish_once(self, message_id: str, chat_id: str, answer: Answer) -> None:
         fut = self._put("finish", (message_id, chat_id, answer), True)
         assert fut is not None
         await fut
+
+    async def _finish_again(self, message_id: str, chat_id: str, answer: Answer) -> None:
+        first, longest = FINISH_BACKOFF
+        await self.sleep(first)
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(FINISH_ATTEMPTS - 1),
+            wait=wait_exponential(multiplier=first * 2, max=longest) + wait_random(0, first),
+            retry=retry_if_exception_type(Exception),
+            sleep=self.sleep,
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                await self._finish_once(message_id, chat_id, answer)
+
+    async def _give_up(self, message_id: str, at: datetime) -> None:
+        # What start-up recovery would do later: the placeholder keeps its last checkpoint.
+        async def op() -> None:
+            await Message.filter(id=message_id, status="in_progress").update(
+                status="interrupted", completed_at=at
+            )
+
+        await self._call(op)
 
     async def ensure_users(self, users: list[tuple[str, str, str | None]]) -> None:
         """Create the users ``(id, name, tier)`` that do not exist yet."""
@@ -549,6 +608,9 @@ class Store:
             return await Message.filter(chat_id=chat_id).order_by("created_at", "id")
 
     async def get_message(self, message_id: str) -> Message | None:
+        """The message, or ``None`` (also for an id too long to be one)."""
+        if not storable_message_id(message_id):
+            return None
         with self.active():
             return await Message.get_or_none(id=message_id)
 
