@@ -541,6 +541,8 @@ def chats_search(
     db_url: str | None,
 ) -> None:
     """Chats whose title or any message contains QUERY (case-insensitive)."""
+    if "\x00" in query:  # no stored text holds one (a NUL is stored as U+FFFD)
+        _fail("QUERY: expected text without NUL characters", 2)
     settings = _settings(config_file, **{"storage.url": db_url})
     _print_chats(_list(settings, user, limit, query), as_json)
 

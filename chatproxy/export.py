@@ -25,7 +25,14 @@ from tortoise.exceptions import BaseORMException
 from chatproxy.auth import USER_ID_RE
 from chatproxy.errors import NotFoundError
 from chatproxy.ids import CHAT_ID_RE
-from chatproxy.store.models import MESSAGE_STATUSES, Chat, Message, User
+from chatproxy.store.models import (
+    MESSAGE_STATUSES,
+    Chat,
+    Message,
+    User,
+    storable_json,
+    storable_text,
+)
 from chatproxy.store.store import Store
 from chatproxy.store.threading import message_text, prefix_hashes, replayable
 
@@ -505,6 +512,18 @@ async def _conflict(doc: dict[str, Any]) -> str | None:
     return None
 
 
+def _storable(value: Any) -> Any:
+    """``value`` as both stores hold it: every NUL in its text replaced by U+FFFD (PostgreSQL
+    refuses NUL in text and JSON), as the proxy stores what it is sent."""
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if isinstance(value, str):
+        return storable_text(value)
+    text = orjson.dumps(value).decode()
+    cleaned = storable_json(text)
+    return value if cleaned is text else orjson.loads(cleaned)
+
+
 async def _restore(doc: dict[str, Any]) -> tuple[int, int]:
     conflict = await _conflict(doc)
     if conflict is not None:
@@ -517,9 +536,9 @@ async def _restore(doc: dict[str, Any]) -> tuple[int, int]:
         await Chat.create(
             id=chat["id"],
             owner_id=owner,
-            title=chat["title"],
+            title=_storable(chat["title"]),
             visibility=chat["visibility"],
-            metadata=chat["metadata"] or {},
+            metadata=_storable(chat["metadata"] or {}),
             head_id=chat["head_id"],
             created_at=_when(chat["created_at"]),
             updated_at=_when(chat["updated_at"]),
@@ -533,9 +552,9 @@ async def _restore(doc: dict[str, Any]) -> tuple[int, int]:
             parent_id=m["parent_id"],
             user_id=owner,
             role=m["role"],
-            text=message_text(m["message"].get("content")),
-            data=m["message"],
-            **{name: m.get(name) for name in _MESSAGE_FIELDS},
+            text=_storable(message_text(m["message"].get("content"))),
+            data=_storable(m["message"]),
+            **{name: _storable(m.get(name)) for name in _MESSAGE_FIELDS},
             created_at=_when(m["created_at"]),
             completed_at=_when(m["completed_at"]),
         )

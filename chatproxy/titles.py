@@ -13,7 +13,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from chatproxy.settings import Settings
-from chatproxy.store.models import Chat
+from chatproxy.store.models import TITLE_LENGTH_MAX, Chat, storable_text
 from chatproxy.store.store import Store
 
 if TYPE_CHECKING:
@@ -82,6 +82,7 @@ class Titler:
         except Exception as exc:  # any failure keeps the first-message title
             log.info("no title from the upstream for %s (%s)", chat_id, type(exc).__name__)
             return
+        title = storable_text(title, TITLE_LENGTH_MAX)
         if title is not None:
             await self._store.write(lambda: Chat.filter(id=chat_id).update(title=title))
 

@@ -410,3 +410,31 @@ def test_read_documents_returns_complete_documents_for_other_readers() -> None:
     (m,) = read["messages"]
     assert m["role"] == "user" and m["status"] == "completed" and len(m["prefix_hash"]) == 32
     assert set(OPTIONAL_MESSAGE_FIELDS) <= set(m)
+
+
+async def test_an_import_with_nul_characters_is_stored_alike_on_both_stores(
+    db_url: str, tmp_path: Path
+) -> None:
+    doc = {
+        "format": "chatproxy.chat",
+        "version": 1,
+        "chat": {"id": "chat_nul", "owner": "ada", "title": "a\x00b", "metadata": {"k": "v\x00"}},
+        "messages": [
+            {"id": "msg_nul1", "parent_id": None, "message": {"role": "user", "content": "x\x00y"}},
+        ],
+    }
+    path = tmp_path / "nul.jsonl"
+    path.write_bytes(orjson.dumps(doc) + b"\n")
+    result = await asyncio.to_thread(
+        CliRunner().invoke, main, ["import", str(path), "--db", db_url]
+    )
+    assert result.exit_code == 0, result.output
+    store = Store(db_url)
+    await store.open()
+    try:
+        chat = await store.get_chat("chat_nul")
+        (message,) = await store.chat_messages("chat_nul")
+    finally:
+        await store.close()
+    assert chat is not None and chat.title == "a\ufffdb" and chat.metadata == {"k": "v\ufffd"}
+    assert message.text == "x\ufffdy" and message.data["content"] == "x\ufffdy"
