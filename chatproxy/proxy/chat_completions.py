@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -207,7 +208,7 @@ async def handle_chat_completions(request: web.Request) -> web.StreamResponse:
     elif stored:
         # The same request sent twice at once threads as if sent one after the other: the
         # second is planned once the first one's turn is written.
-        async with app[GENERATIONS].one_at_a_time((caller.user_id, chat_id, req.raw)):
+        async with app[GENERATIONS].one_at_a_time(_request_key(caller.user_id, chat_id, req.raw)):
             turn, parent_hash, history = await plan_client_history(
                 store, settings, caller, req.body, req.messages, chat_id
             )
@@ -219,6 +220,14 @@ async def handle_chat_completions(request: web.Request) -> web.StreamResponse:
     if turn is None:  # incognito: forwarded, never written
         return await relay(request, gen, {})
     return await relay(request, gen, {"X-Chat-Id": turn.chat_id, "X-Message-Id": turn.assistant_id})
+
+
+def _request_key(user_id: str, chat_id: str | None, raw: bytes) -> str:
+    """What makes two requests the same for threading: caller, chat header, body."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(f"{user_id}\0{chat_id or ''}\0".encode())
+    h.update(raw)
+    return h.hexdigest()
 
 
 async def check_daily_quota(request: web.Request) -> None:

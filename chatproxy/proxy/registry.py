@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Hashable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from chatproxy.proxy.fanout import Fanout, Subscriber
@@ -62,19 +62,25 @@ class Generations:
         self._claims: dict[str, dict[str, str | None]] = {}
         self._finished: OrderedDict[str, Replay] = OrderedDict()
         self._finished_bytes = 0
-        self._serial: dict[Hashable, asyncio.Future[None]] = {}
+        self._serial: dict[str, asyncio.Future[None]] = {}
 
     @contextlib.asynccontextmanager
-    async def one_at_a_time(self, key: Hashable) -> AsyncIterator[None]:
-        """Run the block for one request with ``key`` at a time (in arrival order is not
-        promised); others with the same key wait until it is over."""
+    async def one_at_a_time(self, key: str) -> AsyncIterator[None]:
+        """Run the block for one request with ``key`` at a time, on this instance and (with
+        Redis) on every instance; others with the same key wait until it is over."""
         while (running := self._serial.get(key)) is not None:
             await asyncio.shield(running)
         done = asyncio.get_running_loop().create_future()
         self._serial[key] = done
+        token = None
         try:
+            if self.shared is not None:
+                token = await self.shared.lock(key)
             yield
         finally:
+            if token is not None:
+                assert self.shared is not None
+                await asyncio.shield(self.shared.unlock(key, token))
             del self._serial[key]
             done.set_result(None)
 

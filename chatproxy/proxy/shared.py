@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -62,6 +63,14 @@ return 1
 # KEYS: the stream, the chat's meta. ARGV: the end entry's id, the grace period in ms, the
 # message id, how long an ended stream stays for its current followers when there is no grace.
 # The meta only expires with the stream if it still names this answer.
+# Release a planning lock only if it is still the one taken (it may have expired and been
+# taken by another instance since).
+_UNLOCK_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+SERIAL_WAIT = 10.0  # seconds a request waits for an identical one on another instance
+
 _CLOSE_LUA = """
 redis.call('XADD', KEYS[1], ARGV[1], 'e', '1')
 local grace = tonumber(ARGV[2])
@@ -108,6 +117,7 @@ class SharedGenerations:
         )
         self._claim = self.client.register_script(_CLAIM_LUA)
         self.close_script = self.client.register_script(_CLOSE_LUA)
+        self._unlock = self.client.register_script(_UNLOCK_LUA)
         self._prefix = prefix
         self.instance_id = instance_id
         self.maxlen = maxlen
@@ -143,6 +153,28 @@ class SharedGenerations:
                 "redis unreachable, chat %s claimed on this instance only: %r", chat_id, exc
             )
             return True
+
+    async def lock(self, key: str) -> str | None:
+        """Wait until no other instance plans a request identical to this one (``key``, a
+        digest), then hold the lock; its token, or ``None`` when Redis does not answer or the
+        wait is over (the request then goes ahead: it is never blocked for good)."""
+        name, token = f"{self._prefix}plan:{key}", secrets.token_hex(8)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + SERIAL_WAIT
+        try:
+            while not await self.client.set(name, token, nx=True, px=self.ttl_ms):
+                if loop.time() > deadline:
+                    return None
+                await asyncio.sleep(0.01)
+        except REDIS_ERRORS:
+            return None
+        return token
+
+    async def unlock(self, key: str, token: str) -> None:
+        """Release what :meth:`lock` took (never waits long, never fails)."""
+        with contextlib.suppress(*REDIS_ERRORS, TimeoutError):
+            async with asyncio.timeout(1.0):
+                await self._unlock(keys=(f"{self._prefix}plan:{key}",), args=(token,))
 
     async def busy(self, chat_id: str) -> bool:
         """Whether an answer runs in the chat on any instance (False if Redis is down)."""
