@@ -29,7 +29,10 @@ async def _ask(client: openai.AsyncOpenAI, messages: list[dict], **kw: object) -
     raw = await client.chat.completions.with_raw_response.create(
         model="fake-model", messages=messages, **kw
     )
-    raw.parse()
+    parsed = raw.parse()
+    if kw.get("stream"):  # read the stream to its end, as a client does before the next turn
+        async for _ in parsed:
+            pass
     return raw.headers["x-chat-id"], raw.headers["x-message-id"]
 
 
