@@ -20,16 +20,24 @@ from tests.util import all_messages, eventually
 BODY = {"model": "m", "messages": [{"role": "user", "content": "hello"}], "stream": True}
 
 
-async def _request(proxy: ProxyServer, body: dict, *, until: bytes | None, rst: bool) -> None:
-    """POST ``body`` on a raw connection, read until ``until`` (None: nothing), then close
-    (with a TCP reset when ``rst``)."""
+async def _post(
+    proxy: ProxyServer, body: dict, extra: bytes = b""
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """POST ``body`` to /v1/chat/completions on a raw connection of its own."""
     reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
     raw = orjson.dumps(body)
     writer.write(
-        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-        b"Content-Length: %d\r\n\r\n%s" % (len(raw), raw)
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n%sContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (extra, len(raw), raw)
     )
     await writer.drain()
+    return reader, writer
+
+
+async def _request(proxy: ProxyServer, body: dict, *, until: bytes | None, rst: bool) -> None:
+    """POST ``body``, read until ``until`` (None: nothing), then close (with a TCP reset when
+    ``rst``)."""
+    reader, writer = await _post(proxy, body)
     if until is not None:
         await reader.readuntil(until)
     else:
@@ -94,12 +102,7 @@ async def test_a_client_that_stays_has_an_access_line_saying_so(
     proxy: ProxyServer, upstream: FakeUpstream, caplog: pytest.LogCaptureFixture
 ) -> None:
     with caplog.at_level(logging.INFO):
-        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
-        raw = orjson.dumps(BODY)
-        writer.write(
-            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
-            b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(raw), raw)
-        )
+        reader, writer = await _post(proxy, BODY, b"Connection: close\r\n")
         await reader.read()
         writer.close()
     (line,) = [r for r in caplog.records if r.name == "chatproxy.access"]
