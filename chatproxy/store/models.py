@@ -256,6 +256,10 @@ class Message(Model):
             Index(fields=("user_id", "prefix_hash"), name="messages_user_prefix"),
             Index(fields=("user_id", "role", "created_at"), name="messages_user_daily"),
             Index(fields=("status", "instance_id"), name="messages_status_instance"),
+            # Per-chat reads, counts and the cascade of a chat's delete; a message's children
+            # (its replies, and the cascade of a message's delete).
+            Index(fields=("chat_id", "created_at"), name="messages_chat_created"),
+            Index(fields=("parent_id",), name="messages_parent"),
         )
 
 
@@ -278,3 +282,4 @@ class Vote(Model):
     class Meta:
         table = "votes"
         unique_together = (("message", "user_id"),)
+        indexes = (Index(fields=("chat_id",), name="votes_chat"),)
