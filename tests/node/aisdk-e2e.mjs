@@ -1,15 +1,15 @@
 // End-to-end: the Vercel AI SDK's own client code (the `ai` package from npm) against
 // chatproxy's /api/chat. Usage: node aisdk-e2e.mjs http://127.0.0.1:PORT
+// AI_PACKAGE names the package to use: `ai` (AI SDK 7, the default) or `ai6` (AI SDK 6).
 //
 // The proxy's upstream is scripted by the caller (tests/test_aisdk_node.py), one answer per
 // request, in the order of the steps below. Each step checks what it can on its own; the last
 // line printed is `RESULT {json}` with what the caller checks against its script.
 import assert from 'node:assert/strict';
-import {
-  AbstractChat,
-  DefaultChatTransport,
-  readUIMessageStream,
-} from 'ai';
+
+const { AbstractChat, DefaultChatTransport, readUIMessageStream } = await import(
+  process.env.AI_PACKAGE ?? 'ai'
+);
 
 const base = process.argv[2] ?? process.env.CHATPROXY_URL;
 assert.ok(base, 'usage: node aisdk-e2e.mjs http://127.0.0.1:PORT');
