@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from dataclasses import dataclass
 from typing import Any
@@ -208,12 +209,19 @@ async def handle_chat_completions(request: web.Request) -> web.StreamResponse:
     elif stored:
         # The same request sent twice at once threads as if sent one after the other: the
         # second is planned once the first one's turn is written.
-        async with app[GENERATIONS].one_at_a_time(_request_key(caller.user_id, chat_id, req.raw)):
-            turn, parent_hash, history = await plan_client_history(
-                store, settings, caller, req.body, req.messages, chat_id
-            )
-            gen = await launch(request, req, turn, parent_hash, history, branch_from)
-            await gen.begun()
+        gen = None
+        try:
+            key = _request_key(caller.user_id, chat_id, req.raw)
+            async with app[GENERATIONS].one_at_a_time(key):
+                turn, parent_hash, history = await plan_client_history(
+                    store, settings, caller, req.body, req.messages, chat_id
+                )
+                gen = await launch(request, req, turn, parent_hash, history, branch_from)
+                await gen.begun()
+        except asyncio.CancelledError:  # the client left before it could subscribe
+            if gen is not None:
+                gen.client_left()
+            raise
     else:  # incognito with the client's own history: nothing to look up
         turn = None
         gen = await launch(request, req, None, "", [], branch_from)

@@ -129,11 +129,17 @@ class Generation:
     def unsubscribe(self, sub: Subscriber, to: Fanout, *, disconnected: bool) -> None:
         """A subscriber left; ``disconnected`` when its client went away before the end."""
         to.subscribers.remove(sub)
-        if disconnected and not self.output.done:
-            self.client_disconnected = True
-            followed = self.output.subscribers or self.events.subscribers
-            if not followed and self._settings.chats.on_disconnect == "abort":
-                self.abort()
+        if disconnected:
+            self.client_left()
+
+    def client_left(self) -> None:
+        """The requesting client went away before the end (also before it subscribed)."""
+        if self.output.done:
+            return
+        self.client_disconnected = True
+        followed = self.output.subscribers or self.events.subscribers
+        if not followed and self._settings.chats.on_disconnect == "abort":
+            self.abort()
 
     async def wait_head(self) -> Head:
         """The upstream's response head, once it is in (and the turn is stored); raises the
