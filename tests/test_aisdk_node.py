@@ -159,43 +159,72 @@ async def leave_early(
     return message_id
 
 
+async def resume(proxy: ProxyServer, chat_id: str, ai_package: str) -> dict[str, Any]:
+    """A page load with the chat class (tests/node/aisdk-resume.mjs): stored messages, then
+    ``resumeStream()``."""
+    return await run_script(
+        "aisdk-resume.mjs", base(proxy), chat_id, env={"AI_PACKAGE": ai_package}
+    )
+
+
 @AI_PACKAGES
 async def test_a_cancelled_answer_resumes_with_what_was_said_and_ends_in_abort_not_an_error(
     start_proxy: StartProxy, upstream: FakeUpstream, http: aiohttp.ClientSession, ai_package: str
 ) -> None:
-    """Policy abort: the client left, the answer was stopped. Resumed (a page load), the client
-    reads the part that was said and an ``abort`` part: no error for useChat to show."""
+    """Policy abort: the client left, the answer was stopped. On a page load the client
+    resumes it: it holds what was said, once, and the stream ends with an ``abort`` part, no
+    error for useChat to show."""
     proxy = await start_proxy(**{"chats.on_disconnect": "abort"})
     upstream.enqueue(Reply(chunks=STORY, chunk_delay=0.05))
     message_id = await leave_early(http, proxy, full("c1", user("u1", "A story")), b"part2 ")
     stored = await settled(proxy.app[STORE], message_id)
     assert stored.status == "cancelled"
-    result = await run_script("aisdk-resume.mjs", base(proxy), "c1", env={"AI_PACKAGE": ai_package})
-    assert result["resumed"] is True
-    assert (result["id"], result["text"], result["error"]) == (message_id, stored.text, None)
+    result = await resume(proxy, "c1", ai_package)
+    assert (result["resumed"], result["error"]) == (True, None)
     assert result["types"][-1] == "abort"
     assert "error" not in result["types"]
+    assert result["messages"] == [
+        {"id": "u1", "role": "user", "parts": [{"type": "text", "text": "A story"}]},
+        {"id": message_id, "role": "assistant", "parts": [{"type": "text", "text": stored.text}]},
+    ]
 
 
 @AI_PACKAGES
-async def test_resuming_an_answer_that_goes_on_after_a_tool_output_continues_the_clients_message(
+async def test_resuming_an_answer_that_goes_on_after_a_tool_output_replays_the_whole_message(
     proxy: ProxyServer, upstream: FakeUpstream, http: aiohttp.ClientSession, ai_package: str
 ) -> None:
+    """A page load while the answer after a tool output runs: the client resumes it into the
+    one assistant message it holds, tool part and text, without running the tool again."""
     upstream.enqueue(
-        Reply(tool_calls=[ToolCall("lookup", '{"q":"x"}', id="call_9")]),
+        Reply(tool_calls=[ToolCall("lookup", '{"q": "x"}', id="call_9")]),
         Reply(chunks=STORY, chunk_delay=0.05),
     )
     await post_chat(http, proxy, full("c1", user("u1", "Find x")))
     held = await ui_messages(http, proxy, "c1")
     for part in held[-1]["parts"]:
         if part["type"] == "tool-lookup":
-            part["state"], part["output"] = "output-available", "x is 42"
-    answer_id = await leave_early(http, proxy, full("c1", *held), b"part1 ")
-    result = await run_script("aisdk-resume.mjs", base(proxy), "c1", env={"AI_PACKAGE": ai_package})
-    assert (result["id"], result["text"], result["error"]) == (held[-1]["id"], "".join(STORY), None)
-    assert result["id"] != answer_id  # the answer is stored on its own, shown in the client's
+            part["state"], part["output"] = "output-available", {"x": 42}
+    await leave_early(http, proxy, full("c1", *held), b"part1 ")
+    result = await resume(proxy, "c1", ai_package)
+    assert (result["resumed"], result["error"], result["toolCalls"]) == (True, None, [])
+    tool = {"type": "tool-lookup", "state": "output-available", "input": {"q": "x"}}
+    assert result["messages"] == [
+        {"id": "u1", "role": "user", "parts": [{"type": "text", "text": "Find x"}]},
+        {
+            "id": held[-1]["id"],
+            "role": "assistant",
+            "parts": [tool | {"output": {"x": 42}}, {"type": "text", "text": "".join(STORY)}],
+        },
+    ]
     reloaded = await ui_messages(http, proxy, "c1")
     assert [m["id"] for m in reloaded] == ["u1", held[-1]["id"]]
+    # Sent back as the client holds it, it is what is stored: the next turn threads onto it.
+    upstream.enqueue(Reply(content="Next."))
+    status, _, _ = await post_chat(http, proxy, full("c1", *reloaded, user("u2", "Next?")))
+    assert status == 200
+    sent = upstream.chat_requests[-1].json["messages"]
+    assert [m["role"] for m in sent] == ["user", "assistant", "tool", "assistant", "user"]
+    assert len(await all_messages(proxy.app[STORE])) == 6
 
 
 async def run_example(tmp_path: Path, proxy: ProxyServer, *args: str) -> str:

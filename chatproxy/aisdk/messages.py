@@ -26,7 +26,13 @@ from typing import Any, Protocol
 
 import orjson
 
-from chatproxy.aisdk.stream import INVALID_ARGUMENTS, PROVIDER, answer_metadata, tool_input
+from chatproxy.aisdk.stream import (
+    INVALID_ARGUMENTS,
+    PROVIDER,
+    answer_metadata,
+    frame,
+    tool_input,
+)
 from chatproxy.errors import InvalidRequest
 from chatproxy.store.models import Message
 from chatproxy.store.threading import message_text, without_reasoning
@@ -35,6 +41,7 @@ __all__ = [
     "UI_ID",
     "UIConverted",
     "answer_start",
+    "earlier_steps",
     "for_upstream",
     "stored_ui_id",
     "to_chat",
@@ -365,6 +372,64 @@ def _output(content: str) -> Any:
     except orjson.JSONDecodeError:
         return content
     return value if orjson.dumps(value).decode() == content else content
+
+
+def earlier_steps(steps: Iterable[tuple[str, Any]]) -> bytes:
+    """The UI message stream parts of the stored steps of an answer (its assistant messages
+    and the tool results after each, as ``(role, data)``, oldest first) that a resumed stream
+    replays before the rest of it, so that the replay holds the whole UIMessage, as a reload
+    gives it. A tool call is replayed as its input streaming and then its output
+    (``tool-input-start`` / ``-delta`` / ``tool-output-available``): never as
+    ``tool-input-available``, which would have the client run the tool again."""
+    out: list[bytes] = []
+    count = 0
+    for role, data in steps:
+        data = data if isinstance(data, dict) else {}
+        if role == "tool":
+            output = _output(message_text(data.get("content")))
+            call_id = str(data.get("tool_call_id"))
+            out.append(
+                frame({"type": "tool-output-available", "toolCallId": call_id, "output": output})
+            )
+            continue
+        if out:
+            out.append(frame({"type": "finish-step"}))
+        out.append(frame({"type": "start-step"}))
+        refusal = {"providerMetadata": {PROVIDER: {"refusal": True}}}
+        for kind, text, extra in (
+            ("reasoning", data.get("reasoning_content"), {}),
+            ("text", message_text(data.get("content")), {}),
+            ("text", data.get("refusal"), refusal),
+        ):
+            if isinstance(text, str) and text:
+                part_id = f"replayed-{count}"
+                count += 1
+                out.append(frame({"type": f"{kind}-start", "id": part_id, **extra}))
+                out.append(frame({"type": f"{kind}-delta", "id": part_id, "delta": text}))
+                out.append(frame({"type": f"{kind}-end", "id": part_id}))
+        for position, call in enumerate(data.get("tool_calls") or []):
+            out.append(_replayed_call(call, position))
+    if out:
+        out.append(frame({"type": "finish-step"}))
+    return b"".join(out)
+
+
+def _replayed_call(call: Any, position: int) -> bytes:
+    part = _tool_part(call, position)
+    call_id, name = part["toolCallId"], part["type"][len("tool-") :]
+    start: dict[str, Any] = {"type": "tool-input-start", "toolCallId": call_id, "toolName": name}
+    if "callProviderMetadata" in part:
+        start["providerMetadata"] = part["callProviderMetadata"]
+    fn = call.get("function") if isinstance(call, dict) else None
+    arguments = fn.get("arguments") if isinstance(fn, dict) else None
+    if part["state"] == "output-error":  # arguments that are not JSON
+        error = {"type": "tool-input-error", "toolCallId": call_id, "toolName": name}
+        return frame(start) + frame(
+            error | {"input": part["input"], "errorText": INVALID_ARGUMENTS}
+        )
+    delta = {"type": "tool-input-delta", "toolCallId": call_id}
+    text = arguments if isinstance(arguments, str) and arguments.strip() else "{}"
+    return frame(start) + frame(delta | {"inputTextDelta": text})
 
 
 def _tool_part(call: Any, position: int) -> dict[str, Any]:

@@ -16,10 +16,13 @@ its client left (``chats.on_disconnect = "abort"``), as a resuming client sees i
 resumed one (any instance) produce the same bytes. The ``start`` part names the UIMessage the
 client shows the answer in: the stored answer's id, or, for an answer that goes on after the
 client's tool outputs, the client's own assistant message (as the AI SDK's server does), so
-that the client continues it instead of adding a second one.
+that the client continues it instead of adding a second one. A resumed stream is a replay that
+the client starts afresh (AI SDK 6 and 7 reset the message on its ``start``): for such an
+answer it first replays the steps stored before it, the client's tool outputs as
+``tool-output-available`` (:func:`chatproxy.aisdk.messages.earlier_steps`).
 
 Parts of the protocol (AI SDK 6 and 7) that are never produced, because a chat-completions
-upstream says nothing they would carry: ``tool-output-available`` / ``-error`` / ``-denied`` and
+upstream says nothing they would carry: ``tool-output-error`` / ``-denied`` and
 ``tool-approval-request`` / ``-response`` (chatproxy runs no tools: the client does, and sends
 the outputs and its approvals back in its messages, which are stored), ``custom`` (provider
 items such as ``openai.compaction``), ``source-*``, ``file``, ``reasoning-file``, ``data-*``,
@@ -152,11 +155,12 @@ class UIMessageStream:
         self._parts = 0
         self._calls: list[_Call] = []
 
-    def start(self) -> bytes:
-        """The head of the stream: ``start`` with the assistant message's id, ``start-step``."""
-        return frame({"type": "start", "messageId": self.message_id}) + frame(
-            {"type": "start-step"}
-        )
+    def start(self, earlier: bytes = b"") -> bytes:
+        """The head of the stream: ``start`` with the assistant message's id, the parts of
+        the ``earlier`` steps of that UIMessage (a resumed answer that goes on after tool
+        outputs), ``start-step``."""
+        start = frame({"type": "start", "messageId": self.message_id})
+        return start + earlier + frame({"type": "start-step"})
 
     def feed(self, data: bytes) -> bytes:
         """The parts for one event's data."""
