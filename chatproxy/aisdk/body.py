@@ -3,7 +3,10 @@
 ``{id, messages, trigger, messageId?}`` carries the whole conversation;
 ``{id, message, trigger?, messageId?}`` only the last message (the "send only the last message"
 pattern: the history comes from the store). Other keys the app adds are ignored, except the
-chat-completions parameters listed in :data:`FORWARDED`, which go to the upstream.
+chat-completions parameters listed in :data:`FORWARDED`, which go to the upstream. The Vercel
+Chat SDK's body, ``{id, message, selectedChatModel, selectedVisibilityType}``, is read as sent:
+``selectedChatModel`` is the model (when there is no ``model``), ``selectedVisibilityType`` the
+visibility of a chat it creates.
 
 What is stored is checked as the chat-completions endpoint checks it: a NUL character in the
 model or a forwarded parameter, or a model name wider than its column, is refused; the
@@ -23,6 +26,7 @@ from chatproxy.store.models import MODEL_LENGTH, refuse_nul
 __all__ = ["FORWARDED", "ChatBody", "parse_body"]
 
 TRIGGERS = ("submit-message", "regenerate-message")
+VISIBILITIES = ("private", "public")
 MAX_MESSAGES = 1000
 FORWARDED = (
     "temperature",
@@ -54,6 +58,7 @@ class ChatBody:
     single: bool  # {id, message}: history from the store
     model: str | None
     params: dict[str, Any]
+    visibility: str | None = None  # of the chat, if this body creates it
 
 
 def _invalid(message: str, code: str, param: str | None = None) -> InvalidRequest:
@@ -75,12 +80,21 @@ def parse_body(raw: bytes) -> ChatBody:
     message_id = body.get("messageId")
     if message_id is not None and not (isinstance(message_id, str) and message_id):
         raise _invalid("'messageId' must be a message id", "invalid_type", "messageId")
-    model = body.get("model")
+    # The Chat SDK names the model selectedChatModel.
+    named = "model" if body.get("model") is not None else "selectedChatModel"
+    model = body.get(named)
     if model is not None and not (isinstance(model, str) and model):
-        raise _invalid("'model' must be a model name", "invalid_type", "model")
+        raise _invalid(f"'{named}' must be a model name", "invalid_type", named)
     if model is not None and len(model) > MODEL_LENGTH:
         raise _invalid(
-            f"'model' is longer than {MODEL_LENGTH} characters", "invalid_value", "model"
+            f"'{named}' is longer than {MODEL_LENGTH} characters", "invalid_value", named
+        )
+    visibility = body.get("selectedVisibilityType")
+    if visibility is not None and visibility not in VISIBILITIES:
+        raise _invalid(
+            "'selectedVisibilityType' must be private or public",
+            "invalid_value",
+            "selectedVisibilityType",
         )
     single = "messages" not in body
     if single and "message" not in body:
@@ -96,7 +110,7 @@ def parse_body(raw: bytes) -> ChatBody:
     messages = [to_chat(body["message"], "message")] if single else _messages(body["messages"])
     params = {k: body[k] for k in FORWARDED if body.get(k) is not None}
     refuse_nul({"model": model, **params}, raw)
-    return ChatBody(chat_id, trigger, message_id, messages, single, model, params)
+    return ChatBody(chat_id, trigger, message_id, messages, single, model, params, visibility)
 
 
 def _messages(value: Any) -> list[UIConverted]:

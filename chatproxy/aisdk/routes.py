@@ -15,13 +15,21 @@ another user's chat is ``403 chat_forbidden``, as with ``X-Chat-Id``.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import UTC
 from typing import Any
 
 import orjson
 from aiohttp import web
 
 from chatproxy.aisdk.body import ChatBody, parse_body
-from chatproxy.aisdk.messages import UI_ID, for_upstream, stored_ui_id, to_ui
+from chatproxy.aisdk.messages import (
+    UI_ID,
+    answer_start,
+    earlier_steps,
+    for_upstream,
+    stored_ui_id,
+    to_ui,
+)
 from chatproxy.aisdk.stream import UI_STREAM_HEADERS, UIMessageStream
 from chatproxy.api.conversations import delete_chat as delete_idle_chat
 from chatproxy.appkeys import CALLER, CHAT_ID, SETTINGS, STORE
@@ -36,6 +44,7 @@ from chatproxy.proxy.feed import Feed, LocalFeed, following
 from chatproxy.proxy.planning import Plan, plan_client_history, plan_server_history
 from chatproxy.proxy.resume import find_feed
 from chatproxy.store import history
+from chatproxy.store.history import update_chat
 from chatproxy.store.models import Chat, Message
 
 __all__ = ["add_routes"]
@@ -101,8 +110,14 @@ async def post_chat(request: web.Request) -> web.StreamResponse:
     req = ChatRequest(orjson.dumps(sent), sent, sent["messages"], True, model)
     history = [for_upstream(m) for m in stored]
     gen = await launch(request, req, turn, parent_hash, history, branch_from)
+    if turn.chat_is_new and body.visibility not in (None, "private"):
+        await gen.begun()  # the chat is written: the Chat SDK's selectedVisibilityType
+        await update_chat(request.app[STORE], turn.chat_id, {"visibility": body.visibility})
     headers = {"X-Chat-Id": turn.chat_id, "X-Message-Id": turn.assistant_id}
-    return await _stream(request, LocalFeed(gen), headers)
+    # After the client's tool outputs, the answer goes on in the client's assistant message.
+    last = body.messages[-1]
+    goes_on = body.trigger == "submit-message" and not body.single and last.role == "assistant"
+    return await _stream(request, LocalFeed(gen), headers, last.id if goes_on else None)
 
 
 async def _plan(
@@ -152,8 +167,10 @@ async def _stored(request: web.Request, chat_id: str, ui_id: str) -> Message | N
 
 
 async def _regenerate_from(request: web.Request, body: ChatBody) -> str:
-    """The message to answer again: the parent of the answer being regenerated, or the user
-    message named (``messageId``, else the body's last message)."""
+    """The message to answer again: the one before the answer being regenerated (the whole
+    UIMessage, which the client has dropped: an answer that went on after tool outputs is
+    answered again from its prompt), or the user message named (``messageId``, else the body's
+    last message)."""
     ui_id = body.message_id or body.messages[-1].id
     m = await _stored(request, body.chat_id, ui_id)
     if m is None:
@@ -162,13 +179,15 @@ async def _regenerate_from(request: web.Request, body: ChatBody) -> str:
             code="message_not_found",
             param="messageId",
         )
-    if m.role != "assistant":
+    if m.role not in ("assistant", "tool"):
         return m.id
-    if m.parent_id is None:
+    branch = await request.app[STORE].branch(body.chat_id, m.id)
+    start = answer_start(branch)
+    if not start:  # None (a tool result alone) or 0 (nothing before the answer)
         raise InvalidRequest(
             "this answer has no message before it", code="invalid_value", param="messageId"
         )
-    return m.parent_id
+    return branch[start - 1].id
 
 
 async def _edited(request: web.Request, body: ChatBody) -> Message | None:
@@ -184,22 +203,31 @@ async def _edited(request: web.Request, body: ChatBody) -> Message | None:
 
 
 async def _stream(
-    request: web.Request, feed: Feed, headers: Mapping[str, str]
+    request: web.Request,
+    feed: Feed,
+    headers: Mapping[str, str],
+    ui_id: str | None = None,
+    earlier: bytes = b"",
 ) -> web.StreamResponse:
-    """Write ``feed``'s events to the client as a UI message stream, from the start. Events
-    that stop short of the end (the request could not be stored, the proxy is stopping) end
-    it with an error part."""
+    """Write ``feed``'s events to the client as a UI message stream, from the start, in the
+    UIMessage ``ui_id`` (default: the answer's own id), after the ``earlier`` steps of it.
+    Events that stop short of the end end it with an abort part when the answer was
+    cancelled, else (the request could not be stored, the proxy is stopping) with an error
+    part."""
     async with following(feed):
         resp = web.StreamResponse(headers={**UI_STREAM_HEADERS, **headers})
         await resp.prepare(request)
         finish_reason = request.app[SETTINGS].aisdk.finish_reason
-        ui = UIMessageStream(feed.message_id, finish_reason=finish_reason)
-        await resp.write(ui.start())
+        ui = UIMessageStream(ui_id or feed.message_id, finish_reason=finish_reason)
+        await resp.write(ui.start(earlier))
         while (batch := await feed.next()) is not None:
             out = b"".join(ui.feed(data) for data in batch)
             if out:
                 await resp.write(out)
-        await resp.write(ui.end())
+        if not ui.finished:
+            stored = await request.app[STORE].get_message(feed.message_id)
+            cancelled = stored is not None and stored.status == "cancelled"
+            await resp.write(ui.abort() if cancelled else ui.end())
         await resp.write_eof()
         return resp
 
@@ -211,7 +239,23 @@ async def resume_stream(request: web.Request) -> web.StreamResponse:
     feed = await find_feed(request.app, chat_id)
     if feed is None:
         return web.Response(status=204)
-    return await _stream(request, feed, {"X-Chat-Id": chat_id, "X-Message-Id": feed.message_id})
+    headers = {"X-Chat-Id": chat_id, "X-Message-Id": feed.message_id}
+    ui_id, earlier = await _ui_message(request, chat_id, feed.message_id)
+    return await _stream(request, feed, headers, ui_id, earlier)
+
+
+async def _ui_message(request: web.Request, chat_id: str, answer_id: str) -> tuple[str, bytes]:
+    """The UIMessage the stored answer ``answer_id`` is part of: its id (that of the first
+    answer before the tool results it goes on after, the one the client was given), and the
+    parts of the steps before it."""
+    store = request.app[STORE]
+    branch = await store.branch(chat_id, answer_id)
+    start = answer_start(branch)
+    if start is None or branch[start].id == answer_id:
+        return answer_id, b""
+    first = await store.get_message(branch[start].id)
+    earlier = earlier_steps((m.role, m.data) for m in branch[start:-1])
+    return (answer_id if first is None else stored_ui_id(first)), earlier
 
 
 # -- history ---------------------------------------------------------------------------------
@@ -227,14 +271,23 @@ async def get_messages(request: web.Request) -> web.Response:
 
 
 async def delete_chat(request: web.Request) -> web.Response:
-    """``DELETE /api/chat?id=...``: the chat, every message of every branch, votes."""
+    """``DELETE /api/chat?id=...``: the chat, every message of every branch, votes. The answer
+    is the deleted chat as the Vercel Chat SDK's route gives it (``id``, ``title``,
+    ``userId``, ``visibility``, ``createdAt``), and ``deleted: true``."""
     chat = await _readable(request, _chat_id(request.query.get("id"), "id"))
     if chat.owner_id != request[CALLER].user_id:
         raise PermissionDenied(
             "this chat belongs to another user: it is read-only for you", code="permission_denied"
         )
     await delete_idle_chat(request, chat.id)
-    return web.Response(
-        body=orjson.dumps({"id": chat.id, "object": "chat.deleted", "deleted": True}),
-        content_type="application/json",
-    )
+    created = chat.created_at.astimezone(UTC).isoformat(timespec="milliseconds")
+    deleted = {
+        "id": chat.id,
+        "object": "chat.deleted",
+        "deleted": True,
+        "title": chat.title,
+        "userId": chat.owner_id,
+        "visibility": chat.visibility,
+        "createdAt": created.replace("+00:00", "Z"),  # as JavaScript's Date gives it
+    }
+    return web.Response(body=orjson.dumps(deleted), content_type="application/json")
