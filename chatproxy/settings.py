@@ -210,6 +210,8 @@ class AISDKSettings:
     """``/api/chat``, the Vercel AI SDK chat backend."""
 
     default_model: str = ""  # for bodies without "model"; empty: "model" is required
+    # The models a body may name (the Chat SDK's selectedChatModel, or "model"); empty: any.
+    models: list[str] = field(default_factory=list)
     # The finish part's finishReason (AI SDK 6 and later); false for AI SDK 5 clients, whose
     # stream reader refuses the field.
     finish_reason: bool = True

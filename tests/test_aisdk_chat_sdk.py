@@ -186,3 +186,20 @@ async def test_delete_answers_with_the_deleted_chat_as_the_chat_sdk_does(
     )
     assert await all_chats(store) == []
     assert await all_messages(store) == []
+
+
+async def test_a_model_not_in_aisdk_models_is_a_400_and_nothing_is_stored(
+    start_proxy: StartProxy, upstream: FakeUpstream, http: aiohttp.ClientSession
+) -> None:
+    proxy = await start_proxy(**{"aisdk.models": ["chat-model", "chat-model-reasoning"]})
+    store = proxy.app[STORE]
+    offered = chat_sdk_body("c1", chat_sdk_message("Hi"))
+    status, _, _ = await post_chat(http, proxy, offered, model=None)
+    assert status == 200
+    other = chat_sdk_body("c2", chat_sdk_message("Hi"), selectedChatModel="gpt-secret")
+    status, _, raw = await post_chat(http, proxy, other, model=None)
+    error = orjson.loads(raw)["error"]
+    assert (status, error["code"], error["param"]) == (400, "model_not_found", "model")
+    assert "gpt-secret" not in error["message"]
+    assert len(upstream.chat_requests) == 1
+    assert [c.id for c in await all_chats(store)] == ["c1"]

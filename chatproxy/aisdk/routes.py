@@ -91,11 +91,18 @@ async def post_chat(request: web.Request) -> web.StreamResponse:
     """Answer the chat's new message (or answer again) as a UI message stream."""
     body = parse_body(await request.read())
     request[CHAT_ID] = body.chat_id
-    model = body.model or request.app[SETTINGS].aisdk.default_model
+    aisdk = request.app[SETTINGS].aisdk
+    model = body.model or aisdk.default_model
     if not model:
         raise InvalidRequest(
             "'model' is required (or set aisdk.default_model)",
             code="missing_required_parameter",
+            param="model",
+        )
+    if aisdk.models and model not in aisdk.models:
+        raise InvalidRequest(
+            f"this chat offers the models {', '.join(aisdk.models)}",
+            code="model_not_found",
             param="model",
         )
     await check_daily_quota(request)
