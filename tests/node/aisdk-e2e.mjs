@@ -7,6 +7,8 @@
 // line printed is `RESULT {json}` with what the caller checks against its script.
 import assert from 'node:assert/strict';
 
+import { ArrayState } from './array-state.mjs';
+
 const { AbstractChat, DefaultChatTransport, readUIMessageStream } = await import(
   process.env.AI_PACKAGE ?? 'ai'
 );
@@ -17,24 +19,6 @@ const api = `${base}/api/chat`;
 const body = { model: 'fake-model' };
 
 // A framework-free chat: AbstractChat (what useChat wraps) over a plain array.
-class ArrayState {
-  constructor(messages = []) {
-    this.messages = messages;
-    this.status = 'ready';
-    this.error = undefined;
-  }
-  pushMessage = message => {
-    this.messages = [...this.messages, message];
-  };
-  popMessage = () => {
-    this.messages = this.messages.slice(0, -1);
-  };
-  replaceMessage = (index, message) => {
-    this.messages = this.messages.with(index, message);
-  };
-  snapshot = value => structuredClone(value);
-}
-
 class Chat extends AbstractChat {
   constructor({ messages, ...init }) {
     super({ ...init, state: new ArrayState(messages) });

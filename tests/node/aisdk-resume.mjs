@@ -6,6 +6,8 @@
 // The last line printed is `RESULT {json}`: `resumed` (false for 204), the messages the chat
 // holds afterwards, the type of every part the resumed stream carried, the error the chat
 // reported (useChat's `error`) if any, and the tool calls onToolCall was given.
+import { ArrayState } from './array-state.mjs';
+
 const { AbstractChat, DefaultChatTransport } = await import(process.env.AI_PACKAGE ?? 'ai');
 
 const [base, chatId] = process.argv.slice(2);
@@ -26,24 +28,6 @@ class RecordingTransport extends DefaultChatTransport {
     })();
     return forChat;
   }
-}
-
-class ArrayState {
-  constructor(messages) {
-    this.messages = messages;
-    this.status = 'ready';
-    this.error = undefined;
-  }
-  pushMessage = message => {
-    this.messages = [...this.messages, message];
-  };
-  popMessage = () => {
-    this.messages = this.messages.slice(0, -1);
-  };
-  replaceMessage = (index, message) => {
-    this.messages = this.messages.with(index, message);
-  };
-  snapshot = value => structuredClone(value);
 }
 
 const response = await fetch(`${api}/${chatId}/messages`);

@@ -10,6 +10,8 @@
 // and what a reload gives, after each step.
 import assert from 'node:assert/strict';
 
+import { ArrayState } from './array-state.mjs';
+
 const { AbstractChat, DefaultChatTransport, lastAssistantMessageIsCompleteWithToolCalls } =
   await import(process.env.AI_PACKAGE ?? 'ai');
 
@@ -26,24 +28,6 @@ const tools = [
     },
   },
 ];
-
-class ArrayState {
-  constructor(messages = []) {
-    this.messages = messages;
-    this.status = 'ready';
-    this.error = undefined;
-  }
-  pushMessage = message => {
-    this.messages = [...this.messages, message];
-  };
-  popMessage = () => {
-    this.messages = this.messages.slice(0, -1);
-  };
-  replaceMessage = (index, message) => {
-    this.messages = this.messages.with(index, message);
-  };
-  snapshot = value => structuredClone(value);
-}
 
 const toolCalls = [];
 const chat = new AbstractChat({
