@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 from dataclasses import dataclass
 from typing import Any
@@ -210,12 +211,23 @@ async def handle_chat_completions(request: web.Request) -> web.StreamResponse:
         # The same request sent twice at once threads as if sent one after the other: the
         # second is planned once the first one's turn is written.
         gen = None
+        generations = app[GENERATIONS]
         try:
             key = _request_key(caller.user_id, chat_id, req.raw)
-            async with app[GENERATIONS].one_at_a_time(key):
-                turn, parent_hash, history = await plan_client_history(
+            async with contextlib.AsyncExitStack() as held:
+                await held.enter_async_context(generations.one_at_a_time(key))
+                plan = await plan_client_history(
                     store, settings, caller, req.body, req.messages, chat_id
                 )
+                if chat_id is None and plan[0].chat_is_new:
+                    # A new chat: another instance may be planning the same request. Plan
+                    # again under the lock they share (it may have been stored meanwhile).
+                    await held.enter_async_context(generations.across_instances(key))
+                    if generations.shared is not None:
+                        plan = await plan_client_history(
+                            store, settings, caller, req.body, req.messages, chat_id
+                        )
+                turn, parent_hash, history = plan
                 gen = await launch(request, req, turn, parent_hash, history, branch_from)
                 await gen.begun()
         except asyncio.CancelledError:  # the client left before it could subscribe

@@ -66,23 +66,29 @@ class Generations:
 
     @contextlib.asynccontextmanager
     async def one_at_a_time(self, key: str) -> AsyncIterator[None]:
-        """Run the block for one request with ``key`` at a time, on this instance and (with
-        Redis) on every instance; others with the same key wait until it is over."""
+        """Run the block for one request with ``key`` at a time on this instance; others with
+        the same key wait until it is over."""
         while (running := self._serial.get(key)) is not None:
             await asyncio.shield(running)
         done = asyncio.get_running_loop().create_future()
         self._serial[key] = done
-        token = None
         try:
-            if self.shared is not None:
-                token = await self.shared.lock(key)
+            yield
+        finally:
+            del self._serial[key]
+            done.set_result(None)
+
+    @contextlib.asynccontextmanager
+    async def across_instances(self, key: str) -> AsyncIterator[None]:
+        """With Redis, the same for every instance (a lock in Redis, two round trips: taken
+        only where a duplicate would do harm); without, nothing more."""
+        token = await self.shared.lock(key) if self.shared is not None else None
+        try:
             yield
         finally:
             if token is not None:
                 assert self.shared is not None
                 await asyncio.shield(self.shared.unlock(key, token))
-            del self._serial[key]
-            done.set_result(None)
 
     async def claim(self, turn: Turn, branch_from: str | None = None) -> bool:
         """Claim the chat for ``turn``'s answer; False while another answer runs there (on any
