@@ -127,6 +127,8 @@ class SharedGenerations:
         self._live: list[_Mirrored] = []
         self._wake = asyncio.Event()
         self._flusher: asyncio.Task[None] | None = None
+        # The flusher, close() and forget() take turns: none sees another's half-done work.
+        self._flushing = asyncio.Lock()
         self._healthy = True
 
     def busy_key(self, chat_id: str) -> str:
@@ -212,6 +214,10 @@ class SharedGenerations:
 
     async def flush(self) -> None:
         """Write what is new in every mirrored answer; forget the ones that are over."""
+        async with self._flushing:
+            await self._flush()
+
+    async def _flush(self) -> None:
         now = asyncio.get_running_loop().time()
         live = list(self._live)
         async with self.client.pipeline(transaction=False) as pipe:
@@ -283,9 +289,13 @@ class SharedGenerations:
 
     async def forget(self, chat_id: str) -> None:
         """Remove the chat's stream records (the chat was deleted)."""
-        with contextlib.suppress(*REDIS_ERRORS):
-            streams = [k async for k in self.client.scan_iter(match=self.stream_key(chat_id, "*"))]
-            await self.client.delete(self.meta_key(chat_id), *streams)
+        async with self._flushing:
+            # A later flush must not write the records back.
+            self._live = [m for m in self._live if m.gen.chat_id != chat_id]
+            with contextlib.suppress(*REDIS_ERRORS):
+                match = self.stream_key(chat_id, "*")
+                streams = [k async for k in self.client.scan_iter(match=match)]
+                await self.client.delete(self.meta_key(chat_id), *streams)
 
     async def close(self) -> None:
         """Write the last events of the answers (they have ended), then close the client."""
