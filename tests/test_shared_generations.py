@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
-from chatproxy.appkeys import SETTINGS, STORE
+from chatproxy.appkeys import GENERATIONS, SETTINGS, STORE
 from chatproxy.proxy.registry import Generations
 from chatproxy.server import ProxyServer
 from chatproxy.store.batch import Turn
@@ -376,3 +376,20 @@ async def test_a_resume_through_another_instance_at_once_after_the_head_finds_th
                 assert followed.headers["X-Message-Id"] == message_id
                 assert (await followed.read()).endswith(b"data: [DONE]\n\n")
             await original.read()
+
+
+@needs_redis
+async def test_flushes_at_once_beside_the_flusher_write_an_ended_answer_once(
+    start_proxy, upstream: FakeUpstream, http: aiohttp.ClientSession, redis_prefix: str, redis
+) -> None:
+    proxy = await start_proxy(**{"redis.url": REDIS_URL, "redis.prefix": redis_prefix})
+    shared = proxy.app[GENERATIONS].shared
+    assert shared is not None
+    async with http.post(f"{proxy.url}/chat/completions", json=BODY) as resp:
+        chat_id, message_id = resp.headers["X-Chat-Id"], resp.headers["X-Message-Id"]
+        await resp.read()
+    # close() flushes while the flusher task may be flushing too: each sees the other's end.
+    await asyncio.gather(*(shared.flush() for _ in range(5)))
+    stream = f"{redis_prefix}gen:{chat_id}:{message_id}"
+    assert await redis.exists(stream) == 1
+    assert not shared._live
