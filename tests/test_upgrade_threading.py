@@ -1,6 +1,7 @@
 """A store written by the previous release (schema up to ``0004_instances``, prefix hashes of
 canonical form v1) keeps threading after the upgrade: migration ``0005_canonical_v2`` rehashes
-its messages, and a client resending that history, re-serialised, continues the stored chat."""
+its messages, ``0007_message_depth`` numbers them along their branch, and a client resending
+that history, re-serialised, continues the stored chat."""
 
 from __future__ import annotations
 
@@ -14,8 +15,10 @@ from tortoise.context import TortoiseContext
 from tortoise.migrations.executor import MigrationExecutor, MigrationTarget
 
 from chatproxy.appkeys import STORE
+from chatproxy.store import history
+from chatproxy.store.batch import Dialect
 from chatproxy.store.db import APP_LABEL, tortoise_config
-from chatproxy.store.models import Chat, Message, User
+from chatproxy.store.models import Chat, User
 from chatproxy.testing import FakeUpstream, Reply
 from tests.util import all_chats, all_messages
 
@@ -64,21 +67,29 @@ async def _previous_release_store(url: str) -> None:
             updated_at=now,
             metadata={},
         )
+        # The previous release's columns, written as it wrote them (the model has more now).
+        d = Dialect(ctx.db("default"))
+        insert = d.sql(
+            "INSERT INTO messages (id, chat_id, parent_id, user_id, role, text, data, "
+            "prefix_hash, status, client_disconnected, created_at) "
+            "VALUES (?, ?, ?, 'local', ?, ?, ?, ?, 'completed', ?, ?)"
+        )
         h, parent = b"", None
         for i, m in enumerate(HISTORY):
             h = hashlib.blake2b(h + _v1_canonical(m), digest_size=16).digest()
-            msg = await Message.create(
-                id=f"msg_old{i}",
-                chat_id="chat_old",
-                parent_id=parent,
-                user_id="local",
-                role=m["role"],
-                text=m.get("content") or "",
-                data=m,
-                prefix_hash=h.hex(),
-                created_at=now + timedelta(seconds=i),
-            )
-            parent = msg.id
+            row = [
+                f"msg_old{i}",
+                "chat_old",
+                parent,
+                m["role"],
+                m.get("content") or "",
+                orjson.dumps(m).decode(),
+                h.hex(),
+                False,
+                d.ts(now + timedelta(seconds=i)),
+            ]
+            await ctx.db("default").execute_query(insert, row)
+            parent = f"msg_old{i}"
         await Chat.filter(id="chat_old").update(head_id=parent)
         await ctx.close_connections()
 
@@ -108,3 +119,6 @@ async def test_a_store_of_the_previous_release_keeps_threading_after_the_upgrade
     assert [m.id for m in rows[:5]] == [f"msg_old{i}" for i in range(5)]
     assert [m.role for m in rows[5:]] == ["user", "assistant"]
     assert rows[5].parent_id == "msg_old4"
+    assert [m.depth for m in rows] == [1, 2, 3, 4, 5, 6, 7]
+    view = await history.chat_view(store, "chat_old")
+    assert view is not None and view.message_count == 7

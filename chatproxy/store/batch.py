@@ -114,10 +114,13 @@ INSERT_CHAT = (
 )
 UPDATE_CHAT_HEAD = "UPDATE chats SET head_id = ?, updated_at = ? WHERE id = ?"
 UPDATE_CHAT_TIME = "UPDATE chats SET updated_at = ? WHERE id = ?"
+# The depth is the parent's plus one, read in the statement: the rows of one request run in
+# order, so each finds the one before it.
 INSERT_MESSAGE = (
     "INSERT INTO messages (id, chat_id, parent_id, user_id, role, text, data, prefix_hash, "
     "status, model, params, client_disconnected, instance_id, metadata, created_at, "
-    "completed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "completed_at, depth) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
+    "COALESCE((SELECT p.depth FROM messages p WHERE p.id = ?), 0) + 1)"
 )
 CHECKPOINT = "UPDATE messages SET text = ?, data = ? WHERE id = ? AND status = 'in_progress'"
 FINISH = (
@@ -202,6 +205,7 @@ class Batch:
                         _json(m.metadata),
                         created,
                         now,
+                        parent,
                     ]
                 )
                 parent = m.id
@@ -224,6 +228,7 @@ class Batch:
                     None,
                     created,
                     None,
+                    parent,
                 ]
             )
             heads.append([t.assistant_id, now, t.chat_id])

@@ -93,16 +93,10 @@ def replayable(m: Message) -> bool:
 
 
 async def _counts(chats: Sequence[Chat]) -> dict[str, int]:
-    # Only the tree's shape is loaded: (chat, id, parent) of the chats' messages.
-    if not chats:
-        return {}
-    rows = await Message.filter(chat_id__in=[c.id for c in chats]).values_list(
-        "chat_id", "id", "parent_id"
-    )
-    parents: dict[str, dict[str, str | None]] = {c.id: {} for c in chats}
-    for chat_id, message_id, parent_id in rows:
-        parents[chat_id][message_id] = parent_id
-    return {c.id: len(_walk(parents[c.id], c.head_id)) for c in chats}
+    # A chat's count is kept: its head's depth (one primary-key read per chat).
+    heads = [c.head_id for c in chats if c.head_id is not None]
+    depths = dict(await Message.filter(id__in=heads).values_list("id", "depth")) if heads else {}
+    return {c.id: depths.get(c.head_id, 0) if c.head_id else 0 for c in chats}
 
 
 async def chat_view(store: Store, chat_id: str) -> ChatView | None:
@@ -204,6 +198,7 @@ def _new_messages(
     history later threads into it (SPEC §3.4)."""
     now = utcnow()
     parent_id = parent.id if parent is not None else None
+    depth = parent.depth if parent is not None else 0
     rows = []
     for i, (data, h) in enumerate(zip(datas, prefix_hashes(datas, parent_hash), strict=True)):
         m = Message(
@@ -215,6 +210,7 @@ def _new_messages(
             text=message_text(data.get("content")),
             data=data,
             prefix_hash=h,
+            depth=depth + i + 1,
             status="completed",
             # One microsecond apart, so that "oldest first" keeps their order.
             created_at=now + timedelta(microseconds=i),

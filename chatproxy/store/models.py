@@ -225,6 +225,8 @@ class Message(Model):
     user_id = fields.CharField(max_length=128)
     role = fields.CharField(max_length=16)
     text = fields.TextField(default="")
+    # The message's place on its branch (a root is 1): a chat's message count is its head's.
+    depth = fields.IntField(default=0, db_default=0)
     data = fields.JSONField()
     prefix_hash = fields.CharField(max_length=32)
     status = fields.CharField(max_length=16, default="completed")
