@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
+import platform
 import random
 import secrets
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -37,16 +40,19 @@ from tortoise.transactions import in_transaction
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.bench import free_port, rss_mb, wait_http  # noqa: E402
+from benchmarks import bench  # noqa: E402
+from benchmarks.bench import rss_mb  # noqa: E402
+from chatproxy.store.db import sqlite_path  # noqa: E402
 from chatproxy.store.store import Store  # noqa: E402
 from chatproxy.store.threading import default_title, prefix_hashes  # noqa: E402
-from chatproxy.testing import FakeUpstream  # noqa: E402
 
 USER = "local"  # the caller: auth mode "none"
+INSTANCE = "bench-build"  # the instance that "produced" the stored answers
 OTHER_USERS = ("ada", "bob", "cyd")
 LONG_CHATS = 3  # chats of LONG_CHAT messages each
 LONG_CHAT = 10_000
 REPEAT = 20
+HOT_ROUNDS = 2  # rounds of the hot-path scenario on each store
 RARE_WORD = "quixotically"  # in about one chat in 2,000
 COMMON_WORD = "python"  # in about one message in ten
 
@@ -57,6 +63,8 @@ class Figure:
     value: float
     unit: str
     target: str
+    empty: float | None = None  # the same figure on an empty store (the hot path's rows)
+    error: str | None = None  # what failed, when it did
 
 
 # -- building the store --------------------------------------------------------------------------
@@ -122,6 +130,7 @@ def _rows(total: int) -> Any:
                     owner,
                     m["role"],
                     m["content"],
+                    i + 1,  # depth: one branch, the root is 1
                     orjson.dumps(m).decode(),
                     h,
                     "completed",
@@ -130,6 +139,7 @@ def _rows(total: int) -> Any:
                     10 if answer else None,
                     20 if answer else None,
                     30 if answer else None,
+                    INSTANCE if answer else None,  # answers the proxy produced
                     when,
                     when if answer else None,
                 )
@@ -153,10 +163,10 @@ CHAT_SQL = (
     " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
 MESSAGE_SQL = (
-    "INSERT INTO messages (id, chat_id, parent_id, user_id, role, text, data, prefix_hash,"
-    " status, model, finish_reason, prompt_tokens, completion_tokens, total_tokens, created_at,"
-    " completed_at, client_disconnected) VALUES"
-    " (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, FALSE)"
+    "INSERT INTO messages (id, chat_id, parent_id, user_id, role, text, depth, data,"
+    " prefix_hash, status, model, finish_reason, prompt_tokens, completion_tokens, total_tokens,"
+    " instance_id, created_at, completed_at, client_disconnected) VALUES"
+    " (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, FALSE)"
 )
 
 
@@ -211,12 +221,18 @@ async def build(url: str, total: int) -> int:
 # -- measuring -----------------------------------------------------------------------------------
 
 
+class HttpError(RuntimeError):
+    """A history request answered with an error status."""
+
+
 async def timed(http: aiohttp.ClientSession, method: str, url: str, **kw: Any) -> float:
     started = time.perf_counter()
     async with http.request(method, url, **kw) as resp:
-        await resp.read()
+        body = await resp.read()
         if resp.status >= 400:
-            raise RuntimeError(f"{method} {url}: HTTP {resp.status}")
+            raise HttpError(
+                f"{method} {url}: HTTP {resp.status} {body[:200].decode(errors='replace')}"
+            )
     return (time.perf_counter() - started) * 1000
 
 
@@ -228,64 +244,51 @@ async def p50(http: aiohttp.ClientSession, url: str, n: int = REPEAT, **kw: Any)
 async def measure_http(base: str, figures: list[Figure]) -> None:
     v1 = f"{base}/v1"
     async with aiohttp.ClientSession() as http:
-        figures.append(
-            Figure("list, first page", await p50(http, f"{v1}/conversations"), "ms", "<= 10")
-        )
+
+        async def get(name: str, url: str, target: str, n: int = REPEAT, **kw: Any) -> None:
+            print(f"  {name}", flush=True)
+            figures.append(Figure(name, await p50(http, url, n, **kw), "ms", target))
+
+        await get("list, first page", f"{v1}/conversations", "<= 10")
         after = None
         for _ in range(50):  # 5,000 chats deep
             params = {"limit": "100", **({"after": after} if after else {})}
             async with http.get(f"{v1}/conversations", params=params) as resp:
-                after = (await resp.json())["last_id"]
-        deep = await p50(http, f"{v1}/conversations", params={"after": after})
-        figures.append(Figure("list, a page 5,000 chats deep", deep, "ms", "<= 10"))
-        figures.append(
-            Figure(
-                "list, metadata filter",
-                await p50(http, f"{v1}/conversations", params={"metadata[project]": "p7"}),
-                "ms",
-                "<= 10",
-            )
+                page = await resp.json()
+            after = page["last_id"] if page["has_more"] else after
+        await get(
+            "list, a page 5,000 chats deep", f"{v1}/conversations", "<= 10", params={"after": after}
         )
-        figures.append(
-            Figure(
-                "stored completions, limit 20",
-                await p50(http, f"{v1}/chat/completions", params={"limit": "20"}),
-                "ms",
-                "<= 10",
-            )
-        )
+        meta = {"metadata[project]": "p7"}
+        await get("list, metadata filter", f"{v1}/conversations", "<= 10", params=meta)
+        limit = {"limit": "20"}
+        await get("stored completions, limit 20", f"{v1}/chat/completions", "<= 10", params=limit)
         for label, word, target in (
             ("rare word", RARE_WORD, "<= 50"),
             ("common word", COMMON_WORD, "<= 100"),
             ("no match", "zzzqqqxxx", "<= 50"),
         ):
-            value = await p50(http, f"{v1}/conversations", n=5, params={"q": word})
-            figures.append(Figure(f"search, {label}", value, "ms", target))
+            await get(f"search, {label}", f"{v1}/conversations", target, n=5, params={"q": word})
         chat = "chat_bench000000000010"
-        figures.append(
-            Figure(
-                "one chat's messages (/v1)",
-                await p50(http, f"{v1}/conversations/{chat}/messages"),
-                "ms",
-                "<= 5",
-            )
-        )
-        figures.append(
-            Figure(
-                "one chat's messages (/api/chat)",
-                await p50(http, f"{base}/api/chat/{chat}/messages"),
-                "ms",
-                "<= 5",
-            )
-        )
-        long_chat = "chat_bench000000000000"
+        answer = "msg_b000000010x000001"
+        for api, url in (
+            ("/v1/conversations/{id}/messages", f"{v1}/conversations/{chat}/messages"),
+            ("/v1/conversations/{id}/items", f"{v1}/conversations/{chat}/items"),
+            ("/api/chat/{id}/messages", f"{base}/api/chat/{chat}/messages"),
+            ("/v1/chat/completions/{id}/messages", f"{v1}/chat/completions/{answer}/messages"),
+        ):
+            await get(f"one chat's messages, {api}", url, "<= 5")
         await measure_delete(http, v1, "chat_bench000000000012", "delete a short chat", figures)
+        long_chat = "chat_bench000000000000"
         await measure_delete(http, v1, long_chat, "delete a 10,000-message chat", figures)
 
 
 async def measure_delete(
     http: aiohttp.ClientSession, v1: str, chat_id: str, label: str, figures: list[Figure]
 ) -> None:
+    """Delete a chat while a new request is made: the delete's time and the request's time to
+    first byte. A delete that fails is a figure with its error, and the run goes on."""
+    print(f"  {label}", flush=True)
     body = {"model": "m", "messages": [{"role": "user", "content": secrets.token_hex(8)}]}
     delete = asyncio.create_task(timed(http, "DELETE", f"{v1}/conversations/{chat_id}"))
     await asyncio.sleep(0.005)
@@ -294,7 +297,10 @@ async def measure_delete(
         await resp.content.readany()
         first_byte = (time.perf_counter() - started) * 1000
         await resp.read()
-    figures.append(Figure(label, await delete, "ms", "<= 50 per batch"))
+    try:
+        figures.append(Figure(label, await delete, "ms", "<= 50 per batch"))
+    except HttpError as exc:
+        figures.append(Figure(label, float("nan"), "ms", "<= 50 per batch", error=str(exc)))
     figures.append(Figure(f"first byte of a request during: {label}", first_byte, "ms", "+<= 50"))
 
 
@@ -316,55 +322,130 @@ def cli(db: str, *args: str) -> tuple[float, str, float]:
     return time.perf_counter() - started, out.decode(), peak
 
 
-def measure_cli(db: str, total: int, figures: list[Figure], work: Path) -> None:
+def measure_cli(db: str, restore: str, total: int, figures: list[Figure], work: Path) -> None:
+    """``stats``, ``export --all``, ``import`` of that export into ``restore`` (an empty
+    store), then ``db prune``."""
+    print("  chatproxy stats", flush=True)
     seconds, _, _ = cli(db, "stats")
     figures.append(Figure("chatproxy stats", seconds * 1000, "ms", "(reported)"))
+    print("  chatproxy export --all", flush=True)
     backup = work / "backup.jsonl"
     seconds, _, peak = cli(db, "export", "--all", "-o", str(backup))
     figures.append(Figure("export --all", total / seconds, "messages/s", ">= 20,000"))
     figures.append(Figure("export --all, peak RSS", peak, "MB", "flat"))
+    print("  chatproxy import", flush=True)
+    seconds, _, _ = cli(restore, "import", str(backup))
+    figures.append(Figure("import of the backup", total / seconds, "messages/s", ">= 20,000"))
+    restored = sqlite_path(restore)
+    if restored is not None:
+        wal = Path(restored + "-wal")
+        ratio = (wal.stat().st_size if wal.exists() else 0) / max(1, Path(restored).stat().st_size)
+        figures.append(Figure("import: WAL size / database size", ratio, "x", "<= 2"))
+    backup.unlink()
+    print("  chatproxy db prune", flush=True)
     seconds, _, _ = cli(db, "db", "prune", "--older-than", "150d")
     figures.append(Figure("db prune --older-than 150d", seconds, "s", "(reported)"))
-    if db.startswith("sqlite"):
-        fresh = f"sqlite://{work / 'restored.db'}"
-        seconds, _, _ = cli(fresh, "import", str(backup))
-        figures.append(Figure("import of the backup", total / seconds, "messages/s", ">= 20,000"))
-        wal = work / "restored.db-wal"
-        size = (work / "restored.db").stat().st_size
-        ratio = (wal.stat().st_size if wal.exists() else 0) / max(1, size)
-        figures.append(Figure("import: WAL size / database size", ratio, "x", "<= 2"))
 
 
-async def run(db: str, total: int, work: Path) -> list[Figure]:
-    print(f"building {total:,} messages on {db.split('://')[0]} ...")
+# -- the hot path on this store: benchmarks/bench.py's figures ----------------------------------
+
+
+def _hot_sizes(total: int) -> dict[str, int]:
+    if total < 50_000:  # a smoke run
+        return {"unloaded": 20, "loaded": 100, "history": 10}
+    return {"unloaded": 500, "loaded": 2000, "history": 100}
+
+
+async def measure_hot_path(
+    upstream: str, big: Proxy, empty: Proxy, total: int, figures: list[Figure]
+) -> None:
+    """``make bench``'s hot-path scenario (proxied request against a direct connection: time
+    to first byte, throughput, CPU per request, threading a long history) through the proxy
+    on this store and through one on an empty store. The two alternate for
+    :data:`HOT_ROUNDS` rounds; each figure is the mean of its rounds, side by side."""
+    sizes = _hot_sizes(total)
+    runs: dict[str, list[list[bench.Figure]]] = {"big": [], "empty": []}
+    for r in range(HOT_ROUNDS):
+        for key, proxy in (("empty", empty), ("big", big)):
+            print(f"  make bench figures, round {r + 1}, {key} store", flush=True)
+            runs[key].append(await bench.scenario_fast(upstream, proxy.v1, proxy.pid, sizes))
+    for i, first in enumerate(runs["big"][0]):
+        # bench.py's names say "added" (to direct); these rows compare the proxied values.
+        name = first.name.split(" (")[0].removeprefix("added ")
+        on_big = statistics.mean(run[i].proxy for run in runs["big"])
+        on_empty = statistics.mean(run[i].proxy for run in runs["empty"])
+        higher_is_better = first.unit == "req/s"
+        target = ">= 0.9x the empty store" if higher_is_better else "<= 1.1x the empty store"
+        figures.append(Figure(f"bench: {name}", on_big, first.unit, target, empty=on_empty))
+
+
+@dataclass
+class Proxy:
+    """A ``chatproxy serve`` of this benchmark (bench.py's: pinned, warnings only)."""
+
+    proc: subprocess.Popen[bytes]
+    base: str
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def v1(self) -> str:
+        return f"{self.base}/v1"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(30)
+
+
+async def start_proxy(upstream: str, db: str, pin: int | None) -> Proxy:
+    port = bench.free_port()
+    proxy = Proxy(bench.start_proxy(port, upstream, db, pin), f"http://127.0.0.1:{port}")
+    try:
+        await bench.wait_http(f"{proxy.base}/readyz", within=300)
+    except BaseException:
+        proxy.stop()
+        raise
+    return proxy
+
+
+async def run(db: str, empty: str, restore: str, total: int, work: Path) -> list[Figure]:
+    """Build ``db``, measure everything on it; ``empty`` and ``restore`` are empty stores (the
+    hot path's reference, the import's target)."""
+    print(f"building {total:,} messages on {db.split('://')[0]} ...", flush=True)
     started = time.perf_counter()
     written = await build(db, total)
-    print(f"  built in {time.perf_counter() - started:.0f} s")
+    print(f"  built in {time.perf_counter() - started:.0f} s", flush=True)
     figures: list[Figure] = []
-    async with FakeUpstream(fast=True) as upstream:
-        port = free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CHATPROXY_")}
-        env["CHATPROXY_LIMITS__IP_RATE"] = "0"
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "chatproxy",
-            "serve",
-            "--port",
-            str(port),
-            "--db",
-            db,
-            "--upstream",
-            upstream.url,
-            env=env,
-        )
+    cores = bench.cpus()
+    pin = cores[0] if len(cores) > 1 else None
+    upstream_port = bench.free_port()
+    upstream_proc = bench.start_upstream(upstream_port, 0.0)
+    upstream = f"http://127.0.0.1:{upstream_port}/v1"
+    proxies: list[Proxy] = []
+    try:
+        await bench.wait_http(f"{upstream}/models")
+        big = await start_proxy(upstream, db, pin)
+        proxies.append(big)
+        print("measuring the history API", flush=True)
+        await measure_http(big.base, figures)
+        proxies.append(await start_proxy(upstream, empty, pin))
+        mine = os.sched_getaffinity(0)
+        if pin is not None:  # the load generator off the proxy's CPU, as bench.py runs it
+            os.sched_setaffinity(0, set(cores[1:]))
         try:
-            await wait_http(f"http://127.0.0.1:{port}/readyz", within=120)
-            await measure_http(f"http://127.0.0.1:{port}", figures)
+            await measure_hot_path(upstream, big, proxies[-1], total, figures)
         finally:
-            proc.terminate()
-            await proc.wait()
-    await asyncio.to_thread(measure_cli, db, written, figures, work)
+            os.sched_setaffinity(0, mine)
+    finally:
+        for proxy in proxies:
+            proxy.stop()
+        upstream_proc.terminate()
+        upstream_proc.wait(30)
+    print("measuring the CLI", flush=True)
+    await asyncio.to_thread(measure_cli, db, restore, written, figures, work)
     return figures
 
 
@@ -386,12 +467,70 @@ async def drop_postgres(admin_url: str, name: str) -> None:
     await conn.close()
 
 
+def _value(value: float) -> str:
+    if math.isnan(value):
+        return "-"
+    return f"{value:,.0f}" if value >= 100 else f"{value:.1f}" if value >= 1 else f"{value:.2f}"
+
+
 def table(db: str, figures: list[Figure]) -> str:
+    """The figures of one database as Markdown: history operations, then the hot path."""
     lines = [f"### {db}", "", "| operation | measured | target |", "| --- | --- | --- |"]
     for f in figures:
-        value = f"{f.value:,.0f}" if f.value >= 100 else f"{f.value:.1f}"
-        lines.append(f"| {f.name} | {value} {f.unit} | {f.target} |")
+        if f.empty is None:
+            measured = f"**failed**: {f.error}" if f.error else f"{_value(f.value)} {f.unit}"
+            lines.append(f"| {f.name} | {measured} | {f.target} |")
+    lines += [
+        "",
+        "| `make bench` figure (proxied) | empty store | this store | ratio | target |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for f in figures:
+        if f.empty is not None:
+            ratio = f.value / f.empty if f.empty else float("nan")
+            lines.append(
+                f"| {f.name.removeprefix('bench: ')} | {_value(f.empty)} {f.unit} |"
+                f" {_value(f.value)} {f.unit} | {ratio:.2f}x | {f.target} |"
+            )
     return "\n".join(lines)
+
+
+def _machine(postgres_version: str | None) -> str:
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    parts = [
+        f"{platform.node()}, {os.cpu_count()} CPUs, {memory:.0f} GiB",
+        f"Python {platform.python_version()}",
+        f"SQLite {sqlite3.sqlite_version}",
+    ]
+    if postgres_version:
+        parts.append(f"PostgreSQL {postgres_version}")
+    return ", ".join(parts)
+
+
+async def _postgres_version(admin_url: str) -> str:
+    import asyncpg
+
+    conn = await asyncpg.connect(admin_url)
+    try:
+        return str(await conn.fetchval("SHOW server_version"))
+    finally:
+        await conn.close()
+
+
+def write_docs(path: Path, section: str) -> None:
+    """Put ``section`` in ``path`` as its "History at volume" section (replacing the one there,
+    up to the next second-level heading)."""
+    text = path.read_text() if path.exists() else ""
+    start = text.find(f"\n{DOCS_HEADING}\n")
+    if start < 0:
+        text = text.rstrip("\n") + "\n\n" + section
+    else:
+        end = text.find("\n## ", start + 1)
+        text = text[: start + 1] + section + ("\n" + text[end + 1 :] if end >= 0 else "")
+    path.write_text(text)
+
+
+DOCS_HEADING = "## History at volume"
 
 
 async def main() -> int:
@@ -399,28 +538,58 @@ async def main() -> int:
     parser.add_argument("--messages", type=int, default=1_000_000)
     parser.add_argument("--db", choices=("sqlite", "postgres", "both"), default="both")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument(
+        "--docs", type=Path, default=None, help=f"write the tables as {DOCS_HEADING!r} there"
+    )
     args = parser.parse_args()
     results: dict[str, list[dict[str, Any]]] = {}
+    tables: list[str] = []
     admin = os.environ.get("CHATPROXY_TEST_POSTGRES_URL", "")
     kinds = ["sqlite", "postgres"] if args.db == "both" else [args.db]
     if "postgres" in kinds and not admin:
         print("PostgreSQL skipped: set CHATPROXY_TEST_POSTGRES_URL", file=sys.stderr)
         kinds.remove("postgres")
+    pg_version = await _postgres_version(admin) if "postgres" in kinds else None
+    started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="chatproxy-history-") as tmp:
         work = Path(tmp)
         for kind in kinds:
             if kind == "sqlite":
-                figures = await run(f"sqlite://{work / 'history.db'}", args.messages, work)
+                urls = [
+                    f"sqlite://{work / name}" for name in ("history.db", "empty.db", "restored.db")
+                ]
+                figures = await run(*urls, args.messages, work)
             else:
-                name, url = await fresh_postgres(admin)
+                made = [await fresh_postgres(admin) for _ in range(3)]
                 try:
-                    figures = await run(url, args.messages, work)
+                    figures = await run(*(url for _, url in made), args.messages, work)
                 finally:
-                    await drop_postgres(admin, name)
-            print(table(kind, figures))
+                    for name, _ in made:
+                        await drop_postgres(admin, name)
+            tables.append(table("SQLite" if kind == "sqlite" else "PostgreSQL", figures))
+            print(tables[-1], flush=True)
             results[kind] = [asdict(f) for f in figures]
+    minutes = (time.perf_counter() - started) / 60
+    command = f"python benchmarks/history.py --messages {args.messages} --db {args.db}"
     if args.json is not None:
         args.json.write_bytes(orjson.dumps({"messages": args.messages, "results": results}))
+    if args.docs is not None:
+        section = "\n\n".join(
+            [
+                DOCS_HEADING,
+                f"`make bench-history` (`{command}`): a store of {args.messages:,} messages"
+                f" ({len(_chat_sizes(args.messages, random.Random(11))):,} chats, {LONG_CHATS}"
+                f" of {LONG_CHAT:,} messages), then every history operation through a real"
+                " `chatproxy serve`, p50 of 20 (search: 5) requests, and the CLI. The `make"
+                " bench` rows run bench.py's hot-path scenario through a proxy on this store"
+                f" and through one on an empty store, alternating, mean of {HOT_ROUNDS}"
+                " rounds.",
+                f"Machine: {_machine(pg_version)}. {datetime.now(UTC):%Y-%m-%d}; the run took"
+                f" {minutes:.0f} minutes.",
+                *tables,
+            ]
+        )
+        write_docs(args.docs, section + "\n")
     return 0
 
 
