@@ -211,7 +211,11 @@ class Chat(Model):
 
     class Meta:
         table = "chats"
-        indexes = (Index(fields=("owner_id", "updated_at"), name="chats_owner_updated"),)
+        indexes = (
+            Index(fields=("owner_id", "updated_at"), name="chats_owner_updated"),
+            # Every user's chats by age: db prune's batches, the operator's listing.
+            Index(fields=("updated_at",), name="chats_updated"),
+        )
 
 
 class Message(Model):
@@ -262,6 +266,8 @@ class Message(Model):
             # (its replies, and the cascade of a message's delete).
             Index(fields=("chat_id", "created_at"), name="messages_chat_created"),
             Index(fields=("parent_id",), name="messages_parent"),
+            # Every user's answers since a time (chatproxy stats).
+            Index(fields=("role", "created_at"), name="messages_role_created"),
         )
 
 

@@ -1,4 +1,5 @@
 from tortoise import fields, migrations
+from tortoise.indexes import Index
 from tortoise.migrations import operations as ops
 
 _SQLITE = [
@@ -37,4 +38,9 @@ class Migration(migrations.Migration):
             model_name='Message', name='depth', field=fields.IntField(default=0, db_default=0)
         ),
         ops.RunPython(backfill, ops.RunPython.noop),
+        ops.AddIndex(
+            model_name='Message',
+            index=Index(fields=['role', 'created_at'], name='messages_role_created'),
+        ),
+        ops.AddIndex(model_name='Chat', index=Index(fields=['updated_at'], name='chats_updated')),
     ]
