@@ -23,8 +23,10 @@ from datetime import timedelta
 from typing import Any
 
 from chatproxy.ids import new_chat_id, new_message_id, storable_message_id, unknown_id
+from chatproxy.store import search
 from chatproxy.store.batch import Dialect
 from chatproxy.store.models import Chat, Message, Vote
+from chatproxy.store.purge import purge_chats, purge_messages, subtree
 from chatproxy.store.store import Store, utcnow
 from chatproxy.store.threading import (
     TITLE_LENGTH,
@@ -53,8 +55,6 @@ __all__ = [
     "set_vote",
     "update_chat",
 ]
-
-_IN_CHUNK = 500  # ids per ``IN (...)`` of a delete
 
 
 @dataclass(slots=True, frozen=True)
@@ -129,8 +129,8 @@ async def list_chats(
     ``after`` is the id of a chat of this owner (the last one of the previous page); an
     unknown or foreign id raises :class:`~chatproxy.errors.InvalidRequest`
     (``invalid_cursor``). ``metadata``
-    pairs must all match; ``q`` is a case-insensitive substring of the title or of any
-    message's text.
+    pairs must all match; ``q`` is a full-text query (:mod:`chatproxy.store.search`) that the
+    title or one of the owner's messages must match.
     """
     d = Dialect(store.conn)
     # No owner: every user's chats (the operator's view, from the CLI).
@@ -159,27 +159,27 @@ async def list_chats(
                 "WHERE j.key = ? AND j.type = 'text' AND j.value = ?)"
             )
         params += [key, value]
-    if q:
-        mine = "m.user_id = ? AND " if owner_id is not None else ""
-        where.append(
-            "(LOWER(c.title) LIKE LOWER(?) ESCAPE '\\' OR c.id IN (SELECT m.chat_id FROM "
-            f"messages m WHERE {mine}LOWER(m.text) LIKE LOWER(?) ESCAPE '\\'))"
-        )
-        pattern = "%" + q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-        params += [pattern, *([owner_id] if owner_id is not None else []), pattern]
     query = (
         f"SELECT c.id FROM chats c WHERE {' AND '.join(where)} "
         "ORDER BY c.updated_at DESC, c.id DESC LIMIT ?"
     )
-    params.append(limit + 1)
+    terms = search.parse(q) if q else None
+    if q and terms is None:
+        return [], False  # nothing to look for: no word (or one too long to be indexed)
 
     async def op() -> tuple[list[ChatView], bool]:
-        _, rows = await store.conn.execute_query(d.sql(query), params)
-        ids = [row[0] for row in rows[:limit]]
+        if terms is not None:
+            found = await search.matching_chat_ids(
+                store.conn, owner_id, where, params, terms, limit + 1
+            )
+        else:
+            _, rows = await store.conn.execute_query(d.sql(query), [*params, limit + 1])
+            found = [row[0] for row in rows]
+        ids = found[:limit]
         by_id = {c.id: c for c in await Chat.filter(id__in=ids)}
         chats = [by_id[i] for i in ids if i in by_id]
         counts = await _counts(chats)
-        return [ChatView(c, counts[c.id]) for c in chats], len(rows) > limit
+        return [ChatView(c, counts[c.id]) for c in chats], len(found) > limit
 
     return await store.read(op)
 
@@ -266,15 +266,9 @@ async def update_chat(store: Store, chat_id: str, changes: dict[str, Any]) -> Ch
 
 
 async def delete_chat(store: Store, chat_id: str) -> bool:
-    """Delete a chat with every message and vote of it; ``False`` if there was none."""
-
-    async def op() -> int:
-        # The foreign keys cascade too; deleting explicitly does not depend on it.
-        await Vote.filter(chat_id=chat_id).delete()
-        await Message.filter(chat_id=chat_id).delete()
-        return await Chat.filter(id=chat_id).delete()
-
-    return bool(await store.write(op))
+    """Delete a chat with every message and vote of it, in short batches; ``False`` if there
+    was none."""
+    return bool(await purge_chats(store, [chat_id]))
 
 
 async def _head_hash(chat: Chat, head: Message) -> str:
@@ -311,37 +305,30 @@ async def delete_message(store: Store, chat_id: str, message_id: str) -> ChatVie
     When that removes the head, the head moves to the deleted message's parent. ``None`` when
     the message is not in that chat."""
 
-    async def op() -> ChatView | None:
+    async def op() -> tuple[ChatView, list[str]] | None:
         chat = await Chat.get_or_none(id=chat_id)
         if chat is None:
             return None
-        rows = await Message.filter(chat_id=chat_id).values_list("id", "parent_id")
-        parents: dict[str, str | None] = dict(rows)
+        rows = await Message.filter(chat_id=chat_id).values_list("id", "parent_id", "depth")
+        parents: dict[str, str | None] = {mid: parent_id for mid, parent_id, _ in rows}
         if message_id not in parents:
             return None
-        children: dict[str, list[str]] = {}
-        for mid, parent_id in rows:
-            if parent_id is not None:
-                children.setdefault(parent_id, []).append(mid)
-        doomed, stack = set(), [message_id]
-        while stack:
-            mid = stack.pop()
-            if mid not in doomed:
-                doomed.add(mid)
-                stack += children.get(mid, [])
-        ordered = sorted(doomed)
-        for i in range(0, len(ordered), _IN_CHUNK):
-            chunk = ordered[i : i + _IN_CHUNK]
-            await Vote.filter(message_id__in=chunk).delete()
-            await Message.filter(id__in=chunk).delete()
+        doomed = subtree(message_id, parents)
+        # The head moves first: the chat never points at a message about to go.
         if chat.head_id in doomed:
             chat.head_id = parents[message_id]
         chat.updated_at = utcnow()
         await chat.save(update_fields=["head_id", "updated_at"])
-        remaining = {k: v for k, v in parents.items() if k not in doomed}
-        return ChatView(chat, len(_walk(remaining, chat.head_id)))
+        depths = {mid: depth for mid, _, depth in rows}
+        deepest_first = sorted(doomed, key=lambda mid: -depths[mid])
+        return ChatView(chat, depths.get(chat.head_id, 0) if chat.head_id else 0), deepest_first
 
-    return await store.write(op)
+    done = await store.write(op)
+    if done is None:
+        return None
+    view, doomed = done
+    await purge_messages(store, doomed)
+    return view
 
 
 async def set_vote(store: Store, chat_id: str, message_id: str, user_id: str, up: bool) -> bool:
