@@ -15,14 +15,14 @@ the writer task); a write checks ownership again inside its transaction.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from chatproxy.ids import storable_message_id
 from chatproxy.store.batch import Dialect
-from chatproxy.store.models import Chat, Message, Vote
+from chatproxy.store.models import Chat, Message
+from chatproxy.store.purge import purge_messages, subtree
 from chatproxy.store.store import Store, utcnow
 
 __all__ = [
@@ -197,20 +197,6 @@ async def update_metadata(
     return await store.write(write)
 
 
-def _subtree(root: str, rows: list[tuple[str, str | None, Any]]) -> set[str]:
-    children: dict[str, list[str]] = defaultdict(list)
-    for message_id, parent_id, _ in rows:
-        if parent_id is not None:
-            children[parent_id].append(message_id)
-    doomed, todo = set(), [root]
-    while todo:
-        current = todo.pop()
-        if current not in doomed:
-            doomed.add(current)
-            todo.extend(children[current])
-    return doomed
-
-
 def _newest_leaf(rows: list[tuple[str, str | None, Any]]) -> str | None:
     parents = {parent_id for _, parent_id, _ in rows}
     leaves = [(created_at, message_id) for message_id, _, created_at in rows]
@@ -219,27 +205,28 @@ def _newest_leaf(rows: list[tuple[str, str | None, Any]]) -> str | None:
 
 
 async def delete_completion(store: Store, completion_id: str, user_id: str) -> bool:
-    """Delete the user's completion, everything that continues from it, and their votes; the
-    chat's head moves to the newest leaf left. ``False`` when there is no such completion."""
+    """Delete the user's completion, everything that continues from it, and their votes, in
+    short batches; the chat's head moves to the newest leaf left (first, so that it never
+    points at a message about to go). ``False`` when there is no such completion."""
 
-    async def write() -> bool:
+    async def write() -> list[str] | None:
         message = await _completions(id=completion_id, user_id=user_id).first()
         if message is None:
-            return False
+            return None
         rows = await Message.filter(chat_id=message.chat_id).values_list(
-            "id", "parent_id", "created_at"
+            "id", "parent_id", "created_at", "depth"
         )
-        doomed = _subtree(message.id, rows)
-        ordered = sorted(doomed)
-        for i in range(0, len(ordered), _CHUNK):
-            chunk = ordered[i : i + _CHUNK]
-            await Vote.filter(message_id__in=chunk).delete()
-            await Message.filter(id__in=chunk).delete()
+        doomed = subtree(message.id, {mid: parent_id for mid, parent_id, _, _ in rows})
         chat = await Chat.get(id=message.chat_id)
         head = chat.head_id
         if head is None or head in doomed:
-            head = _newest_leaf([row for row in rows if row[0] not in doomed])
+            head = _newest_leaf([row[:3] for row in rows if row[0] not in doomed])
         await Chat.filter(id=chat.id).update(head_id=head, updated_at=utcnow())
-        return True
+        depths = {mid: depth for mid, _, _, depth in rows}
+        return sorted(doomed, key=lambda mid: -depths[mid])
 
-    return bool(await store.write(write))
+    doomed = await store.write(write)
+    if doomed is None:
+        return False
+    await purge_messages(store, doomed)
+    return True

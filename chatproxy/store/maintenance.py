@@ -8,7 +8,8 @@ from datetime import datetime, timedelta
 
 from tortoise.functions import Count, Sum
 
-from chatproxy.store.models import Chat, Message, Vote
+from chatproxy.store.models import Chat, Message
+from chatproxy.store.purge import purge_chats
 from chatproxy.store.store import Store, utcnow
 
 __all__ = ["UsageRow", "parse_age", "prune", "usage"]
@@ -87,23 +88,17 @@ async def prune(store: Store, older_than: timedelta, user_id: str | None = None)
     """Delete the chats not updated for ``older_than`` (with every message and vote), in
     batches of short transactions, then reclaim the space; returns how many."""
     cutoff = utcnow() - older_than
+
+    async def oldest() -> list[str]:
+        query = Chat.filter(updated_at__lt=cutoff)
+        if user_id is not None:
+            query = query.filter(owner_id=user_id)
+        return await query.order_by("updated_at").limit(PRUNE_BATCH).values_list("id", flat=True)
+
     deleted = 0
-    while True:
-
-        async def batch() -> int:
-            query = Chat.filter(updated_at__lt=cutoff)
-            if user_id is not None:
-                query = query.filter(owner_id=user_id)
-            ids = await query.limit(PRUNE_BATCH).values_list("id", flat=True)
-            if ids:
-                await Vote.filter(chat_id__in=ids).delete()
-                await Message.filter(chat_id__in=ids).delete()
-                await Chat.filter(id__in=ids).delete()
-            return len(ids)
-
-        n = await store.write(batch)
-        deleted += n
-        if n < PRUNE_BATCH:
+    while ids := await store.read(oldest):
+        deleted += await purge_chats(store, ids)
+        if len(ids) < PRUNE_BATCH:
             break
     if deleted:
         await store.reclaim_space()

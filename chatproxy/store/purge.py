@@ -1,0 +1,87 @@
+"""Deleting many messages without holding the writer: bounded batches, leaves first.
+
+Every delete of history (a chat, a message and what follows it, a stored completion, a prune)
+goes through here. Each batch is one short :meth:`Store.write` transaction of at most
+``PURGE_BATCH`` messages, so a request's first write waits behind one batch at most, never
+behind a whole 10,000-message chat.
+
+Messages go leaves first (deepest, or for whole chats newest, first: a reply is never older
+than what it answers, and the chat's (chat_id, created_at) index gives that order without a
+sort), and each batch cuts its messages' parent links before it deletes them: the
+``parent_id`` foreign key cascades, and a cascade that walks a long branch one message at a
+time stops at SQLite's trigger depth ("too many levels of trigger recursion"). Leaves first,
+nothing outside a batch hangs below it, so no cascade runs at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from functools import partial
+
+from chatproxy.store.models import Chat, Message, Vote
+from chatproxy.store.store import Store
+
+__all__ = ["PURGE_BATCH", "purge_chats", "purge_messages", "subtree"]
+
+PURGE_BATCH = 500  # messages per transaction
+CHATS_PER_ROUND = 200  # chats whose messages one round looks at (a prune of many small chats)
+
+
+async def _delete(ids: Sequence[str]) -> None:
+    """Delete these messages and their votes (inside the caller's transaction)."""
+    await Vote.filter(message_id__in=ids).delete()
+    await Message.filter(id__in=ids).update(parent_id=None)
+    await Message.filter(id__in=ids).delete()
+
+
+async def purge_messages(store: Store, ids: Sequence[str]) -> None:
+    """Delete the messages ``ids`` (given deepest first) and their votes, in batches."""
+    for i in range(0, len(ids), PURGE_BATCH):
+        await store.write(partial(_delete, ids[i : i + PURGE_BATCH]))
+
+
+async def _chats_batch(chats: Sequence[str]) -> int | None:
+    """One batch of the chats' messages, newest first; once none is left, the chats
+    themselves (how many there were)."""
+    ids = (
+        await Message.filter(chat_id__in=chats)
+        .order_by("-created_at")
+        .limit(PURGE_BATCH)
+        .values_list("id", flat=True)
+    )
+    if ids:
+        await _delete(ids)
+        return None
+    await Vote.filter(chat_id__in=chats).delete()
+    # Counted before: a delete's own count takes in what triggers (the search index) change.
+    there = await Chat.filter(id__in=chats).count()
+    await Chat.filter(id__in=chats).delete()
+    return there
+
+
+async def purge_chats(store: Store, chat_ids: Sequence[str]) -> int:
+    """Delete these chats with every message and vote of theirs, in batches; how many chats
+    there were. A message added to one of them meanwhile goes with it."""
+    deleted = 0
+    for i in range(0, len(chat_ids), CHATS_PER_ROUND):
+        round_ = partial(_chats_batch, chat_ids[i : i + CHATS_PER_ROUND])
+        while (n := await store.write(round_)) is None:
+            pass
+        deleted += n
+    return deleted
+
+
+def subtree(root: str, parents: Mapping[str, str | None]) -> set[str]:
+    """``root`` and every message below it, from the chat's ``{id: parent_id}``."""
+    children: dict[str, list[str]] = {}
+    for mid, parent_id in parents.items():
+        if parent_id is not None:
+            children.setdefault(parent_id, []).append(mid)
+    doomed: set[str] = set()
+    stack = [root]
+    while stack:
+        mid = stack.pop()
+        if mid not in doomed:
+            doomed.add(mid)
+            stack += children.get(mid, [])
+    return doomed
