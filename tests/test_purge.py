@@ -5,7 +5,9 @@ message count is its head's depth before and after."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -145,3 +147,58 @@ async def test_prune_deletes_many_old_chats_in_rounds_and_keeps_the_recent_ones(
     for view in old:
         assert await _counts(store, view.chat.id) == (0, 0, 0)
     assert await _counts(store, recent.chat.id) == (1, 4, 0)
+
+
+async def _search(store: Store, q: str) -> list[str]:
+    views, _ = await history.list_chats(store, "local", limit=100, q=q)
+    return [v.chat.id for v in views]
+
+
+def _pragma(path: str, name: str) -> int:
+    db = sqlite3.connect(path)
+    try:
+        return int(db.execute(f"PRAGMA {name}").fetchone()[0])
+    finally:
+        db.close()
+
+
+@pytest.mark.parametrize("older_file", [False, True], ids=["new file", "older file"])
+async def test_prune_gives_the_space_back_and_search_still_finds_what_is_left(
+    tmp_path: Path, older_file: bool
+) -> None:
+    path = str(tmp_path / "store.db")
+    if older_file:  # a file made before auto_vacuum = INCREMENTAL: the first prune switches it
+        db = sqlite3.connect(path)
+        db.execute("CREATE TABLE before_us (x)")
+        db.close()
+    store = Store(f"sqlite://{path}")
+    await store.open()
+    try:
+        await store.ensure_user("local", "local")
+        filler = " ".join(["ballast"] * 400)
+        old = [
+            await history.create_chat(store, "local", _chain(6, f"gone{i} {filler}"))
+            for i in range(60)
+        ]
+        kept = await history.create_chat(store, "local", _chain(2, "survivor"))
+        long_ago = utcnow() - timedelta(days=200)
+
+        async def age() -> None:
+            await Chat.filter(id__in=[v.chat.id for v in old]).update(updated_at=long_ago)
+
+        await store.write(age)
+        size_before = _pragma(path, "page_count")
+        assert await maintenance.prune(store, timedelta(days=90)) == 60
+        assert _pragma(path, "auto_vacuum") == 2  # INCREMENTAL
+        assert _pragma(path, "freelist_count") == 0
+        assert _pragma(path, "page_count") < size_before / 2
+        assert await _search(store, "survivor") == [kept.chat.id]
+        assert await _search(store, "gone7") == []
+        assert await _search(store, "ballast") == []
+        db = sqlite3.connect(path)
+        try:  # the full-text index still matches the rows it points at
+            db.execute("INSERT INTO messages_fts(messages_fts, rank) VALUES ('integrity-check', 1)")
+        finally:
+            db.close()
+    finally:
+        await store.close()

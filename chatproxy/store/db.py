@@ -74,6 +74,18 @@ def tortoise_config(url: str) -> dict[str, Any]:
     }
 
 
+def _create_sqlite(path: str) -> None:
+    """Open (or create) the file. A new one gets ``auto_vacuum = INCREMENTAL`` (space freed by
+    a prune goes back in short steps: :func:`reclaim_sqlite_space`), which only a file without
+    a header yet takes; an older one switches at its first ``VACUUM``."""
+    db = sqlite3.connect(path)
+    try:
+        db.execute("PRAGMA auto_vacuum=INCREMENTAL")
+        db.execute("PRAGMA journal_mode=WAL").fetchall()
+    finally:
+        db.close()
+
+
 async def open_database(url: str, *, migrate: bool = True) -> TortoiseContext:
     """A Tortoise context connected to ``url``, with every migration applied when asked.
 
@@ -86,7 +98,7 @@ async def open_database(url: str, *, migrate: bool = True) -> TortoiseContext:
         # Fail here, not in aiosqlite's thread: after a failed connect that thread reports to
         # the event loop later, and a CLI that exits at once meets a closed loop.
         try:
-            sqlite3.connect(path).close()
+            _create_sqlite(path)
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"cannot open the database {_redact(url)}: {exc}") from None
     ctx = TortoiseContext()
@@ -148,6 +160,32 @@ def open_fast_sqlite(path: str) -> sqlite3.Connection:
     ):
         db.execute(f"PRAGMA {pragma}")
     return db
+
+
+VACUUM_STEP = 1024  # pages given back per step (4 MiB of a 4 KiB-page file)
+_INCREMENTAL = 2  # PRAGMA auto_vacuum
+
+
+async def reclaim_sqlite_space(path: str) -> None:
+    """Give the file's free pages back to the file system. In ``auto_vacuum = INCREMENTAL``
+    mode it goes in short steps, each its own transaction, so a server writing to the same file
+    waits behind one step at most; otherwise (a file created before that mode) one ``VACUUM``,
+    which also switches the file to it. Runs on a connection of its own, off the event loop."""
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        db.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        if db.execute("PRAGMA auto_vacuum").fetchone()[0] != _INCREMENTAL:
+            await asyncio.to_thread(db.execute, "PRAGMA auto_vacuum=INCREMENTAL")
+            await asyncio.to_thread(db.execute, "VACUUM")
+        else:
+            step = f"PRAGMA incremental_vacuum({VACUUM_STEP})"
+            while db.execute("PRAGMA freelist_count").fetchone()[0]:
+                # executescript: execute() would free a single page (one VDBE step).
+                await asyncio.to_thread(db.executescript, step)
+                await asyncio.sleep(0.005)  # another connection's turn
+        await asyncio.to_thread(lambda: db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall())
+    finally:
+        db.close()
 
 
 class WalCheckpointer:

@@ -46,7 +46,13 @@ from tortoise.transactions import in_transaction
 from chatproxy.ids import storable_message_id
 from chatproxy.offload import LARGE_COUNT, offload
 from chatproxy.store.batch import Answer, Batch, Dialect, NewMessage, Turn
-from chatproxy.store.db import WalCheckpointer, open_database, open_fast_sqlite, sqlite_path
+from chatproxy.store.db import (
+    WalCheckpointer,
+    open_database,
+    open_fast_sqlite,
+    reclaim_sqlite_space,
+    sqlite_path,
+)
 from chatproxy.store.models import ApiKey, Chat, Instance, Message, Meta, User
 
 __all__ = ["Answer", "BranchEntry", "NewMessage", "Store", "ThreadMatch", "Turn", "utcnow"]
@@ -384,12 +390,12 @@ class Store:
         return str(await self._call(op))
 
     async def reclaim_space(self) -> None:
-        """Give freed pages back to the file system (SQLite ``VACUUM``; PostgreSQL's autovacuum
-        does this on its own)."""
-        if self._fast is not None:
+        """Give freed pages back to the file system (SQLite: in short steps, see
+        :func:`reclaim_sqlite_space`; PostgreSQL's autovacuum does this on its own)."""
+        path = sqlite_path(self.url)
+        if path is not None:
             await self._call(_noop)  # every queued write first
-            self._fast.execute("VACUUM")
-            self._fast.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            await reclaim_sqlite_space(path)
 
     async def recover_interrupted(self) -> int:
         """Mark this instance's ``in_progress`` messages ``interrupted`` (start-up)."""
