@@ -273,8 +273,14 @@ def export(
         if fmt not in (None, "jsonl"):
             _fail("--all writes jsonl", 2)
         since_utc = since.replace(tzinfo=UTC) if since else None
-        with _open_output(output) as out, _progress() as progress:
-            count = _run(
+        with _open_output(output) as out, _progress("exporting") as bar:
+            progress = None
+            if bar is not None:
+
+                def progress(chats: int, total: int, messages: int) -> None:
+                    bar(chats, total, messages)
+
+            stats = _run(
                 lambda: _with_store(
                     settings,
                     lambda store: export_all(
@@ -282,7 +288,7 @@ def export(
                     ),
                 )
             )
-        click.echo(f"exported {count} chat(s)", err=True)
+        click.echo(f"exported {stats.chats} chat(s)", err=True)
         return
     assert chat_id is not None
     _chat_id(chat_id)
@@ -307,21 +313,31 @@ def _open_output(path: Path | None) -> Iterator[BinaryIO]:
 
 
 @contextlib.contextmanager
-def _progress() -> Iterator[Callable[[int, int], None] | None]:
-    """A progress bar on a terminal (stderr), nothing otherwise."""
+def _progress(what: str) -> Iterator[Callable[[int, int | None, int], None] | None]:
+    """A progress bar on a terminal (stderr): ``update(done, total, messages)``, shown with
+    the messages per second; nothing otherwise."""
     if not sys.stderr.isatty():
         yield None
         return
+    import time
+
     from rich.console import Console
-    from rich.progress import Progress
+    from rich.progress import BarColumn, Progress, TextColumn
 
-    with Progress(console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task("exporting", total=None)
+    started = time.perf_counter()
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.fields[messages]:,} messages, {task.fields[rate]:,.0f}/s"),
+    )
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(what, total=None, messages=0, rate=0.0)
 
-        def update(done: int, total: int) -> None:
-            # Rich redraws ten times a second by itself; a short export would show nothing.
-            eager = done == 1 or done == total or done % 100 == 0
-            bar.update(task, completed=done, total=total, refresh=eager)
+        def update(done: int, total: int | None, messages: int) -> None:
+            rate = messages / max(time.perf_counter() - started, 1e-6)
+            # Rich redraws ten times a second by itself; a short run would show nothing.
+            bar.update(task, completed=done, total=total, messages=messages, rate=rate)
+            bar.refresh()
 
         yield update
 
@@ -331,23 +347,40 @@ def _progress() -> Iterator[Callable[[int, int], None] | None]:
 @CONFIG_OPTION
 @DB_OPTION
 def import_(file: Path, config_file: Path | None, db_url: str | None) -> None:
-    """Restore a json or jsonl export (every branch, status and timestamp). Importing twice
-    changes nothing. The whole file is checked first: an error names the line and the field,
-    and nothing of that document is stored."""
-    from chatproxy.export import BadExport, import_documents, read_documents
+    """Restore a json or jsonl export (every branch, status, vote and timestamp; prefix
+    hashes, depths, heads and titles left out are derived). Ids already stored are skipped:
+    importing twice adds nothing. Documents go in in file order, each whole or not at all: on
+    an invalid one, the error names its line and field, nothing of it is stored and the
+    documents before it stay imported (importing the fixed file again skips them)."""
+    from chatproxy.export import ImportFailed, import_file
 
     settings = _settings(config_file, **{"storage.url": db_url})
     try:
-        docs = read_documents(file.read_bytes())
+        source = file.open("rb")
     except OSError as exc:
         _fail(f"cannot read {file}: {exc.strerror or exc}", 1)
-    except BadExport as exc:
-        _fail(f"{file}: {exc}", 1)
-    try:
-        chats, messages = _run(lambda: _with_store(settings, lambda s: import_documents(s, docs)))
-    except BadExport as exc:
-        _fail(f"{file}: {exc}", 1)
-    click.echo(f"imported {chats} chat(s) and {messages} message(s) from {file}")
+    size = max(1, file.stat().st_size)
+    with source, _progress("importing") as bar:
+        progress = None
+        if bar is not None:
+
+            def progress(stats: Any) -> None:
+                bar(source.tell(), size, stats.messages)
+
+        try:
+            stats = _run(
+                lambda: _with_store(settings, lambda s: import_file(s, source, progress=progress))
+            )
+        except ImportFailed as exc:
+            kept = exc.stats
+            before = ""
+            if kept.chats or kept.messages:
+                before = (
+                    f" (the {kept.chats} chat(s) and {kept.messages} message(s) before it"
+                    " are imported)"
+                )
+            _fail(f"{file}: {exc}{before}", 1)
+    click.echo(f"imported {stats.chats} chat(s) and {stats.messages} message(s) from {file}")
 
 
 @main.group()

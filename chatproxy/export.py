@@ -13,37 +13,43 @@ turned into the others without a database.
 
 from __future__ import annotations
 
-import functools
+import asyncio
+import contextlib
+import io
 import re
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, BinaryIO, NoReturn
 
 import orjson
-from tortoise.exceptions import BaseORMException
 
 from chatproxy.auth import USER_ID_RE
+from chatproxy.bulk import BulkDB, ImportBatch, Written, bulk_db
 from chatproxy.errors import NotFoundError
 from chatproxy.ids import CHAT_ID_RE
 from chatproxy.store.models import (
     MESSAGE_STATUSES,
     Chat,
     Message,
-    User,
+    Vote,
     storable_json,
     storable_text,
 )
 from chatproxy.store.store import Store
-from chatproxy.store.threading import message_text, prefix_hashes, replayable
+from chatproxy.store.threading import default_title, message_text, prefix_hashes, replayable
 
 __all__ = [
     "FORMATS",
     "BadExport",
+    "ImportFailed",
+    "ImportStats",
     "active_branch",
     "chat_document",
     "export_all",
     "export_chat",
-    "import_documents",
+    "import_file",
     "read_documents",
     "render",
 ]
@@ -77,9 +83,15 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
-def chat_document(chat: Chat, messages: list[Message]) -> dict[str, Any]:
-    """The lossless export of one chat."""
-    return {
+def _vote_entry(message_id: str, user_id: str, up: bool, created_at: str | None) -> dict[str, Any]:
+    return {"message_id": message_id, "user_id": user_id, "up": up, "created_at": created_at}
+
+
+def chat_document(
+    chat: Chat, messages: list[Message], votes: list[Vote] | None = None
+) -> dict[str, Any]:
+    """The lossless export of one chat (with its votes, when given)."""
+    doc = {
         "format": DOCUMENT_FORMAT,
         "version": DOCUMENT_VERSION,
         "chat": {
@@ -105,6 +117,11 @@ def chat_document(chat: Chat, messages: list[Message]) -> dict[str, Any]:
             for m in messages
         ],
     }
+    if votes is not None:
+        doc["votes"] = [
+            _vote_entry(v.message_id, v.user_id, v.up, _iso(v.created_at)) for v in votes
+        ]
+    return doc
 
 
 def active_branch(doc: dict[str, Any]) -> list[dict[str, Any]]:
@@ -180,7 +197,75 @@ async def export_chat(store: Store, chat_id: str, fmt: str) -> bytes:
     chat = await store.get_chat(chat_id)
     if chat is None:
         raise NotFoundError(f"no chat with id {chat_id!r}")
-    return render(chat_document(chat, await store.chat_messages(chat_id)), fmt)
+    messages = await store.chat_messages(chat_id)
+    votes = await store.read(
+        lambda: Vote.filter(chat_id=chat_id).order_by("created_at", "id").all()
+    )
+    return render(chat_document(chat, messages, votes), fmt)
+
+
+_PAGE_MESSAGES = 5000  # messages read per page (the page's chats are sized to about this)
+_CHAT_SELECT = (
+    "SELECT id, owner_id, title, visibility, metadata, head_id, created_at, updated_at "
+    "FROM chats WHERE id > ?"
+)
+_MESSAGE_SELECT = (
+    "SELECT chat_id, id, parent_id, role, data, "
+    + ", ".join(_MESSAGE_FIELDS)
+    + ", created_at, completed_at FROM messages WHERE chat_id IN ?list"
+    " ORDER BY chat_id, created_at, id"
+)
+_VOTE_SELECT = (
+    "SELECT chat_id, message_id, user_id, up, created_at FROM votes WHERE chat_id IN ?list"
+    " ORDER BY chat_id, created_at, id"
+)
+_JSON_FIELDS = frozenset({"error", "usage", "params", "metadata"})
+
+
+def _iso_column(value: Any) -> str | None:
+    """A datetime column (SQLite: Tortoise's text form) as the ORM's export writes it."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        if value[10:11] == " " and value.endswith("+00:00"):
+            return value[:10] + "T" + value[11:]
+        value = datetime.fromisoformat(value)
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return str(value.astimezone(UTC).isoformat())
+
+
+def _json_column(value: Any) -> Any:
+    return orjson.loads(value) if isinstance(value, str | bytes) else value
+
+
+def _message_entry(row: Sequence[Any]) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "id": row[1],
+        "parent_id": row[2],
+        "role": row[3],
+        "message": _json_column(row[4]),
+    }
+    for i, name in enumerate(_MESSAGE_FIELDS, start=5):
+        value = row[i]
+        if name in _JSON_FIELDS and value is not None:
+            value = _json_column(value)
+        elif name == "client_disconnected":
+            value = bool(value)
+        entry[name] = value
+    entry["created_at"] = _iso_column(row[-2])
+    entry["completed_at"] = _iso_column(row[-1])
+    return entry
+
+
+@dataclass(slots=True)
+class ExportStats:
+    """What ``export --all`` read: chats, messages, and how (pages; the most rows in one)."""
+
+    chats: int = 0
+    messages: int = 0
+    pages: int = 0
+    largest_page: int = 0
 
 
 async def export_all(
@@ -189,25 +274,90 @@ async def export_all(
     *,
     user_id: str | None = None,
     since: datetime | None = None,
-    progress: Callable[[int, int], None] | None = None,
-) -> int:
+    progress: Callable[[int, int, int], None] | None = None,
+    page_messages: int = _PAGE_MESSAGES,
+) -> ExportStats:
     """Write every chat (of one user; updated since ``since``) to ``out`` as JSON lines, the
-    backup format; returns how many. ``progress(done, total)`` is called after each chat."""
+    backup format, in chat id order.
 
-    async def ids() -> list[str]:
-        query = Chat.all().order_by("created_at", "id")
+    The store is read in pages (keyset pagination on the chat id, the page's messages in one
+    query along the messages-by-chat index, the next page read while this one is written):
+    memory holds one page, whatever the store's size. ``progress(chats, total, messages)`` is
+    called after each page."""
+    async with bulk_db(store) as db:
+        filters, params = "", []
         if user_id is not None:
-            query = query.filter(owner_id=user_id)
+            filters += " AND owner_id = ?"
+            params.append(user_id)
         if since is not None:
-            query = query.filter(updated_at__gte=since)
-        return [str(i) for i in await query.values_list("id", flat=True)]
-
-    chat_ids = await store.read(ids)
-    for done, chat_id in enumerate(chat_ids, start=1):
-        out.write(await export_chat(store, chat_id, "jsonl"))
+            filters += " AND updated_at >= ?"
+            params.append(db.ts(since))
+        total = 0
         if progress is not None:
-            progress(done, len(chat_ids))
-    return len(chat_ids)
+            count = "SELECT COUNT(*) FROM chats WHERE id > ?" + filters
+            total = int((await db.fetch(count, ["", *params]))[0][0])
+        stats = ExportStats()
+        chats_per_page = max(1, page_messages // 10)
+
+        async def page(after: str, size: int) -> tuple[list[Any], list[Any], list[Any]]:
+            query = _CHAT_SELECT + filters + " ORDER BY id LIMIT ?"
+            chats = await db.fetch(query, [after, *params, size])
+            if not chats:
+                return [], [], []
+            ids = [c[0] for c in chats]
+            messages = await db.fetch(_MESSAGE_SELECT, [ids])
+            votes = await db.fetch(_VOTE_SELECT, [ids])
+            return chats, messages, votes
+
+        pending = asyncio.ensure_future(page("", chats_per_page))
+        while True:
+            chats, messages, votes = await pending
+            if not chats:
+                break
+            stats.pages += 1
+            stats.largest_page = max(stats.largest_page, len(messages))
+            # The next page's size: about ``page_messages`` messages at this page's average.
+            per_chat = max(1.0, len(messages) / len(chats))
+            chats_per_page = max(1, min(10_000, int(page_messages / per_chat)))
+            pending = asyncio.ensure_future(page(chats[-1][0], chats_per_page))
+            stats.messages += len(messages)
+            stats.chats += len(chats)
+            _write_page(out, chats, messages, votes)
+            if progress is not None:
+                progress(stats.chats, max(total, stats.chats), stats.messages)
+        return stats
+
+
+def _write_page(out: BinaryIO, chats: list[Any], messages: list[Any], votes: list[Any]) -> None:
+    by_chat: dict[str, list[dict[str, Any]]] = {}
+    for row in messages:
+        by_chat.setdefault(row[0], []).append(_message_entry(row))
+    votes_by_chat: dict[str, list[dict[str, Any]]] = {}
+    for chat_id, message_id, voter, up, at in votes:
+        votes_by_chat.setdefault(chat_id, []).append(
+            _vote_entry(message_id, voter, bool(up), _iso_column(at))
+        )
+    lines = []
+    for chat_id, owner, title, visibility, metadata, head_id, created, updated in chats:
+        doc = {
+            "format": DOCUMENT_FORMAT,
+            "version": DOCUMENT_VERSION,
+            "chat": {
+                "id": chat_id,
+                "owner": owner,
+                "title": title,
+                "visibility": visibility,
+                "metadata": _json_column(metadata),
+                "head_id": head_id,
+                "created_at": _iso_column(created),
+                "updated_at": _iso_column(updated),
+            },
+            "messages": by_chat.get(chat_id, []),
+            "votes": votes_by_chat.get(chat_id, []),
+        }
+        lines.append(orjson.dumps(doc))
+    lines.append(b"")
+    out.write(b"\n".join(lines))
 
 
 # -- import -----------------------------------------------------------------------------------
@@ -289,6 +439,24 @@ class _Reader:
         return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
     def document(self, doc: Any) -> dict[str, Any]:
+        """The document, complete: what it leaves out filled in, times as ISO text."""
+        chat, messages, votes = self.parse(doc)
+        iso = [
+            {k: _iso(v) if isinstance(v, datetime) else v for k, v in m.items()} for m in messages
+        ]
+        for m in iso:
+            del m["depth"]
+        return {
+            "format": DOCUMENT_FORMAT,
+            "version": DOCUMENT_VERSION,
+            "chat": {k: _iso(v) if isinstance(v, datetime) else v for k, v in chat.items()},
+            "messages": iso,
+            "votes": [dict(v, created_at=_iso(v["created_at"])) for v in votes],
+        }
+
+    def parse(self, doc: Any) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
+        """The chat, its messages (in document order, each with its ``depth``) and votes,
+        validated, with what the document leaves out derived; times as datetimes."""
         if not isinstance(doc, dict) or doc.get("format") != DOCUMENT_FORMAT:
             raise BadExport(
                 f'{self.where}not a chatproxy chat export (no "format": "{DOCUMENT_FORMAT}")'
@@ -304,26 +472,60 @@ class _Reader:
             self.fail("messages", "an array", entries)
         chat_out = self.chat(chat)
         messages = self.messages(entries or [], chat_out)
-        ids = {m["id"] for m in messages}
+        by_id = {m["id"]: m for m in messages}
         head = chat.get("head_id", _MISSING)
         if head is _MISSING:  # the newest leaf, as the proxy keeps it
             parents = {m["parent_id"] for m in messages}
-            head = next((m["id"] for m in reversed(messages) if m["id"] not in parents), None)
-        elif head is not None and head not in ids:
+            leaves = [
+                (m["created_at"], i) for i, m in enumerate(messages) if m["id"] not in parents
+            ]
+            head = messages[max(leaves)[1]]["id"] if leaves else None
+        elif head is not None and head not in by_id:
             self.fail("chat.head_id", "null or the id of one of the document's messages", head)
         chat_out["head_id"] = head
+        if "title" not in chat:  # as the proxy names a chat: from its first user message
+            branch = []
+            current = by_id.get(head) if head is not None else None
+            while current is not None:
+                branch.append(current["message"])
+                current = by_id.get(current["parent_id"] or "")
+            branch.reverse()
+            chat_out["title"] = default_title(branch or [m["message"] for m in messages])
         if chat_out["updated_at"] is None:
             times = [m["completed_at"] or m["created_at"] for m in messages]
             chat_out["updated_at"] = max([chat_out["created_at"], *times])
-        return {
-            "format": DOCUMENT_FORMAT,
-            "version": DOCUMENT_VERSION,
-            "chat": {k: _iso(v) if isinstance(v, datetime) else v for k, v in chat_out.items()},
-            "messages": [
-                {k: _iso(v) if isinstance(v, datetime) else v for k, v in m.items()}
-                for m in messages
-            ],
-        }
+        return chat_out, messages, self.votes(doc.get("votes"), by_id, chat_out)
+
+    def votes(
+        self, entries: Any, messages: dict[str, dict[str, Any]], chat: dict[str, Any]
+    ) -> list[dict[str, Any]]:
+        if entries is None:
+            return []
+        if not isinstance(entries, list):
+            self.fail("votes", "an array, or null", entries)
+        out = []
+        seen: set[tuple[str, str]] = set()
+        for i, entry in enumerate(entries):
+            path = f"votes[{i}]"
+            if not isinstance(entry, dict):
+                self.fail(path, "an object", entry)
+            message_id = entry.get("message_id", _MISSING)
+            if not isinstance(message_id, str) or message_id not in messages:
+                self.fail(
+                    f"{path}.message_id", "the id of one of the document's messages", message_id
+                )
+            user = entry.get("user_id", _MISSING)
+            if not isinstance(user, str) or not USER_ID_RE.fullmatch(user):
+                self.fail(f"{path}.user_id", "a user id (1 to 128 of A-Z a-z 0-9 _ . @ : -)", user)
+            if (message_id, user) in seen:
+                self.fail(f"{path}.user_id", "one vote per user and message", user)
+            seen.add((message_id, user))
+            up = entry.get("up", _MISSING)
+            if not isinstance(up, bool):
+                self.fail(f"{path}.up", "true or false", up)
+            at = self.when(f"{path}.created_at", entry.get("created_at"), chat["updated_at"])
+            out.append({"message_id": message_id, "user_id": user, "up": up, "created_at": at})
+        return out
 
     def chat(self, chat: dict[str, Any]) -> dict[str, Any]:
         chat_id, owner = chat.get("id", _MISSING), chat.get("owner", _MISSING)
@@ -380,9 +582,11 @@ class _Reader:
             if m["created_at"] is None:
                 m["created_at"] = previous + timedelta(microseconds=1)
             previous = m["created_at"]
-        # Prefix hashes left out: computed from the parent's, as the proxy does.
+        # Prefix hashes left out: computed from the parent's, as the proxy does; the depth
+        # (the place on the branch: a root is 1) always.
         by_id = {m["id"]: m for m in out}
         for m in ordered:
+            m["depth"] = by_id[m["parent_id"]]["depth"] + 1 if m["parent_id"] else 1
             if m["prefix_hash"] is None:
                 parent = by_id[m["parent_id"]]["prefix_hash"] if m["parent_id"] else ""
                 unhashed = m["role"] == "assistant" and m["status"] in _UNHASHED
@@ -463,127 +667,280 @@ class _Reader:
         return out
 
 
-def read_documents(data: bytes) -> list[dict[str, Any]]:
-    """The chat documents of a ``json`` or ``jsonl`` export, validated, with what they leave
-    out filled in (defaults; prefix hashes, head and times derived). Raises
-    :class:`BadExport` naming the line (of a ``jsonl`` file) and the field."""
-    text = data.removeprefix(b"\xef\xbb\xbf").strip()  # a UTF-8 byte-order mark
-    if not text:
-        return []
-    if text.startswith(b"{") and b"\n{" not in text:  # one json document
-        where = "" if b"\n" in text else "line 1: "  # (on one line: a jsonl file as well)
-        try:
-            return [_Reader(where).document(orjson.loads(text))]
-        except orjson.JSONDecodeError as exc:
-            raise BadExport(f"{where}not a json or jsonl export ({exc})") from None
-    docs = []
-    for n, line in enumerate(data.removeprefix(b"\xef\xbb\xbf").splitlines(), start=1):
+def _lines(source: BinaryIO) -> Iterator[tuple[int, str, Any]]:
+    """``(line number, where, parsed JSON)`` of each document of a json or jsonl export: a
+    jsonl file line by line (never all in memory), a json document (a pretty-printed one: its
+    first line is ``{`` alone) read whole."""
+    n = 0
+    for raw in source:
+        n += 1
+        line = raw.removeprefix(b"\xef\xbb\xbf") if n == 1 else raw  # a UTF-8 byte-order mark
         if not line.strip():
             continue
+        if line.strip() == b"{":
+            text = line + source.read()
+            try:
+                yield n, "", orjson.loads(text)
+            except orjson.JSONDecodeError as exc:
+                raise BadExport(f"not a json or jsonl export ({exc})") from None
+            return
         try:
             doc = orjson.loads(line)
         except orjson.JSONDecodeError as exc:
             raise BadExport(f"line {n}: not a json or jsonl export ({exc})") from None
-        docs.append(_Reader(f"line {n}: ").document(doc))
-    return docs
+        yield n, f"line {n}: ", doc
 
 
-def _when(value: str | None) -> datetime | None:
-    return datetime.fromisoformat(value) if value else None
+def read_documents(data: bytes) -> list[dict[str, Any]]:
+    """The chat documents of a ``json`` or ``jsonl`` export, validated, with what they leave
+    out filled in (defaults; prefix hashes, head, title and times derived). Raises
+    :class:`BadExport` naming the line (of a ``jsonl`` file) and the field."""
+    return [_Reader(where).document(doc) for _, where, doc in _lines(io.BytesIO(data))]
 
 
-async def _conflict(doc: dict[str, Any]) -> str | None:
-    """Why ``doc`` cannot go into this store (a chat or message id taken by another), or
-    ``None``."""
-    chat = doc["chat"]
-    owners = await Chat.filter(id=chat["id"]).values_list("owner_id", flat=True)
-    if owners and owners[0] != chat["owner"]:
-        return f"chat {chat['id']!r} is already stored for another user ({owners[0]!r})"
-    ids = [m["id"] for m in doc["messages"]]
-    for i in range(0, len(ids), 500):
-        taken = await (
-            Message.filter(id__in=ids[i : i + 500])
-            .exclude(chat_id=chat["id"])
-            .values_list("id", "chat_id")
+def _json_text(value: Any) -> str | None:
+    """``value`` as JSON text both stores hold (a NUL in a string becomes U+FFFD)."""
+    return None if value is None else storable_json(orjson.dumps(value).decode())
+
+
+_TEXT_FIELDS = ("model", "finish_reason", "upstream_id", "system_fingerprint", "instance_id")
+
+
+def _document_rows(
+    db: BulkDB,
+    chat: dict[str, Any],
+    messages: list[dict[str, Any]],
+    votes: list[dict[str, Any]],
+) -> tuple[tuple[Any, ...], list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """The chat's row, its message rows (parents before children) and vote rows."""
+    ts = db.ts
+    chat_id, owner = chat["id"], chat["owner"]
+    chat_row = (
+        chat_id,
+        owner,
+        storable_text(chat["title"]),
+        chat["visibility"],
+        _json_text(chat["metadata"] or {}),
+        chat["head_id"],
+        ts(chat["created_at"]),
+        ts(chat["updated_at"]),
+    )
+    rows = []
+    for m in sorted(messages, key=lambda m: m["depth"]):  # stable: parents first
+        data = m["message"]
+        rows.append(
+            (
+                m["id"],
+                chat_id,
+                m["parent_id"],
+                owner,
+                storable_text(m["role"]),
+                storable_text(message_text(data.get("content"))),
+                m["depth"],
+                _json_text(data),
+                m["prefix_hash"],
+                m["status"],
+                _json_text(m["error"]),
+                storable_text(m["model"]),
+                storable_text(m["finish_reason"]),
+                m["prompt_tokens"],
+                m["completion_tokens"],
+                m["total_tokens"],
+                _json_text(m["usage"]),
+                storable_text(m["upstream_id"]),
+                storable_text(m["system_fingerprint"]),
+                _json_text(m["params"]),
+                m["client_disconnected"],
+                m["ttft_ms"],
+                m["duration_ms"],
+                storable_text(m["instance_id"]),
+                _json_text(m["metadata"]),
+                ts(m["created_at"]),
+                ts(m["completed_at"]),
+            )
         )
-        if taken:
-            message_id, other = taken[0]
-            return f"message {message_id!r} of chat {chat['id']!r} is already in chat {other!r}"
-    return None
-
-
-def _storable(value: Any) -> Any:
-    """``value`` as both stores hold it: every NUL in its text replaced by U+FFFD (PostgreSQL
-    refuses NUL in text and JSON), as the proxy stores what it is sent."""
-    if value is None or isinstance(value, bool | int | float):
-        return value
-    if isinstance(value, str):
-        return storable_text(value)
-    text = orjson.dumps(value).decode()
-    cleaned = storable_json(text)
-    return value if cleaned is text else orjson.loads(cleaned)
-
-
-async def _restore(doc: dict[str, Any]) -> tuple[int, int]:
-    conflict = await _conflict(doc)
-    if conflict is not None:
-        raise BadExport(conflict)
-    chat = doc["chat"]
-    owner = chat["owner"]
-    await User.bulk_create([User(id=owner, name=owner)], ignore_conflicts=True)
-    new_chat = not await Chat.exists(id=chat["id"])
-    if new_chat:
-        await Chat.create(
-            id=chat["id"],
-            owner_id=owner,
-            title=_storable(chat["title"]),
-            visibility=chat["visibility"],
-            metadata=_storable(chat["metadata"] or {}),
-            head_id=chat["head_id"],
-            created_at=_when(chat["created_at"]),
-            updated_at=_when(chat["updated_at"]),
-        )
-    ids = [m["id"] for m in doc["messages"]]
-    present = set(await Message.filter(id__in=ids).values_list("id", flat=True))
-    rows = [
-        Message(
-            id=m["id"],
-            chat_id=chat["id"],
-            parent_id=m["parent_id"],
-            user_id=owner,
-            role=m["role"],
-            text=_storable(message_text(m["message"].get("content"))),
-            data=_storable(m["message"]),
-            **{name: _storable(m.get(name)) for name in _MESSAGE_FIELDS},
-            created_at=_when(m["created_at"]),
-            completed_at=_when(m["completed_at"]),
-        )
-        for m in _Reader("").parents_first(doc["messages"])
-        if m["id"] not in present
+    vote_rows = [
+        (v["message_id"], chat_id, v["user_id"], v["up"], ts(v["created_at"])) for v in votes
     ]
-    if rows:
-        await Message.bulk_create(rows)
-    return int(new_chat), len(rows)
+    return chat_row, rows, vote_rows
 
 
-async def import_documents(store: Store, docs: list[dict[str, Any]]) -> tuple[int, int]:
-    """Restore chat documents (as :func:`read_documents` gives them) with every branch,
-    status and timestamp; returns (chats added, messages added). Idempotent: what is already
-    stored (by id) is left as it is. A document whose ids another chat or user holds, or that
-    the database refuses, raises :class:`BadExport`: nothing of it is stored, and nothing at
-    all when the conflict is found before any write."""
-    for doc in docs:
-        conflict = await store.read(functools.partial(_conflict, doc))
-        if conflict is not None:
-            raise BadExport(conflict)
-    added_chats = added_messages = 0
-    for doc in docs:
+@dataclass(slots=True)
+class ImportStats:
+    """What an import added, and how far into the file it got."""
+
+    chats: int = 0
+    messages: int = 0
+    documents: int = 0  # read and validated
+
+
+class ImportFailed(BadExport):
+    """A document that cannot be imported; the documents before it are (``stats``)."""
+
+    def __init__(self, message: str, stats: ImportStats) -> None:
+        super().__init__(message)
+        self.stats = stats
+
+
+_TRANSACTION_SECONDS = 0.03  # the aim for one write transaction (a proxy waits at most this)
+_BATCH_RANGE = (100, 20_000)  # messages per transaction
+
+
+class _Importer:
+    """Batches documents into short transactions, one being written while the next is read."""
+
+    def __init__(self, db: BulkDB, batch_messages: int) -> None:
+        self.db = db
+        self.target = batch_messages
+        self.batch = ImportBatch()
+        self.stats = ImportStats()
+        self.pending: asyncio.Future[None] | None = None
+        self.now = datetime.now(UTC)
+
+    def add(self, line: int, chat: tuple[Any, ...], rows: list[Any], votes: list[Any]) -> None:
+        b = self.batch
+        b.users.setdefault(chat[1], self.now)
+        b.docs.append((line, chat, len(rows), len(votes)))
+        b.messages.extend(rows)
+        b.votes.extend(votes)
+
+    async def submit(self) -> None:
+        """Hand the batch to the writer (after the one before it is written)."""
+        await self.drain()
+        if self.batch.docs:
+            batch, self.batch = self.batch, ImportBatch()
+            self.pending = asyncio.ensure_future(self._write(batch))
+
+    async def drain(self) -> None:
+        if self.pending is not None:
+            pending, self.pending = self.pending, None
+            await pending
+
+    async def _write(self, batch: ImportBatch) -> None:
+        started = time.perf_counter()
         try:
-            chats, messages = await store.write(functools.partial(_restore, doc))
-        except BaseORMException as exc:
-            raise BadExport(
-                f"chat {doc['chat']['id']!r}: the database refused it ({exc})"
+            written = await self.db.write(batch)
+        except Exception as exc:
+            if len(batch.docs) == 1:
+                line = batch.docs[0][0]
+                why = f"line {line}: the database refused it ({exc})"
+                raise ImportFailed(why, self.stats) from None
+            # Find the document it refused: the ones before it are kept, as on a bad line.
+            for doc in range(len(batch.docs)):
+                await self._write(_part(batch, doc))
+            raise
+        seconds = time.perf_counter() - started
+        self._count(written)
+        if len(batch) >= self.target // 2 and seconds > 0:
+            rate = len(batch) / seconds
+            low, high = _BATCH_RANGE
+            self.target = max(low, min(high, int(rate * _TRANSACTION_SECONDS)))
+
+    def _count(self, written: Written) -> None:
+        self.stats.chats += written.chats
+        self.stats.messages += written.messages
+        if written.conflict is not None:
+            line, why = written.conflict
+            raise ImportFailed(f"line {line}: {why}", self.stats)
+
+    async def large(
+        self, line: int, chat: tuple[Any, ...], rows: list[Any], votes: list[Any]
+    ) -> None:
+        """A document larger than a transaction: written in parts (parents first, votes
+        last); if a part fails, what the others wrote of it is removed again."""
+        await self.submit()
+        await self.drain()
+        done: list[str] = []
+        new_chat = False
+        try:
+            for i in range(0, len(rows), self.target):
+                part = rows[i : i + self.target]
+                last = i + len(part) >= len(rows)
+                batch = ImportBatch(users={chat[1]: self.now})
+                batch.docs.append((line, chat, len(part), len(votes) if last else 0))
+                batch.messages.extend(part)
+                if last:
+                    batch.votes.extend(votes)
+                written = await self.db.write(batch)
+                new_chat = new_chat or bool(written.chats)
+                if written.conflict is None:
+                    done.extend(r[0] for r in part)
+                self._count(written)
+        except Exception as exc:
+            await self.db.delete_rows(chat[0] if new_chat else None, done)
+            self.stats.chats -= int(new_chat)
+            self.stats.messages -= len(done)
+            if isinstance(exc, BadExport):
+                raise
+            raise ImportFailed(
+                f"line {line}: the database refused it ({exc})", self.stats
             ) from None
-        added_chats += chats
-        added_messages += messages
-    return added_chats, added_messages
+
+
+def _part(batch: ImportBatch, index: int) -> ImportBatch:
+    """Document ``index`` of ``batch`` alone."""
+    m = sum(d[2] for d in batch.docs[:index])
+    v = sum(d[3] for d in batch.docs[:index])
+    _, chat, n_messages, n_votes = batch.docs[index]
+    return ImportBatch(
+        users={chat[1]: batch.users.get(chat[1])},
+        messages=batch.messages[m : m + n_messages],
+        votes=batch.votes[v : v + n_votes],
+        docs=[batch.docs[index]],
+    )
+
+
+async def import_file(
+    store: Store,
+    source: BinaryIO,
+    *,
+    progress: Callable[[ImportStats], None] | None = None,
+    batch_messages: int = 2000,
+    observe: Callable[[float, int, int], object] | None = None,
+) -> ImportStats:
+    """Restore the chat documents of a json or jsonl export read from ``source``, with every
+    branch, status, vote and timestamp; what a document leaves out is derived (prefix hashes,
+    depths, head, title, times).
+
+    Documents go in, in file order, in batches of short transactions (about
+    ``_TRANSACTION_SECONDS`` each: a proxy on the same store is never held up longer), each
+    document whole or not at all. Ids already stored are skipped (importing twice adds
+    nothing). A document that is not valid, or whose ids another chat or user holds, raises
+    :class:`ImportFailed` naming its line and field: nothing of it is stored, the documents
+    before it are."""
+    async with bulk_db(store) as db:
+        db.observe = observe
+        importer = _Importer(db, batch_messages)
+        try:
+            for line, where, doc in _lines(source):
+                try:
+                    chat, messages, votes = _Reader(where).parse(doc)
+                except BadExport as exc:
+                    await importer.submit()
+                    await importer.drain()
+                    raise ImportFailed(str(exc), importer.stats) from None
+                chat_row, rows, vote_rows = _document_rows(db, chat, messages, votes)
+                importer.stats.documents += 1
+                if len(rows) > importer.target:
+                    await importer.large(line, chat_row, rows, vote_rows)
+                else:
+                    importer.add(line, chat_row, rows, vote_rows)
+                    if len(importer.batch) >= importer.target:
+                        await importer.submit()
+                        if progress is not None:
+                            progress(importer.stats)
+                await asyncio.sleep(0)  # the writer's I/O (PostgreSQL) goes on meanwhile
+            await importer.submit()
+            await importer.drain()
+        except BadExport as exc:
+            if importer.pending is not None:
+                with contextlib.suppress(Exception):
+                    await importer.drain()
+            if isinstance(exc, ImportFailed):
+                raise
+            raise ImportFailed(str(exc), importer.stats) from None
+        finally:
+            await db.finish()
+        if progress is not None:
+            progress(importer.stats)
+        return importer.stats

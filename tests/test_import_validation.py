@@ -319,7 +319,7 @@ BAD_FIELDS: list[tuple[str, Any, str]] = [
     BAD_FIELDS,
     ids=[f"{p}={'deleted' if v is _DELETE else str(v)[:12]}" for p, v, _ in BAD_FIELDS],
 )
-async def test_a_bad_field_is_one_line_naming_line_and_field_and_nothing_is_imported(
+async def test_a_bad_field_is_one_line_naming_line_and_field_and_nothing_of_it_is_imported(
     exported: dict[str, Any], db_url: str, tmp_path: Path, path: str, value: Any, named: str
 ) -> None:
     good = copy.deepcopy(exported)
@@ -333,7 +333,12 @@ async def test_a_bad_field_is_one_line_naming_line_and_field_and_nothing_is_impo
     file = write_jsonl(tmp_path / "backup.jsonl", good, bad)
     line = assert_one_line(await cli("import", str(file), "--db", db_url), str(file))
     assert f": line 2: {named}" in line, line
-    assert await chat_ids(db_url) == []  # not even the good document on line 1
+    # Nothing of the bad document; the good one before it is imported, and says so.
+    assert await chat_ids(db_url) == [good["chat"]["id"]]
+    assert line.endswith(
+        f"(the 1 chat(s) and {len(good['messages'])} message(s) before it are imported)"
+    )
+    assert await export_json(db_url, good["chat"]["id"]) == good
 
 
 async def test_duplicate_ids_and_parent_cycles_are_refused(
@@ -365,7 +370,7 @@ async def test_a_single_json_document_names_the_field(
     )
 
 
-async def test_ids_taken_by_another_user_or_chat_are_refused_before_any_write(
+async def test_ids_taken_by_another_user_or_chat_are_refused_and_nothing_of_it_stored(
     exported: dict[str, Any], db_url: str, tmp_path: Path
 ) -> None:
     original = write_jsonl(tmp_path / "original.jsonl", exported)
@@ -390,8 +395,9 @@ async def test_ids_taken_by_another_user_or_chat_are_refused_before_any_write(
         (stolen_message, f"message {exported['messages'][0]['id']!r} of chat 'chat_third'"),
     ):
         file = write_jsonl(tmp_path / "conflict.jsonl", other, bad)
-        assert_one_line(await cli("import", str(file), "--db", db_url), needle)
-        assert await chat_ids(db_url) == [chat_id]  # "chat_other", on line 1, neither
+        assert_one_line(await cli("import", str(file), "--db", db_url), f"line 2: {needle}")
+        # Nothing of the refused document; "chat_other", on line 1, is imported.
+        assert await chat_ids(db_url) == sorted([chat_id, "chat_other"])
     back = await export_json(db_url, chat_id)
     assert back["chat"]["owner"] == exported["chat"]["owner"]
     assert back == exported
@@ -406,7 +412,8 @@ def test_read_documents_returns_complete_documents_for_other_readers() -> None:
     }
     (read,) = read_documents(orjson.dumps(doc))
     assert read["chat"]["head_id"] == "m1"
-    assert read["chat"]["title"] is None and read["chat"]["visibility"] == "private"
+    # A title left out is derived as the proxy names a chat: its first user message.
+    assert read["chat"]["title"] == "Name a colour." and read["chat"]["visibility"] == "private"
     (m,) = read["messages"]
     assert m["role"] == "user" and m["status"] == "completed" and len(m["prefix_hash"]) == 32
     assert set(OPTIONAL_MESSAGE_FIELDS) <= set(m)

@@ -1,0 +1,428 @@
+"""Whole-store reads and writes for ``export --all`` and ``import``, as plain SQL.
+
+The ORM builds a model object per row (tens of microseconds each); a backup of a million
+messages is read and written here as rows instead: pages of chats in key order with one
+query for their messages (the ``messages(chat_id, created_at)`` index), and imports as one
+``executemany`` per table and batch, in transactions short enough that a proxy serving the
+same store waits a few tens of milliseconds at most for its next write.
+
+SQLite is used through a ``sqlite3`` connection of our own, every call in a worker thread (a
+transaction never waits on the event loop); PostgreSQL through a connection of the store's
+pool. On SQLite the import moves the write-ahead log into the database between batches, so
+the log stays within the database's size.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from chatproxy.store.db import SQLITE_BUSY_TIMEOUT_MS, sqlite_path
+from chatproxy.store.store import Store
+
+__all__ = [
+    "CHAT_COLUMNS",
+    "MESSAGE_COLUMNS",
+    "VOTE_COLUMNS",
+    "BulkDB",
+    "ImportBatch",
+    "Written",
+    "bulk_db",
+]
+
+CHAT_COLUMNS = ("id", "owner_id", "title", "visibility", "metadata", "head_id")
+CHAT_COLUMNS += ("created_at", "updated_at")
+MESSAGE_COLUMNS = (
+    "id",
+    "chat_id",
+    "parent_id",
+    "user_id",
+    "role",
+    "text",
+    "depth",
+    "data",
+    "prefix_hash",
+    "status",
+    "error",
+    "model",
+    "finish_reason",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "usage",
+    "upstream_id",
+    "system_fingerprint",
+    "params",
+    "client_disconnected",
+    "ttft_ms",
+    "duration_ms",
+    "instance_id",
+    "metadata",
+    "created_at",
+    "completed_at",
+)
+VOTE_COLUMNS = ("message_id", "chat_id", "user_id", "up", "created_at")
+_ID_CHUNK = 500  # ids per IN (...) list on SQLite
+
+_INSERT_USER = (
+    "INSERT INTO users (id, name, created_at) VALUES (?, ?, ?) ON CONFLICT (id) DO NOTHING"
+)
+
+
+def _insert(table: str, columns: Sequence[str], conflict: str) -> str:
+    marks = ", ".join("?" * len(columns))
+    return (
+        f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks}) "
+        f"ON CONFLICT ({conflict}) DO NOTHING"
+    )
+
+
+_INSERT_CHAT = _insert("chats", CHAT_COLUMNS, "id")
+_INSERT_MESSAGE = _insert("messages", MESSAGE_COLUMNS, "id")
+_INSERT_VOTE = _insert("votes", VOTE_COLUMNS, "message_id, user_id")
+_STAGED = (
+    ("users", ("id", "name", "created_at")),
+    ("chats", CHAT_COLUMNS),
+    ("messages", MESSAGE_COLUMNS),
+    ("votes", VOTE_COLUMNS),
+)
+
+
+@dataclass(slots=True)
+class ImportBatch:
+    """Rows of whole documents (or of one part of a very large one), parents before children.
+
+    ``docs`` holds, per document (or part of one): its line, its chat row and how many of
+    ``messages`` and ``votes`` are its (in order), so that a document whose ids are taken by
+    another chat or user is cut off with what follows it."""
+
+    users: dict[str, Any] = field(default_factory=dict)  # id -> created_at
+    messages: list[Sequence[Any]] = field(default_factory=list)
+    votes: list[Sequence[Any]] = field(default_factory=list)
+    docs: list[tuple[int, Sequence[Any], int, int]] = field(default_factory=list)
+
+    @property
+    def chats(self) -> list[Sequence[Any]]:
+        return [d[1] for d in self.docs]
+
+    def __len__(self) -> int:
+        return len(self.messages)
+
+
+@dataclass(slots=True)
+class Written:
+    """What a batch added, and the first document it could not take (its line and why)."""
+
+    chats: int = 0
+    messages: int = 0
+    conflict: tuple[int, str] | None = None
+    kept_docs: int = 0  # of the batch's documents, how many (before the conflict) go in
+
+
+def _plan(
+    batch: ImportBatch, chat_owners: dict[str, str], message_chats: dict[str, str]
+) -> tuple[ImportBatch, Written]:
+    """The rows of ``batch`` that are not stored yet (``chat_owners`` and ``message_chats``:
+    the stored ones of its ids), up to the first document whose chat is another user's or
+    whose message ids are another chat's. A chat already stored is left as it is; its new
+    messages are added."""
+    out = ImportBatch(users=batch.users)
+    written = Written()
+    m = v = 0
+    for kept, (line, chat, n_messages, n_votes) in enumerate(batch.docs):
+        written.kept_docs = kept
+        chat_id, owner = chat[0], chat[1]
+        messages = batch.messages[m : m + n_messages]
+        votes = batch.votes[v : v + n_votes]
+        m += n_messages
+        v += n_votes
+        stored_owner = chat_owners.get(chat_id)
+        if stored_owner is not None and stored_owner != owner:
+            why = f"chat {chat_id!r} is already stored for another user ({stored_owner!r})"
+            written.conflict = (line, why)
+            break
+        taken = next((r[0] for r in messages if message_chats.get(r[0], chat_id) != chat_id), None)
+        if taken is not None:
+            other = message_chats[taken]
+            why = f"message {taken!r} of chat {chat_id!r} is already in chat {other!r}"
+            written.conflict = (line, why)
+            break
+        new = [r for r in messages if r[0] not in message_chats] if message_chats else messages
+        if stored_owner is None:
+            chat_owners[chat_id] = owner
+            written.chats += 1
+            out.docs.append((line, chat, len(new), len(votes)))
+        message_chats.update((r[0], chat_id) for r in new)
+        out.messages.extend(new)
+        out.votes.extend(votes)
+        written.messages += len(new)
+    else:
+        written.kept_docs = len(batch.docs)
+    return out, written
+
+
+class BulkDB:
+    """One database connection for bulk reads and short bulk write transactions."""
+
+    postgres: bool
+
+    async def fetch(self, query: str, params: Sequence[Any]) -> list[Sequence[Any]]:
+        """The rows of a read (``?`` placeholders; a list parameter written ``IN ?list``)."""
+        raise NotImplementedError
+
+    async def write(self, batch: ImportBatch) -> Written:
+        """Store ``batch`` in one transaction (see :func:`_plan` for what is left out)."""
+        raise NotImplementedError
+
+    async def delete_rows(self, chat_id: str | None, message_ids: list[str]) -> None:
+        """Remove what a failed import of a large document had written of it."""
+        raise NotImplementedError
+
+    async def finish(self) -> None:
+        """After the last write (SQLite: the log truncated)."""
+
+    def ts(self, value: datetime | None) -> Any:
+        """A datetime as this database takes it as a parameter."""
+        raise NotImplementedError
+
+    def when(self, value: Any) -> datetime | None:
+        """A datetime column as read."""
+        raise NotImplementedError
+
+    # Called with every (seconds, WAL bytes, database bytes) after a write (measurements).
+    observe: Callable[[float, int, int], object] | None = None
+
+
+def _in_list(query: str, n: int) -> str:
+    return query.replace("IN ?list", f"IN ({', '.join('?' * n)})")
+
+
+class _Sqlite(BulkDB):
+    postgres = False
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        for pragma in (
+            f"busy_timeout={SQLITE_BUSY_TIMEOUT_MS}",  # a proxy's write: short, waited for
+            "synchronous=NORMAL",
+            "foreign_keys=ON",
+            "wal_autocheckpoint=0",  # checkpointed here, between transactions
+            "cache_size=-65536",  # 64 MiB of pages: the indexes of a large store
+        ):
+            self._db.execute(f"PRAGMA {pragma}")
+        self._wal_checked = 0
+
+    def close(self) -> None:
+        self._db.close()
+
+    def ts(self, value: datetime | None) -> Any:
+        return None if value is None else str(value)
+
+    def when(self, value: Any) -> datetime | None:
+        return None if value is None else datetime.fromisoformat(value)
+
+    def _fetch(self, query: str, params: Sequence[Any]) -> list[Sequence[Any]]:
+        listed = [p for p in params if isinstance(p, list)]
+        if not listed:
+            return self._db.execute(query, params).fetchall()
+        (ids,) = listed
+        rows: list[Sequence[Any]] = []
+        for i in range(0, max(len(ids), 1), _ID_CHUNK):
+            chunk = ids[i : i + _ID_CHUNK]
+            flat: list[Any] = []
+            for p in params:
+                flat.extend(chunk if isinstance(p, list) else [p])
+            rows.extend(self._db.execute(_in_list(query, len(chunk)), flat).fetchall())
+        return rows
+
+    async def fetch(self, query: str, params: Sequence[Any]) -> list[Sequence[Any]]:
+        return await asyncio.to_thread(self._fetch, query, params)
+
+    def _stage(self, batch: ImportBatch) -> None:
+        # Rows go to temporary tables first (this connection's own, outside the database and
+        # its lock), then into the store with one INSERT ... SELECT per table: row by row,
+        # the full-text triggers cost several times the insert itself.
+        db = self._db
+        db.execute("BEGIN")
+        try:
+            for table, columns in _STAGED:
+                columns_sql = ", ".join(columns)
+                db.execute(f"CREATE TEMP TABLE IF NOT EXISTS import_{table} ({columns_sql})")
+                db.execute(f"DELETE FROM temp.import_{table}")
+            users = [(u, u, self.ts(at)) for u, at in batch.users.items()]
+            for (table, columns), rows in zip(
+                _STAGED, (users, batch.chats, batch.messages, batch.votes), strict=True
+            ):
+                if rows:
+                    marks = ", ".join("?" * len(columns))
+                    db.executemany(f"INSERT INTO temp.import_{table} VALUES ({marks})", rows)
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    def _write(self, batch: ImportBatch) -> Written:
+        import time
+
+        self._stage(batch)
+        started = time.perf_counter()
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            owners = dict(
+                db.execute(
+                    "SELECT c.id, c.owner_id FROM chats c JOIN temp.import_chats s ON s.id = c.id"
+                ).fetchall()
+            )
+            taken = dict(
+                db.execute(
+                    "SELECT m.id, m.chat_id FROM messages m "
+                    "JOIN temp.import_messages s ON s.id = m.id"
+                ).fetchall()
+            )
+            _, written = _plan(batch, owners, taken)
+            if written.kept_docs < len(batch.docs):  # cut off at the refused document
+                docs = batch.docs[: written.kept_docs]
+                for table, keep in (
+                    ("chats", len(docs)),
+                    ("messages", sum(d[2] for d in docs)),
+                    ("votes", sum(d[3] for d in docs)),
+                ):
+                    db.execute(f"DELETE FROM temp.import_{table} WHERE rowid > ?", [keep])
+            for table, columns in _STAGED:
+                conflict = "message_id, user_id" if table == "votes" else "id"
+                columns_sql = ", ".join(columns)
+                db.execute(
+                    f"INSERT INTO {table} ({columns_sql}) SELECT {columns_sql} FROM "
+                    f"temp.import_{table} WHERE true ORDER BY rowid "
+                    f"ON CONFLICT ({conflict}) DO NOTHING"
+                )
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+        seconds = time.perf_counter() - started
+        self._checkpoint_if_large()
+        if self.observe is not None:
+            self.observe(seconds, self._size("-wal"), self._size(""))
+        return written
+
+    def _size(self, suffix: str) -> int:
+        try:
+            return os.stat(self.path + suffix).st_size
+        except OSError:
+            return 0
+
+    def _checkpoint_if_large(self) -> None:
+        # Between two transactions the log is moved into the database once it holds half the
+        # database (4 to 64 MiB): it is then written from its start again, so it never grows
+        # past the database's size (a PASSIVE checkpoint never waits for a proxy's readers).
+        wal = self._size("-wal")
+        if wal - self._wal_checked < min(max(self._size("") // 2, 4 << 20), 64 << 20):
+            return
+        busy, logged, moved = self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        self._wal_checked = 0 if not busy and logged == moved else wal
+
+    async def write(self, batch: ImportBatch) -> Written:
+        return await asyncio.to_thread(self._write, batch)
+
+    def _delete(self, chat_id: str | None, message_ids: list[str]) -> None:
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            if chat_id is not None:
+                db.execute("DELETE FROM chats WHERE id = ?", [chat_id])
+            for i in range(len(message_ids), 0, -_ID_CHUNK):  # children first
+                chunk = message_ids[max(0, i - _ID_CHUNK) : i]
+                db.execute(_in_list("DELETE FROM messages WHERE id IN ?list", len(chunk)), chunk)
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    async def delete_rows(self, chat_id: str | None, message_ids: list[str]) -> None:
+        await asyncio.to_thread(self._delete, chat_id, message_ids)
+
+    async def finish(self) -> None:
+        def truncate() -> None:
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+
+        with contextlib.suppress(sqlite3.Error):
+            await asyncio.to_thread(truncate)
+
+
+def _numbered(query: str) -> str:
+    parts = query.replace("IN ?list", "= ANY(?)").split("?")
+    return "".join(p + (f"${i + 1}" if i < len(parts) - 1 else "") for i, p in enumerate(parts))
+
+
+class _Postgres(BulkDB):
+    postgres = True
+
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn  # an asyncpg connection
+
+    def ts(self, value: datetime | None) -> Any:
+        return value
+
+    def when(self, value: Any) -> datetime | None:
+        return value  # type: ignore[no-any-return]
+
+    async def fetch(self, query: str, params: Sequence[Any]) -> list[Sequence[Any]]:
+        return list(await self._conn.fetch(_numbered(query), *params))
+
+    async def write(self, batch: ImportBatch) -> Written:
+        import time
+
+        started = time.perf_counter()
+        conn = self._conn
+        async with conn.transaction():
+            chat_ids = [d[1][0] for d in batch.docs]
+            owners = dict(
+                await conn.fetch("SELECT id, owner_id FROM chats WHERE id = ANY($1)", chat_ids)
+            )
+            ids = [r[0] for r in batch.messages]
+            chats = dict(
+                await conn.fetch("SELECT id, chat_id FROM messages WHERE id = ANY($1)", ids)
+            )
+            rows, written = _plan(batch, owners, chats)
+            users = [(u, u, at) for u, at in rows.users.items()]
+            for sql, values in (
+                (_INSERT_USER, users),
+                (_INSERT_CHAT, rows.chats),
+                (_INSERT_MESSAGE, rows.messages),
+                (_INSERT_VOTE, rows.votes),
+            ):
+                if values:
+                    await conn.executemany(_numbered(sql), values)
+        if self.observe is not None:
+            self.observe(time.perf_counter() - started, 0, 0)
+        return written
+
+    async def delete_rows(self, chat_id: str | None, message_ids: list[str]) -> None:
+        async with self._conn.transaction():
+            if chat_id is not None:
+                await self._conn.execute("DELETE FROM chats WHERE id = $1", chat_id)
+            await self._conn.execute("DELETE FROM messages WHERE id = ANY($1)", message_ids)
+
+
+@contextlib.asynccontextmanager
+async def bulk_db(store: Store) -> AsyncIterator[BulkDB]:
+    """A :class:`BulkDB` on the (open) store's database."""
+    path = sqlite_path(store.url)
+    if path is not None:
+        db = _Sqlite(path)
+        try:
+            yield db
+        finally:
+            await asyncio.to_thread(db.close)
+        return
+    async with store.conn.acquire_connection() as conn:
+        yield _Postgres(conn)
