@@ -74,9 +74,10 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench.py
 
 # Every history operation on a store of 1,000,000 messages, on SQLite and (with
-# CHATPROXY_TEST_POSTGRES_URL set, as .ci/run sets it) PostgreSQL; figures in docs/performance.md.
+# CHATPROXY_TEST_POSTGRES_URL set, as .ci/run sets it) PostgreSQL; the tables are written to
+# docs/performance.md ("History at volume") and benchmarks/results/history.json.
 bench-history: $(STAMP)
-	$(BIN)/python benchmarks/history.py
+	$(BIN)/python benchmarks/history.py --json benchmarks/results/history.json --docs docs/performance.md
 
 clean:
 	rm -rf $(VENV) $(CLIENTS_VENV) .pytest_cache .ruff_cache *.egg-info $(NODE_DIR)/node_modules

@@ -37,5 +37,19 @@ async def test_history_benchmark_runs_on_a_small_store(tmp_path: Path) -> None:
     assert set(result["results"]) == ({"sqlite", "postgres"} if POSTGRES_URL else {"sqlite"})
     for figures in result["results"].values():
         names = {f["name"] for f in figures}
-        assert {"list, first page", "search, rare word", "export --all"} <= names
+        assert {
+            "list, first page",
+            "search, rare word",
+            "one chat's messages, /api/chat/{id}/messages",
+            "delete a 10,000-message chat",
+            "export --all",
+            "import of the backup",
+            "db prune --older-than 150d",
+            "bench: time to first byte, unloaded, p50",
+            "bench: throughput, 50 clients, streamed",
+        } <= names
+        assert [f for f in figures if f["error"]] == []
         assert all(f["value"] >= 0 for f in figures)
+        # make bench's figures are measured on an empty store too, side by side.
+        hot = [f for f in figures if f["name"].startswith("bench: ")]
+        assert hot and all(f["empty"] is not None and f["empty"] > 0 for f in hot)
