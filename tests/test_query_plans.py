@@ -39,6 +39,7 @@ from chatproxy.store import maintenance
 from chatproxy.store.db import sqlite_path
 from chatproxy.store.models import Chat, Message, Vote
 from chatproxy.store.store import Store, utcnow
+from tests.aisdk import full, post_chat, single, user
 
 SETTINGS = {
     "auth.mode": "header",
@@ -278,6 +279,12 @@ async def every_history_operation(
         json={"metadata": {"project": "p7"}, "items": [{"role": "user", "content": "hello"}]},
     )
     conv = created["id"]
+    # The AI SDK's route: a new chat, then a turn sending only its last message.
+    alice = {"X-User-Id": "alice"}
+    ui_chat = full("ui-chat", user("u1", "Hi from useChat"))
+    assert (await post_chat(http, proxy, ui_chat, headers=alice))[0] == 200
+    later = single("ui-chat", user("u2", "And again"))
+    assert (await post_chat(http, proxy, later, headers=alice))[0] == 200
     chat_id = (await store.get_message(second_id)).chat_id  # type: ignore[union-attr]
 
     # Listing: first page, a cursor page, a metadata filter, search.
@@ -299,6 +306,7 @@ async def every_history_operation(
     await _json(http, "GET", f"{v1}/conversations/{chat_id}/items/{items['data'][0]['id']}")
     await _json(http, "GET", f"{v1}/conversations/{chat_id}/export")
     await _json(http, "GET", f"{base}/api/chat/{chat_id}/messages")
+    await _json(http, "GET", f"{base}/api/chat/ui-chat/messages")
     await _json(http, "GET", f"{v1}/chat/completions/{second_id}")
     await _json(http, "GET", f"{v1}/chat/completions/{second_id}/messages")
     # Writes: update, append, vote, delete a message, a completion, a chat (both APIs).
