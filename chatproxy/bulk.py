@@ -322,11 +322,13 @@ class _Sqlite(BulkDB):
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
-            if chat_id is not None:
-                db.execute("DELETE FROM chats WHERE id = ?", [chat_id])
-            for i in range(len(message_ids), 0, -_ID_CHUNK):  # children first
+            # Children first, the chat last: a cascade from the chat (or a root) down a long
+            # branch would pass SQLite's trigger depth.
+            for i in range(len(message_ids), 0, -_ID_CHUNK):
                 chunk = message_ids[max(0, i - _ID_CHUNK) : i]
                 db.execute(_in_list("DELETE FROM messages WHERE id IN ?list", len(chunk)), chunk)
+            if chat_id is not None:
+                db.execute("DELETE FROM chats WHERE id = ?", [chat_id])
         except BaseException:
             db.execute("ROLLBACK")
             raise
@@ -406,9 +408,9 @@ class _Postgres(BulkDB):
 
     async def delete_rows(self, chat_id: str | None, message_ids: list[str]) -> None:
         async with self._conn.transaction():
+            await self._conn.execute("DELETE FROM messages WHERE id = ANY($1)", message_ids)
             if chat_id is not None:
                 await self._conn.execute("DELETE FROM chats WHERE id = $1", chat_id)
-            await self._conn.execute("DELETE FROM messages WHERE id = ANY($1)", message_ids)
 
 
 @contextlib.asynccontextmanager

@@ -933,11 +933,14 @@ async def import_file(
             await importer.submit()
             await importer.drain()
         except BadExport as exc:
-            if importer.pending is not None:
-                with contextlib.suppress(Exception):
-                    await importer.drain()
             if isinstance(exc, ImportFailed):
+                if importer.pending is not None:
+                    with contextlib.suppress(Exception):
+                        await importer.drain()
                 raise
+            # A line that is not JSON: the documents read before it go in.
+            await importer.submit()
+            await importer.drain()
             raise ImportFailed(str(exc), importer.stats) from None
         finally:
             await db.finish()
