@@ -41,7 +41,7 @@ async def test_history_benchmark_runs_on_a_small_store(tmp_path: Path) -> None:
             "list, first page",
             "search, rare word",
             "one chat's messages, /api/chat/{id}/messages",
-            "delete a 10,000-message chat",
+            "delete the longest chat (20 messages)",
             "export --all",
             "import of the backup",
             "db prune --older-than 150d",

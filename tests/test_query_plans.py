@@ -260,7 +260,9 @@ def _cli(*args: str) -> None:
 
 async def every_history_operation(
     proxy: ProxyServer, http: aiohttp.ClientSession, db_url: str, tmp: Path
-) -> None:
+) -> dict[str, str]:
+    """Run them all; the ids of what was deleted (``answer``, ``reply``, ``conversation``,
+    ``ui_deleted``) and of the chat kept (``chat``)."""
     v1 = proxy.url
     base = v1.removesuffix("/v1")
     store: Store = proxy.app[STORE]  # type: ignore[index]
@@ -319,7 +321,7 @@ async def every_history_operation(
     await _json(http, "DELETE", f"{v1}/conversations/{chat_id}/items/{second_id}")
     await _json(http, "DELETE", f"{v1}/chat/completions/{answer_id}")
     await _json(http, "DELETE", f"{v1}/conversations/{conv}")
-    doomed = (await _json(http, "GET", f"{v1}/conversations"))["data"][0]["id"]
+    doomed = "ui-chat"
     await _json(http, "DELETE", f"{base}/api/chat", params={"id": doomed})
     # The operator's side: stats, prune, reaping, recovery, export and import.
     since = utcnow() - timedelta(days=1)
@@ -334,6 +336,13 @@ async def every_history_operation(
     await asyncio.to_thread(_cli, "export", "--all", "-o", str(backup), "--db", db_url)
     await asyncio.to_thread(_cli, "chats", "search", "python", "--db", db_url)
     await _restore(store, backup)
+    return {
+        "chat": chat_id,
+        "answer": answer_id,
+        "reply": second_id,
+        "conversation": conv,
+        "ui_deleted": doomed,
+    }
 
 
 async def _restore(store: Store, backup: Path) -> None:
@@ -363,7 +372,7 @@ async def test_no_history_statement_scans_messages(
 ) -> None:
     proxy = await start_proxy(**SETTINGS)
     capture.on = True
-    await every_history_operation(proxy, http, db_url, tmp_path)
+    ids = await every_history_operation(proxy, http, db_url, tmp_path)
     capture.on = False
     statements = capture.touching()
     # Each kind of access was captured: the test would pass vacuously on a broken hook.
@@ -381,8 +390,15 @@ async def test_no_history_statement_scans_messages(
         if found and not any(key in sql for key in ALLOWED)
     ]
     assert not failures, f"{len(failures)} statements scan a whole table:\n" + "\n".join(failures)
-    # What was stored is what the operations left: the deletes really deleted.
-    assert await proxy.app[STORE].read(lambda: Chat.filter(owner_id="alice").count()) >= 3  # type: ignore[index]
+    # What is stored is what the operations left (and the import restored).
+    store: Store = proxy.app[STORE]  # type: ignore[index]
+    for deleted in ("conversation", "ui_deleted"):
+        assert await store.get_chat(ids[deleted]) is None
+    for deleted in ("answer", "reply"):
+        assert await store.get_message(ids[deleted]) is None
+    kept = await store.chat_messages(ids["chat"])
+    assert [(m.role, m.text) for m in kept] == [("user", "Plan a trip to Lisbon")]
+    assert await store.read(lambda: Chat.filter(owner_id="bob").count()) == 1
 
 
 async def test_every_foreign_key_of_the_history_tables_leads_an_index(
