@@ -16,6 +16,7 @@ the log stays within the database's size.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import os
 import sqlite3
@@ -200,11 +201,22 @@ class _Sqlite(BulkDB):
             "foreign_keys=ON",
             "wal_autocheckpoint=0",  # checkpointed here, between transactions
             "cache_size=-65536",  # 64 MiB of pages: the indexes of a large store
+            "temp_store=MEMORY",  # the staging tables
         ):
             self._db.execute(f"PRAGMA {pragma}")
         self._wal_checked = 0
+        # Checkpoints run on a connection and thread of their own, while the next batch is
+        # read and staged; its write transaction waits for the checkpoint, so that the log
+        # is written from its start again.
+        self._checkpointer = concurrent.futures.ThreadPoolExecutor(1, "chatproxy-checkpoint")
+        self._checkpoint: concurrent.futures.Future[None] | None = None
+        self._checkpoint_db: sqlite3.Connection | None = None
 
     def close(self) -> None:
+        self._wait_checkpoint()
+        self._checkpointer.shutdown()
+        if self._checkpoint_db is not None:
+            self._checkpoint_db.close()
         self._db.close()
 
     def ts(self, value: datetime | None) -> Any:
@@ -257,6 +269,7 @@ class _Sqlite(BulkDB):
         import time
 
         self._stage(batch)
+        self._wait_checkpoint()
         started = time.perf_counter()
         db = self._db
         db.execute("BEGIN IMMEDIATE")
@@ -312,8 +325,21 @@ class _Sqlite(BulkDB):
         wal = self._size("-wal")
         if wal - self._wal_checked < min(max(self._size("") // 2, 4 << 20), 64 << 20):
             return
-        busy, logged, moved = self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        self._checkpoint = self._checkpointer.submit(self._run_checkpoint, wal)
+
+    def _run_checkpoint(self, wal: int) -> None:
+        if self._checkpoint_db is None:
+            self._checkpoint_db = sqlite3.connect(self.path, check_same_thread=False)
+            self._checkpoint_db.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        checkpoint = "PRAGMA wal_checkpoint(PASSIVE)"
+        busy, logged, moved = self._checkpoint_db.execute(checkpoint).fetchone()
         self._wal_checked = 0 if not busy and logged == moved else wal
+
+    def _wait_checkpoint(self) -> None:
+        if self._checkpoint is not None:
+            checkpoint, self._checkpoint = self._checkpoint, None
+            with contextlib.suppress(sqlite3.Error):
+                checkpoint.result()
 
     async def write(self, batch: ImportBatch) -> Written:
         return await asyncio.to_thread(self._write, batch)
@@ -339,6 +365,7 @@ class _Sqlite(BulkDB):
 
     async def finish(self) -> None:
         def truncate() -> None:
+            self._wait_checkpoint()
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
         with contextlib.suppress(sqlite3.Error):
@@ -372,6 +399,9 @@ class _Postgres(BulkDB):
         started = time.perf_counter()
         conn = self._conn
         async with conn.transaction():
+            # The full-text index's pending entries are merged by the insert that overflows
+            # them: in smaller steps, no one transaction takes the whole merge.
+            await conn.execute("SET LOCAL gin_pending_list_limit = 512")
             chat_ids = [d[1][0] for d in batch.docs]
             owners = dict(
                 await conn.fetch("SELECT id, owner_id FROM chats WHERE id = ANY($1)", chat_ids)

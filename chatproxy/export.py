@@ -895,7 +895,7 @@ async def import_file(
     source: BinaryIO,
     *,
     progress: Callable[[ImportStats], None] | None = None,
-    batch_messages: int = 2000,
+    batch_messages: int = 500,
     observe: Callable[[float, int, int], object] | None = None,
 ) -> ImportStats:
     """Restore the chat documents of a json or jsonl export read from ``source``, with every
