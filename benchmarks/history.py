@@ -620,7 +620,6 @@ async def main() -> int:
     )
     args = parser.parse_args()
     results: dict[str, list[dict[str, Any]]] = {}
-    tables: list[str] = []
     admin = os.environ.get("CHATPROXY_TEST_POSTGRES_URL", "")
     kinds = ["sqlite", "postgres"] if args.db == "both" else [args.db]
     if "postgres" in kinds and not admin:
@@ -643,39 +642,51 @@ async def main() -> int:
                 finally:
                     for name, _ in made:
                         await drop_postgres(admin, name)
-            tables.append(table("SQLite" if kind == "sqlite" else "PostgreSQL", figures))
-            print(tables[-1], flush=True)
+            print(table("SQLite" if kind == "sqlite" else "PostgreSQL", figures), flush=True)
             results[kind] = [asdict(f) for f in figures]
-    minutes = (time.perf_counter() - started) / 60
-    command = f"python benchmarks/history.py --messages {args.messages} --db {args.db}"
+    report = {
+        "messages": args.messages,
+        "command": f"python benchmarks/history.py --messages {args.messages} --db {args.db}",
+        "machine": _machine(pg_version),
+        "date": f"{datetime.now(UTC):%Y-%m-%d}",
+        "minutes": round((time.perf_counter() - started) / 60, 1),
+        "results": results,
+    }
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_bytes(orjson.dumps({"messages": args.messages, "results": results}))
+        args.json.write_bytes(orjson.dumps(report))
     if args.docs is not None:
-        long = _long_chats(args.messages)
-        section = "\n\n".join(
-            [
-                DOCS_HEADING,
-                f"`make bench-history` (`{command}`) builds a store of {args.messages:,}"
-                f" messages ({len(_chat_sizes(args.messages, random.Random(11))):,} chats,"
-                f" {long[0]} of {long[1]:,} messages, one of 100 projects in each chat's"
-                " metadata, text from a Zipf-shaped vocabulary) with every index and full-text"
-                " index in place, then"
-                " asks a real `chatproxy serve` on it every history operation (p50 of 20"
-                " requests, search 5) and runs the CLI on it. The `make bench` rows run"
-                " bench.py's hot-path scenario through a proxy on this store and through one"
-                " on an empty store (both warmed alike), alternating: the median of"
-                f" {HOT_ROUNDS} rounds, the proxied figures side by side. Targets are issue"
-                " 15's, for 1,000,000 messages. The figures as JSON:"
-                " `benchmarks/results/history.json`; a 2,000-message run is the test suite's"
-                " smoke test (`tests/test_bench_history_smoke.py`, no timing asserted).",
-                f"Machine: {_machine(pg_version)}. {datetime.now(UTC):%Y-%m-%d}; the run took"
-                f" {minutes:.0f} minutes.",
-                *tables,
-            ]
-        )
-        write_docs(args.docs, section + "\n")
+        write_docs(args.docs, docs_section(report))
     return 0
+
+
+def docs_section(report: dict[str, Any]) -> str:
+    """The "History at volume" section of docs/performance.md for a run's JSON report."""
+    messages = report["messages"]
+    count, size = _long_chats(messages)
+    chats = len(_chat_sizes(messages, random.Random(11)))
+    intro = (
+        f"`make bench-history` (`{report['command']}`) builds a store of {messages:,} messages"
+        f" ({chats:,} chats, {count} of {size:,} messages, one of 100 projects in each chat's"
+        " metadata, text from a Zipf-shaped vocabulary) with every index and full-text index in"
+        " place, then asks a real `chatproxy serve` on it every history operation (p50 of 20"
+        " requests, search 5) and runs the CLI on it. The `make bench` rows run bench.py's"
+        " hot-path scenario through a proxy on this store and through one on an empty store"
+        f" (both warmed alike), alternating: the median of {HOT_ROUNDS} rounds, the proxied"
+        " figures side by side. Targets are issue 15's, for 1,000,000 messages. The figures"
+        " as JSON: `benchmarks/results/history.json`; a 2,000-message run is the test suite's"
+        " smoke test (`tests/test_bench_history_smoke.py`, no timing asserted)."
+    )
+    when = (
+        f"Machine: {report['machine']}. {report['date']}; the run took"
+        f" {report['minutes']:.0f} minutes."
+    )
+    names = {"sqlite": "SQLite", "postgres": "PostgreSQL"}
+    tables = [
+        table(names[kind], [Figure(**f) for f in figures])
+        for kind, figures in report["results"].items()
+    ]
+    return "\n\n".join([DOCS_HEADING, intro, when, *tables]) + "\n"
 
 
 if __name__ == "__main__":

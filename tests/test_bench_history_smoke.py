@@ -17,6 +17,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 async def test_history_benchmark_runs_on_a_small_store(tmp_path: Path) -> None:
     out = tmp_path / "history.json"
+    docs = tmp_path / "performance.md"
+    docs.write_text("# Performance\n\n## History at volume\n\nan older run\n\n## After\n\nkept\n")
     env = dict(os.environ, CHATPROXY_TEST_POSTGRES_URL=POSTGRES_URL)
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -27,6 +29,8 @@ async def test_history_benchmark_runs_on_a_small_store(tmp_path: Path) -> None:
         "both" if POSTGRES_URL else "sqlite",
         "--json",
         str(out),
+        "--docs",
+        str(docs),
         env=env,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
@@ -53,3 +57,7 @@ async def test_history_benchmark_runs_on_a_small_store(tmp_path: Path) -> None:
         # make bench's figures are measured on an empty store too, side by side.
         hot = [f for f in figures if f["name"].startswith("bench: ")]
         assert hot and all(f["empty"] is not None and f["empty"] > 0 for f in hot)
+    # The docs section is replaced in place, the rest of the file kept.
+    text = docs.read_text()
+    assert text.count("## History at volume") == 1 and "an older run" not in text
+    assert "| list, first page |" in text and text.endswith("## After\n\nkept\n")
