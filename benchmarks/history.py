@@ -164,7 +164,9 @@ def _rows(total: int) -> Any:
             owner,
             default_title(messages),
             "private",
-            orjson.dumps({"project": f"p{c % 100}"}).decode(),
+            # One of 100 projects for each owner's chats alike (c // 2: the caller owns the even
+            # chats, so c % 100 would give the caller only even projects).
+            orjson.dumps({"project": f"p{(c // 2) % 100}"}).decode(),
             ids[-1],
             created,
             updated,
@@ -317,6 +319,9 @@ async def measure_http(base: str, total: int, figures: list[Figure]) -> None:
         )
         meta = {"metadata[project]": "p7"}
         await get("list, metadata filter", f"{v1}/conversations", "<= 10", params=meta)
+        # No chat matches: every one of the caller's chats is looked at.
+        meta = {"metadata[project]": "p-none"}
+        await get("list, metadata filter, no match", f"{v1}/conversations", "<= 10", params=meta)
         limit = {"limit": "20"}
         await get("stored completions, limit 20", f"{v1}/chat/completions", "<= 10", params=limit)
         for label, word, target in (
