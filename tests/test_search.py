@@ -116,6 +116,7 @@ def test_queries_are_words_prefixes_and_phrases_built_from_quoted_tokens() -> No
     assert terms == [Term(("NEAR", "a")), Term(("b",)), Term(("OR",)), Term(("c",))]
     assert search.fts5_query(terms) == '"NEAR a" AND "b" AND "OR" AND "c"'
     assert search.tsquery(search.parse("ab* x.y")) == "('ab':*) & ('x' <-> 'y')"
+    assert search.tsquery(search.parse('"x y"'), phrases=False) == "('x' & 'y')"
     for nothing in ["", " ", '"', "*", ":", "&|!", "'", "\x00", "-", "()", "x" * 300]:
         assert search.parse(nothing) is None, nothing
 

@@ -115,15 +115,16 @@ def fts5_query(terms: Sequence[Term]) -> str:
     return " AND ".join(f'"{" ".join(t.tokens)}"' + ("*" if t.prefix else "") for t in terms)
 
 
-def tsquery(terms: Sequence[Term]) -> str:
-    """Text for ``to_tsquery('simple', ...)``: quoted lexemes, ``<->`` within a phrase, ``:*``
-    for a prefix, ``&`` between terms (tokens hold no quote or backslash)."""
+def tsquery(terms: Sequence[Term], *, phrases: bool = True) -> str:
+    """Text for ``to_tsquery('simple', ...)``: quoted lexemes, ``<->`` within a phrase (``&``
+    without ``phrases``), ``:*`` for a prefix, ``&`` between terms (tokens hold no quote or
+    backslash)."""
     parts = []
     for t in terms:
         lexemes = [f"'{tok}'" for tok in t.tokens]
         if t.prefix:
             lexemes[-1] += ":*"
-        parts.append("(" + " <-> ".join(lexemes) + ")")
+        parts.append("(" + (" <-> " if phrases else " & ").join(lexemes) + ")")
     return " & ".join(parts)
 
 
@@ -147,6 +148,9 @@ async def matching_chat_ids(
     postgres = conn.capabilities.dialect == "postgres"
     if postgres:
         query = tsquery(terms)
+        # Counted without positions, which GIN answers without reading each row again: at
+        # least as many as match, so the hits plan never rechecks more than its bound.
+        counted = tsquery(terms, phrases=False)
         message_match = f"{pg_document('m.text')} @@ to_tsquery('simple', ?)"
         title_match = f"{pg_document('c.title')} @@ to_tsquery('simple', ?)"
         hits_sql = (
@@ -156,7 +160,7 @@ async def matching_chat_ids(
             f"SELECT count(*) FROM (SELECT 1 FROM chats c WHERE {title_match} LIMIT ?) h"
         )
     else:
-        query = fts5_query(terms)
+        query = counted = fts5_query(terms)
         message_match = (
             "EXISTS (SELECT 1 FROM messages_fts WHERE messages_fts MATCH ? "
             "AND messages_fts.rowid = m.rowid)"
@@ -177,9 +181,9 @@ async def matching_chat_ids(
 
     mine = "m.user_id = ? AND " if owner_id is not None else ""
     owner = [owner_id] if owner_id is not None else []
-    count = (await run(hits_sql, [query, HITS_BOUND + 1]))[0][0]
+    count = (await run(hits_sql, [counted, HITS_BOUND + 1]))[0][0]
     if count <= HITS_BOUND:
-        count += (await run(title_hits_sql, [query, HITS_BOUND + 1 - count]))[0][0]
+        count += (await run(title_hits_sql, [counted, HITS_BOUND + 1 - count]))[0][0]
     order = f" ORDER BY c.updated_at DESC, c.id DESC LIMIT {int(limit)}"
     conditions = " AND ".join(where) or "1 = 1"
     if count <= HITS_BOUND:
@@ -204,9 +208,11 @@ async def matching_chat_ids(
         args = [*owner, query, query, *params]
     else:
         # Walk: the owner's chats newest first, each tested by its title and its messages.
+        # OFFSET 0 keeps PostgreSQL from hashing every match of the subquery first.
         sql = (
             f"SELECT c.id FROM chats c WHERE {conditions} AND ({title_match} OR EXISTS ("
-            f"SELECT 1 FROM messages m WHERE m.chat_id = c.id AND {mine}{message_match})){order}"
+            f"SELECT 1 FROM messages m WHERE m.chat_id = c.id AND {mine}{message_match}"
+            f"{' OFFSET 0' if postgres else ''})){order}"
         )
         args = [*params, query, *owner, query]
     return [row[0] for row in await run(sql, args)]
