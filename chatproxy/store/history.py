@@ -23,7 +23,7 @@ from datetime import timedelta
 from typing import Any
 
 from chatproxy.ids import new_chat_id, new_message_id, storable_message_id, unknown_id
-from chatproxy.store import search
+from chatproxy.store import metadata_index, search
 from chatproxy.store.batch import Dialect
 from chatproxy.store.models import Chat, Message, Vote
 from chatproxy.store.purge import purge_chats, purge_messages, subtree
@@ -150,30 +150,26 @@ async def list_chats(
         # The stored value itself, so the comparison is exact in every dialect.
         where.append("(c.updated_at < ? OR (c.updated_at = ? AND c.id < ?))")
         params += [rows[0][0], rows[0][0], after]
-    for key, value in metadata:
-        if d.postgres:
-            where.append("(c.metadata ->> ?) = ?")
-        else:
-            where.append(
-                "EXISTS (SELECT 1 FROM json_each(c.metadata) j "
-                "WHERE j.key = ? AND j.type = 'text' AND j.value = ?)"
-            )
-        params += [key, value]
-    query = (
-        f"SELECT c.id FROM chats c WHERE {' AND '.join(where)} "
-        "ORDER BY c.updated_at DESC, c.id DESC LIMIT ?"
-    )
+    pairs = list(metadata)
     terms = search.parse(q) if q else None
     if q and terms is None:
         return [], False  # nothing to look for: no word (or one too long to be indexed)
 
     async def op() -> tuple[list[ChatView], bool]:
         if terms is not None:
+            tests, values = metadata_index.filters(d, pairs)
             found = await search.matching_chat_ids(
-                store.conn, owner_id, where, params, terms, limit + 1
+                store.conn, owner_id, where + tests, params + values, terms, limit + 1
             )
         else:
-            _, rows = await store.conn.execute_query(d.sql(query), [*params, limit + 1])
+            p = await metadata_index.plan(store.conn, d, pairs) if pairs else None
+            source, conditions = (p.source, where + p.conditions) if p else ("chats c", where)
+            query = (
+                f"SELECT c.id FROM {source} WHERE {' AND '.join(conditions)} "
+                "ORDER BY c.updated_at DESC, c.id DESC LIMIT ?"
+            )
+            args = [*p.source_params, *params, *p.params] if p else params
+            _, rows = await store.conn.execute_query(d.sql(query), [*args, limit + 1])
             found = [row[0] for row in rows]
         ids = found[:limit]
         by_id = {c.id: c for c in await Chat.filter(id__in=ids)}
