@@ -573,7 +573,8 @@ def chats_search(
     config_file: Path | None,
     db_url: str | None,
 ) -> None:
-    """Chats whose title or any message contains QUERY (case-insensitive)."""
+    """Chats whose title or one message holds every word of QUERY (the README's search rule:
+    whole words, any case, `word*` prefixes, "quoted phrases")."""
     if "\x00" in query:  # no stored text holds one (a NUL is stored as U+FFFD)
         _fail("QUERY: expected text without NUL characters", 2)
     settings = _settings(config_file, **{"storage.url": db_url})

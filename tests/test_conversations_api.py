@@ -287,7 +287,7 @@ async def test_listing_filters_by_metadata_and_finds_words_in_titles_and_message
     # The word is only in the stored answer, never in a title; the search ignores case.
     assert await found("q=zanzibarISH") == [otters]
     assert await found("q=OTTERS") == [otters]
-    # % and _ are literal characters, not wildcards.
+    # % and _ are word separators, never wildcards: "100%" is the word 100, "a_b" the phrase "a b".
     assert await found("q=100%25") == [odds]
     assert await found("q=a_b") == []
     assert await found("q=axb") == [weather]
