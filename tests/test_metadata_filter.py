@@ -9,15 +9,13 @@ from typing import Any
 
 import aiohttp
 import pytest
-from tortoise.context import TortoiseContext
-from tortoise.migrations.executor import MigrationExecutor, MigrationTarget
 
 from chatproxy.appkeys import STORE
 from chatproxy.server import ProxyServer
 from chatproxy.store import history, metadata_index
-from chatproxy.store.db import APP_LABEL, tortoise_config
 from chatproxy.store.models import Chat, User
 from chatproxy.store.store import Store
+from tests.util import store_at
 
 TEAM = {"auth.mode": "header", "server.trusted_proxies": ["127.0.0.0/8"]}
 
@@ -105,12 +103,7 @@ async def _index_rows(store: Store) -> list[Any]:
 async def test_the_migration_indexes_a_store_written_before_it(
     db_url: str, start_proxy, http: aiohttp.ClientSession
 ) -> None:
-    config = tortoise_config(db_url)
-    ctx = TortoiseContext()
-    with ctx:
-        await ctx.init(config=config)
-        executor = MigrationExecutor(ctx.db("default"), {APP_LABEL: config["apps"][APP_LABEL]})
-        await executor.migrate([MigrationTarget(app_label=APP_LABEL, name="0008_search")])
+    async with store_at(db_url, "0008_search"):
         now = datetime.now(UTC) - timedelta(days=1)
         await User.create(id="alice", name="alice", created_at=now)
         for i, metadata in enumerate([{"project": "apollo"}, {"project": "gemini"}, {}]):
@@ -118,7 +111,6 @@ async def test_the_migration_indexes_a_store_written_before_it(
             await Chat.create(
                 id=f"chat_old{i}", owner_id="alice", metadata=metadata, created_at=at, updated_at=at
             )
-        await ctx.close_connections()
 
     proxy = await start_proxy(**TEAM)  # opens the store: 0009 runs on the populated store
     assert await _listed(http, proxy, "alice", "metadata[project]=apollo") == ["chat_old0"]

@@ -11,19 +11,17 @@ from typing import Any
 import aiohttp
 import openai
 import pytest
-from tortoise.context import TortoiseContext
-from tortoise.migrations.executor import MigrationExecutor, MigrationTarget
 
 from chatproxy.appkeys import STORE
 from chatproxy.server import ProxyServer
 from chatproxy.store import search
-from chatproxy.store.db import APP_LABEL, tortoise_config
 from chatproxy.store.history import list_chats
 from chatproxy.store.maintenance import prune
 from chatproxy.store.models import Chat, Message, User
 from chatproxy.store.search import Term
 from chatproxy.store.store import Store
 from chatproxy.testing import FakeUpstream, Reply
+from tests.util import store_at
 
 TEAM = {"limits.ip_rate": "0", "auth.mode": "header", "server.trusted_proxies": ["127.0.0.0/8"]}
 
@@ -413,12 +411,7 @@ async def test_hostile_queries_are_words_or_nothing_never_syntax_or_a_500(
 async def test_the_migration_indexes_a_store_written_before_it(
     db_url: str, start_proxy, http: aiohttp.ClientSession
 ) -> None:
-    config = tortoise_config(db_url)
-    ctx = TortoiseContext()
-    with ctx:
-        await ctx.init(config=config)
-        executor = MigrationExecutor(ctx.db("default"), {APP_LABEL: config["apps"][APP_LABEL]})
-        await executor.migrate([MigrationTarget(app_label=APP_LABEL, name="0007_message_depth")])
+    async with store_at(db_url, "0007_message_depth"):
         now = datetime.now(UTC) - timedelta(days=1)
         for user in ("alice", "bob"):
             await User.create(id=user, name=user, created_at=now)
@@ -451,7 +444,6 @@ async def test_the_migration_indexes_a_store_written_before_it(
                 created_at=at,
             )
             await Chat.filter(id=chat.id).update(head_id=f"msg_old{i}")
-        await ctx.close_connections()
 
     proxy = await start_proxy(**TEAM)  # opens the store: 0008 runs on the populated store
     assert await found(http, proxy, "alice", "narwhal") == ["chat_old0"]

@@ -11,16 +11,13 @@ from typing import Any
 
 import openai
 import orjson
-from tortoise.context import TortoiseContext
-from tortoise.migrations.executor import MigrationExecutor, MigrationTarget
 
 from chatproxy.appkeys import STORE
 from chatproxy.store import history
 from chatproxy.store.batch import Dialect
-from chatproxy.store.db import APP_LABEL, tortoise_config
 from chatproxy.store.models import Chat, User
 from chatproxy.testing import FakeUpstream, Reply
-from tests.util import all_chats, all_messages
+from tests.util import all_chats, all_messages, store_at
 
 PREVIOUS_RELEASE = "0004_instances"
 CALL = {"id": "call_7", "type": "function", "function": {"name": "weather", "arguments": ""}}
@@ -51,12 +48,7 @@ def _v1_canonical(m: dict[str, Any]) -> bytes:
 
 
 async def _previous_release_store(url: str) -> None:
-    config = tortoise_config(url)
-    ctx = TortoiseContext()
-    with ctx:
-        await ctx.init(config=config)
-        executor = MigrationExecutor(ctx.db("default"), {APP_LABEL: config["apps"][APP_LABEL]})
-        await executor.migrate([MigrationTarget(app_label=APP_LABEL, name=PREVIOUS_RELEASE)])
+    async with store_at(url, PREVIOUS_RELEASE) as ctx:
         now = datetime.now(UTC) - timedelta(days=3)
         await User.create(id="local", name="local", created_at=now)
         await Chat.create(
@@ -91,7 +83,6 @@ async def _previous_release_store(url: str) -> None:
             await ctx.db("default").execute_query(insert, row)
             parent = f"msg_old{i}"
         await Chat.filter(id="chat_old").update(head_id=parent)
-        await ctx.close_connections()
 
 
 async def test_a_store_of_the_previous_release_keeps_threading_after_the_upgrade(

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import aiohttp
+from tortoise.context import TortoiseContext
+from tortoise.migrations.executor import MigrationExecutor, MigrationTarget
 
+from chatproxy.store.db import APP_LABEL, tortoise_config
 from chatproxy.store.models import Chat, Message
 from chatproxy.store.store import Store
 
@@ -62,3 +66,19 @@ async def settled(store: Store, message_id: str) -> Message:
         return m if m.status != "in_progress" else None
 
     return await eventually(check)
+
+
+@contextlib.asynccontextmanager
+async def store_at(url: str, migration: str) -> AsyncIterator[TortoiseContext]:
+    """The store at ``url`` migrated up to ``migration`` only (what an earlier release left),
+    its ORM context active inside the block (write rows as that release did), closed after."""
+    config = tortoise_config(url)
+    ctx = TortoiseContext()
+    with ctx:
+        await ctx.init(config=config)
+        executor = MigrationExecutor(ctx.db("default"), {APP_LABEL: config["apps"][APP_LABEL]})
+        await executor.migrate([MigrationTarget(app_label=APP_LABEL, name=migration)])
+        try:
+            yield ctx
+        finally:
+            await ctx.close_connections()
