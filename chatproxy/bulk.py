@@ -20,6 +20,7 @@ import concurrent.futures
 import contextlib
 import os
 import sqlite3
+from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -153,33 +154,34 @@ def _plan(
     return out, written
 
 
-class BulkDB:
+class BulkDB(ABC):
     """One database connection for bulk reads and short bulk write transactions."""
 
     postgres: bool
 
+    @abstractmethod
     async def fetch(self, query: str, params: Sequence[Any]) -> list[Sequence[Any]]:
         """The rows of a read (``?`` placeholders; a list parameter written ``IN ?list``)."""
-        raise NotImplementedError
 
+    @abstractmethod
     async def write(self, batch: ImportBatch) -> Written:
         """Store ``batch`` in one transaction (see :func:`_plan` for what is left out)."""
-        raise NotImplementedError
 
+    @abstractmethod
     async def delete_rows(self, chat_id: str | None, message_ids: list[str]) -> None:
         """Remove what a failed import of a large document had written of it."""
-        raise NotImplementedError
 
     async def finish(self) -> None:
-        """After the last write (SQLite: the log truncated)."""
+        """After the last write (SQLite: the log truncated); nothing to do by default."""
+        return None
 
+    @abstractmethod
     def ts(self, value: datetime | None) -> Any:
         """A datetime as this database takes it as a parameter."""
-        raise NotImplementedError
 
+    @abstractmethod
     def when(self, value: Any) -> datetime | None:
         """A datetime column as read."""
-        raise NotImplementedError
 
     # Called with every (seconds, WAL bytes, database bytes) after a write (measurements).
     observe: Callable[[float, int, int], object] | None = None
