@@ -233,8 +233,13 @@ async def test_both_plans_give_the_same_pages_with_after_and_metadata(
     async def pages(q: str, **params: str) -> list[str]:
         return await found(http, team, "alice", q, limit="2", **params)
 
-    for bound in (search.HITS_BOUND, 20, 0):  # hits; hits or walk by the count; walk
+    # Hits; hits or walk by the count; walk; walks that stop after 1 or 3 of alice's 14 chats
+    # and give way to the hits plan when they found fewer than a page.
+    plans = [(search.HITS_BOUND, search.WALK_BOUND), (20, search.WALK_BOUND)]
+    plans += [(0, search.WALK_BOUND), (0, 1), (0, 3)]
+    for bound, walk_bound in plans:
         monkeypatch.setattr(search, "HITS_BOUND", bound)
+        monkeypatch.setattr(search, "WALK_BOUND", walk_bound)
         for q, ids in expected.items():
             assert await pages(q) == ids, (bound, q)
             p1 = [c for c in ids if project[c] == "p1"]

@@ -5,10 +5,12 @@ value)`` of every chat's text-valued pairs, kept by triggers on ``chats`` (a req
 writes never touch it: they only move ``updated_at``); on PostgreSQL a GIN index on
 ``chats.metadata`` (``jsonb_path_ops``) for ``@>``.
 
-With at most :data:`HITS_BOUND` chats holding the pair, those chats are read from the index and
-sorted (*hits*: a rare project costs what its chats do). With more, the owner's chats are walked
-newest first along ``chats(owner_id, updated_at)`` and each is tested on its own (*walk*: a
-common pair is found in the first chats). Both give the listing's exact order.
+On SQLite, with at most :data:`HITS_BOUND` chats holding the pair, those chats are read from the
+index and sorted (*hits*: a rare project costs what its chats do). With more, the owner's chats
+are walked newest first along ``chats(owner_id, updated_at)`` and each is tested on its own
+(*walk*: a common pair is found in the first chats). Both give the listing's exact order. On
+PostgreSQL the planner makes the same choice from its statistics (counting the holders first
+cost more than either plan).
 """
 
 from __future__ import annotations
@@ -38,28 +40,23 @@ class Plan:
 
 
 def filters(d: Dialect, pairs: list[tuple[str, str]]) -> tuple[list[str], list[Any]]:
-    """Each pair as a test of one chat (alias ``c``), and their parameters."""
+    """Each pair as a test of one chat (alias ``c``), and their parameters. On PostgreSQL a
+    containment test, which the planner answers from the index or checks chat by chat,
+    whichever its statistics make cheaper."""
     if d.postgres:
-        test = "(c.metadata ->> ?) = ?"
-    else:
-        test = (
-            "EXISTS (SELECT 1 FROM json_each(c.metadata) j "
-            "WHERE j.key = ? AND j.type = 'text' AND j.value = ?)"
-        )
+        objects = [orjson.dumps({key: value}).decode() for key, value in pairs]
+        return ["c.metadata @> ?::jsonb"] * len(pairs), objects
+    test = (
+        "EXISTS (SELECT 1 FROM json_each(c.metadata) j "
+        "WHERE j.key = ? AND j.type = 'text' AND j.value = ?)"
+    )
     return [test] * len(pairs), [x for pair in pairs for x in pair]
 
 
-async def _holders(conn: BaseDBAsyncClient, d: Dialect, key: str, value: str) -> int:
-    """How many chats hold the pair, counted up to ``HITS_BOUND + 1``."""
-    if d.postgres:
-        sql = "SELECT count(*) FROM (SELECT 1 FROM chats WHERE metadata @> ?::jsonb LIMIT ?) h"
-        args: list[Any] = [orjson.dumps({key: value}).decode(), HITS_BOUND + 1]
-    else:
-        sql = (
-            "SELECT count(*) FROM (SELECT 1 FROM chat_metadata WHERE key = ? AND value = ? LIMIT ?)"
-        )
-        args = [key, value, HITS_BOUND + 1]
-    _, rows = await conn.execute_query(d.sql(sql), args)
+async def _holders(conn: BaseDBAsyncClient, key: str, value: str) -> int:
+    """How many chats hold the pair (SQLite), counted up to ``HITS_BOUND + 1``."""
+    sql = "SELECT count(*) FROM (SELECT 1 FROM chat_metadata WHERE key = ? AND value = ? LIMIT ?)"
+    _, rows = await conn.execute_query(sql, [key, value, HITS_BOUND + 1])
     return int(rows[0][0])
 
 
@@ -67,13 +64,11 @@ async def plan(conn: BaseDBAsyncClient, d: Dialect, pairs: list[tuple[str, str]]
     """The plan for chats holding every pair of ``pairs`` (one at least); the rarest is not
     sought out: the first pair decides."""
     walk, params = filters(d, pairs)
-    key, value = pairs[0]
-    if await _holders(conn, d, key, value) > HITS_BOUND:
+    if d.postgres:  # the planner chooses
         return Plan("chats c", [], walk, params)
-    if d.postgres:
-        conditions = ["c.metadata @> ?::jsonb", *walk[1:]]
-        first = [orjson.dumps({key: value}).decode()]
-        return Plan("chats c", [], conditions, first + params[2:])
+    key, value = pairs[0]
+    if await _holders(conn, key, value) > HITS_BOUND:
+        return Plan("chats c", [], walk, params)
     # CROSS JOIN: SQLite takes the tables in this order (from the index, then each chat).
     source = (
         "(SELECT chat_id FROM chat_metadata WHERE key = ? AND value = ?) hit "

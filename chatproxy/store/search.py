@@ -10,45 +10,59 @@ digit, or with a word longer than :data:`MAX_TOKEN` characters, matches nothing.
 of a query is an operator of the database's own search syntax (``OR``, ``NEAR``, ``-``, ``:``,
 ``&``... are words or separators like any other).
 
-**The indexes** (migration ``0008_search``), kept in step by the databases themselves, so that
-no writer needs to know: on SQLite, FTS5 external-content tables ``messages_fts`` (over
-``messages.text``) and ``chats_fts`` (over ``chats.title``), keyed by rowid, with the
-``unicode61`` tokenizer, updated by triggers; on PostgreSQL, GIN expression indexes on
-``to_tsvector('simple', ...)`` of the text with ASCII punctuation made blanks (so that the
-parser never keeps ``x.com`` or ``3.14`` as one word, as FTS5 does not).
+**The indexes** (migrations ``0008_search`` and ``0010_search_expression``), kept in step by
+the databases themselves, so that no writer needs to know: on SQLite, FTS5 external-content
+tables ``messages_fts`` (over ``messages.text``) and ``chats_fts`` (over ``chats.title``),
+keyed by rowid, with the ``unicode61`` tokenizer, updated by triggers; on PostgreSQL, GIN
+expression indexes on ``to_tsvector('simple', ...)`` of the text with ASCII punctuation made
+blanks (so that the parser never keeps ``x.com`` or ``3.14`` as one word, as FTS5 does not).
 
 **Two plans, chosen per query**, both exact and in the listing's order (``updated_at``
 descending, then id). With at most :data:`HITS_BOUND` matching messages and titles in the whole
 store, the matches are read from the index and their chats sorted (*hits*). With more, the
 owner's chats are walked newest first along ``chats(owner_id, updated_at)`` and each is tested
-on its own (*walk*): a common word is found in the first chats of the walk.
+on its own (*walk*): a common word is found in the first chats of the walk; a walk that finds
+too few in its first :data:`WALK_BOUND` chats gives way to the hits plan. On PostgreSQL the
+planner's estimate of the matches is asked first (a bounded count of a common word would be
+planned as a scan testing every row), and the matches are counted only when it is within the
+bound.
 """
 
 from __future__ import annotations
 
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+import orjson
 from tortoise.backends.base.client import BaseDBAsyncClient
 
-__all__ = ["HITS_BOUND", "MAX_TOKEN", "Term", "fts5_query", "matching_chat_ids", "parse", "tsquery"]
+__all__ = [
+    "HITS_BOUND",
+    "MAX_TOKEN",
+    "WALK_BOUND",
+    "Term",
+    "fts5_query",
+    "matching_chat_ids",
+    "parse",
+    "tsquery",
+]
 
 HITS_BOUND = 5000  # matching messages and titles up to which the hits plan is taken
+WALK_BOUND = 500  # chats a walk tests before it leaves the query to the hits plan
 MAX_TOKEN = 256  # longer words are never matched (PostgreSQL indexes none over 2047 bytes)
 
 # What PostgreSQL's text-search parser must see as blanks, as FTS5's unicode61 does: every
-# ASCII punctuation character and symbol but '?' (a placeholder here; the parser splits at it
-# anyway). The same expression is in migration 0008_search, which the indexes are built on.
-PG_BLANKS = "!\"#$%&''()*+,-./:;<=>@[\\]^_`{|}~"
-PG_TEXT = "to_tsvector('simple', translate({column}, '{blanks}', '{spaces}'))"
+# ASCII punctuation character and symbol. The same expression is in migration
+# 0010_search_expression, which the indexes are built on.
+PG_BLANKS = "[!-/:-@[-`{-~]"
 
 
 def pg_document(column: str) -> str:
-    """The indexed ``tsvector`` expression of ``column`` (as migration 0008 creates it)."""
-    return PG_TEXT.format(column=column, blanks=PG_BLANKS, spaces=" " * (len(PG_BLANKS) - 1))
+    """The indexed ``tsvector`` expression of ``column`` (as migration 0010 creates it)."""
+    return f"to_tsvector('simple', regexp_replace({column}, '{PG_BLANKS}', ' ', 'g'))"
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,10 +142,60 @@ def tsquery(terms: Sequence[Term], *, phrases: bool = True) -> str:
     return " & ".join(parts)
 
 
+async def _estimate(conn: BaseDBAsyncClient, sql: str, args: Sequence[Any]) -> int:
+    """PostgreSQL's estimate of how many rows ``sql`` returns (planned, not run)."""
+    _, rows = await conn.execute_query(f"EXPLAIN (FORMAT JSON) {_numbered(sql)}", list(args))
+    plan = rows[0][0]
+    plan = orjson.loads(plan) if isinstance(plan, str | bytes) else plan
+    return int(plan[0]["Plan"]["Plan Rows"])
+
+
 def _numbered(sql: str) -> str:
     """``?`` placeholders as PostgreSQL's ``$1, $2...`` (no ``?`` appears otherwise)."""
     parts = sql.split("?")
     return "".join(p + (f"${i + 1}" if i < len(parts) - 1 else "") for i, p in enumerate(parts))
+
+
+Run = Callable[[str, Sequence[Any]], Awaitable[list[Any]]]
+_ORDER = " ORDER BY c.updated_at DESC, c.id DESC"
+
+
+async def _walk(
+    run: Run,
+    postgres: bool,
+    conditions: str,
+    params: Sequence[Any],
+    match: str,
+    match_params: Sequence[Any],
+    limit: int,
+) -> tuple[list[str], bool]:
+    """The walk: chats meeting ``conditions`` newest first, each tested by ``match``, up to the
+    :data:`WALK_BOUND`-th chat. Returns the matches and whether they are the answer (``limit``
+    found, or every chat tested); else the word, common in the store, is rare in these chats
+    and the hits plan answers instead."""
+    walked = f"SELECT c.id, c.updated_at FROM chats c WHERE {conditions}{_ORDER}"
+    probe = f"{walked} LIMIT 1 OFFSET {WALK_BOUND - 1}"
+    if postgres:
+        # The bounded walk as a subquery whose match is computed row by row as the outer
+        # LIMIT pulls: a range condition instead would let the planner sort every chat in it.
+        sql = (
+            f"SELECT w.id FROM (SELECT c.id, c.updated_at, {match} AS hit FROM chats c "
+            f"WHERE {conditions}{_ORDER} LIMIT {WALK_BOUND}) w WHERE w.hit "
+            f"ORDER BY w.updated_at DESC, w.id DESC LIMIT {int(limit)}"
+        )
+        found = [row[0] for row in await run(sql, [*match_params, *params])]
+        if len(found) == limit:
+            return found, True
+        return found, not await run(probe, params)
+    # SQLite walks the index in order whatever the range, and never sorts the whole of it.
+    last = await run(probe, params)
+    bound = " AND (c.updated_at > ? OR (c.updated_at = ? AND c.id >= ?))" if last else ""
+    bound_params = [last[0][1], last[0][1], last[0][0]] if last else []
+    sql = (
+        f"SELECT c.id FROM chats c WHERE {conditions}{bound} AND {match}{_ORDER} LIMIT {int(limit)}"
+    )
+    found = [row[0] for row in await run(sql, [*params, *bound_params, *match_params])]
+    return found, len(found) == limit or not last
 
 
 async def matching_chat_ids(
@@ -181,38 +245,48 @@ async def matching_chat_ids(
 
     mine = "m.user_id = ? AND " if owner_id is not None else ""
     owner = [owner_id] if owner_id is not None else []
-    count = (await run(hits_sql, [counted, HITS_BOUND + 1]))[0][0]
+    count = 0
+    if postgres:
+        # The planner's estimate first: a bounded count of a common word would be planned as
+        # a scan testing every row until the bound is reached (seconds on a large store).
+        for table, match in (("messages m", message_match), ("chats c", title_match)):
+            count += await _estimate(conn, f"SELECT 1 FROM {table} WHERE {match}", [counted])
     if count <= HITS_BOUND:
-        count += (await run(title_hits_sql, [counted, HITS_BOUND + 1 - count]))[0][0]
-    order = f" ORDER BY c.updated_at DESC, c.id DESC LIMIT {int(limit)}"
+        count = (await run(hits_sql, [counted, HITS_BOUND + 1]))[0][0]
+        if count <= HITS_BOUND:
+            count += (await run(title_hits_sql, [counted, HITS_BOUND + 1 - count]))[0][0]
+    order = f"{_ORDER} LIMIT {int(limit)}"
     conditions = " AND ".join(where) or "1 = 1"
-    if count <= HITS_BOUND:
-        # Hits: every matching message and title, their chats, then the filters and the order.
-        if postgres:
-            found = (
-                f"SELECT m.chat_id FROM messages m WHERE {mine}{message_match} "
-                f"UNION SELECT c.id FROM chats c WHERE {title_match}"
-            )
-        else:
-            found = (
-                "SELECT m.chat_id FROM messages_fts CROSS JOIN messages m "
-                f"ON m.rowid = messages_fts.rowid WHERE {mine}messages_fts MATCH ? "
-                "UNION SELECT c.id FROM chats_fts CROSS JOIN chats c "
-                "ON c.rowid = chats_fts.rowid WHERE chats_fts MATCH ?"
-            )
-        join = "JOIN" if postgres else "CROSS JOIN"  # SQLite: in this order
-        sql = (
-            f"SELECT c.id FROM ({found}) hit {join} chats c ON c.id = hit.chat_id "
-            f"WHERE {conditions}{order}"
-        )
-        args = [*owner, query, query, *params]
-    else:
-        # Walk: the owner's chats newest first, each tested by its title and its messages.
-        # OFFSET 0 keeps PostgreSQL from hashing every match of the subquery first.
-        sql = (
-            f"SELECT c.id FROM chats c WHERE {conditions} AND ({title_match} OR EXISTS ("
+    if count > HITS_BOUND:
+        found_ids, complete = await _walk(
+            run,
+            postgres,
+            conditions,
+            params,
+            f"({title_match} OR EXISTS ("
             f"SELECT 1 FROM messages m WHERE m.chat_id = c.id AND {mine}{message_match}"
-            f"{' OFFSET 0' if postgres else ''})){order}"
+            f"{' OFFSET 0' if postgres else ''}))",
+            [query, *owner, query],
+            limit,
         )
-        args = [*params, query, *owner, query]
-    return [row[0] for row in await run(sql, args)]
+        if complete:
+            return found_ids
+    # Hits: every matching message and title, their chats, then the filters and the order.
+    if postgres:
+        found = (
+            f"SELECT m.chat_id FROM messages m WHERE {mine}{message_match} "
+            f"UNION SELECT c.id FROM chats c WHERE {title_match}"
+        )
+    else:
+        found = (
+            "SELECT m.chat_id FROM messages_fts CROSS JOIN messages m "
+            f"ON m.rowid = messages_fts.rowid WHERE {mine}messages_fts MATCH ? "
+            "UNION SELECT c.id FROM chats_fts CROSS JOIN chats c "
+            "ON c.rowid = chats_fts.rowid WHERE chats_fts MATCH ?"
+        )
+    join = "JOIN" if postgres else "CROSS JOIN"  # SQLite: in this order
+    sql = (
+        f"SELECT c.id FROM ({found}) hit {join} chats c ON c.id = hit.chat_id "
+        f"WHERE {conditions}{order}"
+    )
+    return [row[0] for row in await run(sql, [*owner, query, query, *params])]
