@@ -18,8 +18,8 @@ import contextlib
 import io
 import re
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, BinaryIO, NoReturn
 
@@ -204,21 +204,33 @@ async def export_chat(store: Store, chat_id: str, fmt: str) -> bytes:
     return render(chat_document(chat, messages, votes), fmt)
 
 
-_PAGE_MESSAGES = 5000  # messages read per page (the page's chats are sized to about this)
+_PAGE_MESSAGES = 5000  # message rows one read returns, at most
+# Chats per page, at most: one IN list (BulkDB.fetch on SQLite runs a longer list in parts,
+# each with a LIMIT of its own, which would break the page's cut).
+_PAGE_CHATS = 500
 _CHAT_SELECT = (
     "SELECT id, owner_id, title, visibility, metadata, head_id, created_at, updated_at "
     "FROM chats WHERE id > ?"
 )
-_MESSAGE_SELECT = (
-    "SELECT chat_id, id, parent_id, role, data, "
+_MESSAGE_COLUMNS = (
+    "chat_id, id, parent_id, role, data, "
     + ", ".join(_MESSAGE_FIELDS)
-    + ", created_at, completed_at FROM messages WHERE chat_id IN ?list"
-    " ORDER BY chat_id, created_at, id"
+    + ", created_at, completed_at"
 )
-_VOTE_SELECT = (
-    "SELECT chat_id, message_id, user_id, up, created_at FROM votes WHERE chat_id IN ?list"
-    " ORDER BY chat_id, created_at, id"
+_AFTER = " AND created_at >= ? AND (created_at > ? OR id > ?)"  # after (created_at, id)
+_PAGE_MESSAGES_SELECT = (
+    f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE chat_id IN ?list"
+    " ORDER BY chat_id, created_at, id LIMIT ?"
 )
+_CHAT_MESSAGES_SELECT = (
+    f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE chat_id = ?{_AFTER}"
+    " ORDER BY created_at, id LIMIT ?"
+)
+_VOTE_COLUMNS = "chat_id, message_id, user_id, up, created_at, id"
+_PAGE_VOTES_SELECT = (
+    f"SELECT {_VOTE_COLUMNS} FROM votes WHERE chat_id IN ?list ORDER BY chat_id, created_at, id"
+)
+_CHAT_VOTES_SELECT = f"SELECT {_VOTE_COLUMNS} FROM votes WHERE chat_id = ?"
 _JSON_FIELDS = frozenset({"error", "usage", "params", "metadata"})
 
 
@@ -258,14 +270,159 @@ def _message_entry(row: Sequence[Any]) -> dict[str, Any]:
     return entry
 
 
+def _vote_row_entry(row: Sequence[Any]) -> dict[str, Any]:
+    _, message_id, voter, up, at, _ = row
+    return _vote_entry(message_id, voter, bool(up), _iso_column(at))
+
+
 @dataclass(slots=True)
 class ExportStats:
-    """What ``export --all`` read: chats, messages, and how (pages; the most rows in one)."""
+    """What ``export --all`` read: chats, messages, and how (reads of messages; the most
+    message rows one returned)."""
 
     chats: int = 0
     messages: int = 0
     pages: int = 0
     largest_page: int = 0
+
+
+@dataclass(slots=True)
+class _Part:
+    """What one read gives the writer: whole chats with their messages and votes, or (``chat``
+    set) a part of one chat too large for a page: its messages, then its votes, in order;
+    ``first`` and ``last`` mark its first and last part."""
+
+    chats: list[Sequence[Any]] = field(default_factory=list)
+    messages: list[Sequence[Any]] = field(default_factory=list)
+    votes: list[Sequence[Any]] = field(default_factory=list)
+    chat: Sequence[Any] | None = None
+    first: bool = False
+    last: bool = False
+
+
+async def _parts(db: BulkDB, filters: str, params: list[Any], limit: int) -> AsyncIterator[_Part]:
+    """The chats in id order (keyset pagination), read so that no read returns more than
+    ``limit`` + 1 message rows: pages of whole chats, sized to about ``limit`` messages at the
+    last page's average; a chat with more messages than that is read alone, in parts, along
+    the messages-by-chat index (keyset on ``created_at, id``)."""
+    after = ""
+    chats_per_page = max(1, min(_PAGE_CHATS, limit // 10))
+    chat_query = _CHAT_SELECT + filters + " ORDER BY id LIMIT ?"
+    while True:
+        chats = await db.fetch(chat_query, [after, *params, chats_per_page])
+        if not chats:
+            return
+        ids = [c[0] for c in chats]
+        messages = await db.fetch(_PAGE_MESSAGES_SELECT, [ids, limit + 1])
+        whole = len(chats)
+        if len(messages) > limit:
+            # The last row's chat goes on past this read: the page ends before it (read again
+            # next), unless it is the page's first chat (read alone, in parts).
+            whole = ids.index(messages[-1][0])
+            if whole == 0:
+                async for part in _large_chat(db, chats[0], messages, limit):
+                    yield part
+                after = ids[0]
+                continue
+            cut = next(i for i, m in enumerate(messages) if m[0] == ids[whole])
+            del messages[cut:]
+        page = chats[:whole]
+        votes = await db.fetch(_PAGE_VOTES_SELECT, [ids[:whole]])
+        per_chat = max(1.0, len(messages) / whole)
+        chats_per_page = max(1, min(_PAGE_CHATS, int(limit / per_chat)))
+        after = ids[whole - 1]
+        yield _Part(chats=page, messages=messages, votes=votes)
+
+
+async def _large_chat(
+    db: BulkDB, chat: Sequence[Any], messages: list[Sequence[Any]], limit: int
+) -> AsyncIterator[_Part]:
+    """One chat in parts of at most ``limit`` + 1 rows, its first ``messages`` already read."""
+    chat_id = chat[0]
+    yield _Part(messages=messages, chat=chat, first=True)
+    while len(messages) > limit:
+        at, last_id = messages[-1][-2], messages[-1][1]
+        messages = await db.fetch(_CHAT_MESSAGES_SELECT, [chat_id, at, at, last_id, limit + 1])
+        yield _Part(messages=messages, chat=chat)
+    query = _CHAT_VOTES_SELECT + " ORDER BY created_at, id LIMIT ?"
+    votes = await db.fetch(query, [chat_id, limit + 1])
+    while len(votes) > limit:
+        yield _Part(votes=votes, chat=chat)
+        at, last_id = votes[-1][4], votes[-1][5]
+        query = _CHAT_VOTES_SELECT + _AFTER + " ORDER BY created_at, id LIMIT ?"
+        votes = await db.fetch(query, [chat_id, at, at, last_id, limit + 1])
+    yield _Part(votes=votes, chat=chat, last=True)
+
+
+def _chat_object(row: Sequence[Any]) -> dict[str, Any]:
+    chat_id, owner, title, visibility, metadata, head_id, created, updated = row
+    return {
+        "id": chat_id,
+        "owner": owner,
+        "title": title,
+        "visibility": visibility,
+        "metadata": _json_column(metadata),
+        "head_id": head_id,
+        "created_at": _iso_column(created),
+        "updated_at": _iso_column(updated),
+    }
+
+
+def _head(chat: dict[str, Any]) -> dict[str, Any]:
+    return {"format": DOCUMENT_FORMAT, "version": DOCUMENT_VERSION, "chat": chat}
+
+
+class _Writer:
+    """Writes the parts as JSON lines, the bytes ``orjson.dumps`` gives each whole document
+    (a large chat's line is written a part at a time)."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        self.out = out
+        self.separator = b""  # before the next message or vote of a large chat
+        self.in_votes = False
+
+    def write(self, part: _Part) -> None:
+        if part.chat is None:
+            self._whole(part)
+            return
+        out = self.out
+        if part.first:
+            # '{"format":...,"chat":{...},"messages":[' : the document, its end cut off.
+            out.write(orjson.dumps({**_head(_chat_object(part.chat)), "messages": []})[:-2])
+            self.separator, self.in_votes = b"", False
+        if part.messages:
+            entries = [_message_entry(row) for row in part.messages]
+            out.write(self.separator + orjson.dumps(entries)[1:-1])
+            self.separator = b","
+        if part.votes or part.last:
+            if not self.in_votes:
+                out.write(b'],"votes":[')
+                self.separator, self.in_votes = b"", True
+            if part.votes:
+                votes = [_vote_row_entry(row) for row in part.votes]
+                out.write(self.separator + orjson.dumps(votes)[1:-1])
+                self.separator = b","
+        if part.last:
+            out.write(b"]}\n")
+
+    def _whole(self, part: _Part) -> None:
+        messages, votes = part.messages, part.votes
+        m = v = 0
+        lines = []
+        for row in part.chats:
+            chat_id = row[0]
+            start = m
+            while m < len(messages) and messages[m][0] == chat_id:
+                m += 1
+            first_vote = v
+            while v < len(votes) and votes[v][0] == chat_id:
+                v += 1
+            doc = _head(_chat_object(row))
+            doc["messages"] = [_message_entry(r) for r in messages[start:m]]
+            doc["votes"] = [_vote_row_entry(r) for r in votes[first_vote:v]]
+            lines.append(orjson.dumps(doc))
+        lines.append(b"")
+        self.out.write(b"\n".join(lines))
 
 
 async def export_all(
@@ -281,9 +438,10 @@ async def export_all(
     backup format, in chat id order.
 
     The store is read in pages (keyset pagination on the chat id, the page's messages in one
-    query along the messages-by-chat index, the next page read while this one is written):
-    memory holds one page, whatever the store's size. ``progress(chats, total, messages)`` is
-    called after each page."""
+    query along the messages-by-chat index, the next read while this one is written), none
+    holding more than ``page_messages`` messages: a chat with more is read in parts. Memory
+    holds two reads, whatever the size of the store or of its chats.
+    ``progress(chats, total, messages)`` is called after each read."""
     async with bulk_db(store) as db:
         filters, params = "", []
         if user_id is not None:
@@ -297,67 +455,27 @@ async def export_all(
             count = "SELECT COUNT(*) FROM chats WHERE id > ?" + filters
             total = int((await db.fetch(count, ["", *params]))[0][0])
         stats = ExportStats()
-        chats_per_page = max(1, page_messages // 10)
-
-        async def page(after: str, size: int) -> tuple[list[Any], list[Any], list[Any]]:
-            query = _CHAT_SELECT + filters + " ORDER BY id LIMIT ?"
-            chats = await db.fetch(query, [after, *params, size])
-            if not chats:
-                return [], [], []
-            ids = [c[0] for c in chats]
-            messages = await db.fetch(_MESSAGE_SELECT, [ids])
-            votes = await db.fetch(_VOTE_SELECT, [ids])
-            return chats, messages, votes
-
-        pending = asyncio.ensure_future(page("", chats_per_page))
-        while True:
-            chats, messages, votes = await pending
-            if not chats:
-                break
-            stats.pages += 1
-            stats.largest_page = max(stats.largest_page, len(messages))
-            # The next page's size: about ``page_messages`` messages at this page's average.
-            per_chat = max(1.0, len(messages) / len(chats))
-            chats_per_page = max(1, min(10_000, int(page_messages / per_chat)))
-            pending = asyncio.ensure_future(page(chats[-1][0], chats_per_page))
-            stats.messages += len(messages)
-            stats.chats += len(chats)
-            _write_page(out, chats, messages, votes)
-            if progress is not None:
-                progress(stats.chats, max(total, stats.chats), stats.messages)
+        writer = _Writer(out)
+        parts = _parts(db, filters, params, max(1, page_messages))
+        pending = asyncio.ensure_future(anext(parts, None))
+        try:
+            while (part := await pending) is not None:
+                pending = asyncio.ensure_future(anext(parts, None))
+                if part.chat is None or part.messages:
+                    stats.pages += 1
+                stats.largest_page = max(stats.largest_page, len(part.messages))
+                stats.messages += len(part.messages)
+                stats.chats += len(part.chats) + (1 if part.last else 0)
+                writer.write(part)
+                if progress is not None:
+                    progress(stats.chats, max(total, stats.chats), stats.messages)
+        finally:
+            if not pending.done():
+                pending.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await pending
+            await parts.aclose()
         return stats
-
-
-def _write_page(out: BinaryIO, chats: list[Any], messages: list[Any], votes: list[Any]) -> None:
-    by_chat: dict[str, list[dict[str, Any]]] = {}
-    for row in messages:
-        by_chat.setdefault(row[0], []).append(_message_entry(row))
-    votes_by_chat: dict[str, list[dict[str, Any]]] = {}
-    for chat_id, message_id, voter, up, at in votes:
-        votes_by_chat.setdefault(chat_id, []).append(
-            _vote_entry(message_id, voter, bool(up), _iso_column(at))
-        )
-    lines = []
-    for chat_id, owner, title, visibility, metadata, head_id, created, updated in chats:
-        doc = {
-            "format": DOCUMENT_FORMAT,
-            "version": DOCUMENT_VERSION,
-            "chat": {
-                "id": chat_id,
-                "owner": owner,
-                "title": title,
-                "visibility": visibility,
-                "metadata": _json_column(metadata),
-                "head_id": head_id,
-                "created_at": _iso_column(created),
-                "updated_at": _iso_column(updated),
-            },
-            "messages": by_chat.get(chat_id, []),
-            "votes": votes_by_chat.get(chat_id, []),
-        }
-        lines.append(orjson.dumps(doc))
-    lines.append(b"")
-    out.write(b"\n".join(lines))
 
 
 # -- import -----------------------------------------------------------------------------------
