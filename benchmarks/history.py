@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import math
 import os
@@ -33,11 +34,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
@@ -59,6 +60,7 @@ LONG_CHATS = 3  # chats of LONG_CHAT messages each
 LONG_CHAT = 10_000
 REPEAT = 20
 HOT_ROUNDS = 3  # rounds of the hot-path scenario on each store
+T = TypeVar("T")
 RARE_WORD = "quixotically"  # in about one chat in 2,000
 COMMON_WORD = "python"  # in about one message in ten
 
@@ -339,31 +341,114 @@ async def measure_http(base: str, total: int, figures: list[Figure]) -> None:
             ("/v1/chat/completions/{id}/messages", f"{v1}/chat/completions/{answer}/messages"),
         ):
             await get(f"one chat's messages, {api}", url, "<= 5")
-        await measure_delete(http, v1, "chat_bench000000000012", "delete a short chat", figures)
+        unloaded = await unloaded_first_byte(http, v1)
+        figures.append(
+            Figure("first byte of a request, nothing else running", unloaded, "ms", "(reported)")
+        )
+        await measure_delete(
+            http, base, "chat_bench000000000012", "delete a short chat", unloaded, figures
+        )
         long_chat = "chat_bench000000000000"
         label = f"delete the longest chat ({_long_chats(total)[1]:,} messages)"
-        await measure_delete(http, v1, long_chat, label, figures)
+        await measure_delete(http, base, long_chat, label, unloaded, figures)
+
+
+# -- requests beside a long operation ----------------------------------------------------------
+
+
+async def first_byte(http: aiohttp.ClientSession, v1: str) -> float:
+    """A new streamed request (a new chat: the store's first write comes before the first
+    byte): its time to first byte, in ms."""
+    content = secrets.token_hex(8)
+    body = {"model": "m", "stream": True, "messages": [{"role": "user", "content": content}]}
+    started = time.perf_counter()
+    async with http.post(f"{v1}/chat/completions", json=body) as resp:
+        await resp.content.readany()
+        ms = (time.perf_counter() - started) * 1000
+        await resp.read()
+        if resp.status != 200:
+            raise HttpError(f"POST {v1}/chat/completions: HTTP {resp.status}")
+    return ms
+
+
+async def unloaded_first_byte(http: aiohttp.ClientSession, v1: str) -> float:
+    await first_byte(http, v1)  # warm
+    return statistics.median([await first_byte(http, v1) for _ in range(REPEAT)])
+
+
+async def during(http: aiohttp.ClientSession, v1: str, op: Awaitable[T]) -> tuple[T, list[float]]:
+    """Run ``op`` while new requests are made through the proxy one after another (the first
+    as ``op`` starts): ``op``'s result and every request's time to first byte."""
+    task = asyncio.ensure_future(op)
+    times = []
+    try:
+        while True:
+            times.append(await first_byte(http, v1))
+            if task.done():
+                return await task, times
+    finally:
+        if not task.done():
+            task.cancel()
+
+
+async def write_buckets(http: aiohttp.ClientSession, base: str) -> dict[float, float]:
+    """The proxy's histogram of store write transactions (``/metrics``): count per bound."""
+    async with http.get(f"{base}/metrics") as resp:
+        text = await resp.text()
+    buckets = {}
+    for line in text.splitlines():
+        if line.startswith('chatproxy_store_write_seconds_bucket{le="'):
+            bound, count = line.split('le="', 1)[1].split('"}')
+            buckets[float(bound)] = float(count)
+    return buckets
+
+
+def longest(before: dict[float, float], after: dict[float, float]) -> float:
+    """The bound (ms) of the histogram's smallest bucket holding every transaction between
+    two readings; NaN when there was none."""
+    total = after[math.inf] - before.get(math.inf, 0.0)
+    for bound in sorted(after):
+        if total and after[bound] - before.get(bound, 0.0) == total:
+            return bound * 1000
+    return float("nan")
+
+
+def beside(label: str, times: list[float], unloaded: float) -> Figure:
+    return Figure(
+        f"first byte during: {label} (slowest of {len(times)})",
+        max(times),
+        "ms",
+        f"<= {unloaded + 50:.0f} (nothing running + 50)",
+    )
 
 
 async def measure_delete(
-    http: aiohttp.ClientSession, v1: str, chat_id: str, label: str, figures: list[Figure]
+    http: aiohttp.ClientSession,
+    base: str,
+    chat_id: str,
+    label: str,
+    unloaded: float,
+    figures: list[Figure],
 ) -> None:
-    """Delete a chat while a new request is made: the delete's time and the request's time to
-    first byte. A delete that fails is a figure with its error, and the run goes on."""
+    """Delete a chat while new requests are made: the delete's time, the longest store
+    transaction meanwhile (the proxy's histogram), and the slowest request's time to first
+    byte. A delete that fails is a figure with its error, and the run goes on."""
     print(f"  {label}", flush=True)
-    body = {"model": "m", "messages": [{"role": "user", "content": secrets.token_hex(8)}]}
-    delete = asyncio.create_task(timed(http, "DELETE", f"{v1}/conversations/{chat_id}"))
-    await asyncio.sleep(0.005)
-    started = time.perf_counter()
-    async with http.post(f"{v1}/chat/completions", json={**body, "stream": True}) as resp:
-        await resp.content.readany()
-        first_byte = (time.perf_counter() - started) * 1000
-        await resp.read()
+    v1 = f"{base}/v1"
+    before = await write_buckets(http, base)
     try:
-        figures.append(Figure(label, await delete, "ms", "<= 50 per batch"))
+        ms, times = await during(http, v1, timed(http, "DELETE", f"{v1}/conversations/{chat_id}"))
     except HttpError as exc:
-        figures.append(Figure(label, float("nan"), "ms", "<= 50 per batch", error=str(exc)))
-    figures.append(Figure(f"first byte of a request during: {label}", first_byte, "ms", "+<= 50"))
+        figures.append(Figure(label, float("nan"), "ms", "(reported)", error=str(exc)))
+        return
+    after = await write_buckets(http, base)
+    figures.append(Figure(label, ms, "ms", "(reported)"))
+    figures.append(
+        Figure(
+            f"{label}: longest store transaction (bucket)", longest(before, after), "ms", "<= 50"
+        )
+    )
+    figures.append(beside(label, times, unloaded))
 
 
 def cli(db: str, *args: str) -> tuple[float, str, float]:
@@ -376,37 +461,76 @@ def cli(db: str, *args: str) -> tuple[float, str, float]:
     )
     peak = 0.0
     while proc.poll() is None:
-        peak = max(peak, rss_mb(proc.pid))
-        time.sleep(0.2)
+        with contextlib.suppress(OSError):  # the peak so far, as the kernel counts it
+            peak = max(peak, rss_mb(proc.pid, "VmHWM"))
+        time.sleep(0.1)
     out, err = proc.communicate()
     if proc.returncode != 0:
         raise RuntimeError(f"chatproxy {' '.join(args)}: {err.decode()[-500:]}")
     return time.perf_counter() - started, out.decode(), peak
 
 
-def measure_cli(db: str, restore: str, total: int, figures: list[Figure], work: Path) -> None:
-    """``stats``, ``export --all``, ``import`` of that export into ``restore`` (an empty
-    store), then ``db prune``."""
+def _size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0
+
+
+async def peak_wal(path: str) -> float:
+    """The SQLite store's largest write-ahead log, sampled until cancelled (see
+    :func:`_stop`), in bytes."""
+    peak = 0
+    try:
+        while True:
+            peak = max(peak, _size(path + "-wal"))
+            await asyncio.sleep(0.05)
+    except asyncio.CancelledError:
+        return float(peak)
+
+
+async def _stop(task: asyncio.Future[float]) -> float:
+    task.cancel()
+    return await task
+
+
+async def measure_cli(
+    big: Proxy, restore: Proxy, total: int, figures: list[Figure], work: Path
+) -> None:
+    """``stats`` and ``export --all`` on the store; ``import`` of that export into
+    ``restore`` (an empty store) and ``db prune`` of the store, each while new requests are
+    made through a proxy serving that store."""
+    db = big.db
     print("  chatproxy stats", flush=True)
-    seconds, _, _ = cli(db, "stats")
+    seconds, _, _ = await asyncio.to_thread(cli, db, "stats")
     figures.append(Figure("chatproxy stats", seconds * 1000, "ms", "(reported)"))
     print("  chatproxy export --all", flush=True)
     backup = work / "backup.jsonl"
-    seconds, _, peak = cli(db, "export", "--all", "-o", str(backup))
+    seconds, _, peak = await asyncio.to_thread(cli, db, "export", "--all", "-o", str(backup))
     figures.append(Figure("export --all", total / seconds, "messages/s", ">= 20,000"))
     figures.append(Figure("export --all, peak RSS", peak, "MB", "flat"))
-    print("  chatproxy import", flush=True)
-    seconds, _, _ = cli(restore, "import", str(backup))
-    figures.append(Figure("import of the backup", total / seconds, "messages/s", ">= 20,000"))
-    restored = sqlite_path(restore)
-    if restored is not None:
-        wal = Path(restored + "-wal")
-        ratio = (wal.stat().st_size if wal.exists() else 0) / max(1, Path(restored).stat().st_size)
-        figures.append(Figure("import: WAL size / database size", ratio, "x", "<= 2"))
-    backup.unlink()
-    print("  chatproxy db prune", flush=True)
-    seconds, _, _ = cli(db, "db", "prune", "--older-than", "150d")
-    figures.append(Figure("db prune --older-than 150d", seconds, "s", "(reported)"))
+    async with aiohttp.ClientSession() as http:
+        print("  chatproxy import, beside a proxy serving the store it writes", flush=True)
+        unloaded = await unloaded_first_byte(http, restore.v1)
+        importing = asyncio.to_thread(cli, restore.db, "import", str(backup))
+        restored = sqlite_path(restore.db)
+        wal = asyncio.ensure_future(peak_wal(restored)) if restored else None
+        try:
+            (seconds, _, _), times = await during(http, restore.v1, importing)
+        finally:
+            largest = await _stop(wal) if wal is not None else None
+        figures.append(Figure("import of the backup", total / seconds, "messages/s", ">= 20,000"))
+        figures.append(beside("import", times, unloaded))
+        if restored is not None and largest is not None:
+            ratio = largest / max(1, _size(restored))
+            figures.append(Figure("import: largest WAL / database size", ratio, "x", "<= 2"))
+        await asyncio.to_thread(backup.unlink)
+        print("  chatproxy db prune, beside a proxy serving the store", flush=True)
+        unloaded = await unloaded_first_byte(http, big.v1)
+        pruning = asyncio.to_thread(cli, db, "db", "prune", "--older-than", "150d")
+        (seconds, _, _), times = await during(http, big.v1, pruning)
+        figures.append(Figure("db prune --older-than 150d", seconds, "s", "(reported)"))
+        figures.append(beside("db prune", times, unloaded))
 
 
 # -- the hot path on this store: benchmarks/bench.py's figures ----------------------------------
@@ -521,13 +645,14 @@ async def run(db: str, empty: str, restore: str, total: int, work: Path) -> list
             await measure_hot_path(upstream, big, proxies[-1], total, figures)
         finally:
             os.sched_setaffinity(0, mine)
+        print("measuring the CLI", flush=True)
+        proxies.append(await start_proxy(upstream, restore, pin))
+        await measure_cli(big, proxies[-1], written, figures, work)
     finally:
         for proxy in proxies:
             proxy.stop()
         upstream_proc.terminate()
         upstream_proc.wait(30)
-    print("measuring the CLI", flush=True)
-    await asyncio.to_thread(measure_cli, db, restore, written, figures, work)
     return figures
 
 

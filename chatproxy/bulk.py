@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from chatproxy.store.db import SQLITE_BUSY_TIMEOUT_MS, sqlite_path
+from chatproxy.store.db import SQLITE_BUSY_TIMEOUT_MS, WRITER_GAP, settle_wal, sqlite_path
 from chatproxy.store.store import Store
 
 __all__ = [
@@ -345,6 +345,7 @@ class _Sqlite(BulkDB):
             raise
         db.execute("COMMIT")
         seconds = time.perf_counter() - started
+        time.sleep(WRITER_GAP)  # a server waiting for the write lock takes it now
         self._checkpoint_if_large()
         if self.observe is not None:
             self.observe(seconds, self._size("-wal"), self._size(""))
@@ -404,7 +405,7 @@ class _Sqlite(BulkDB):
     async def finish(self) -> None:
         def truncate() -> None:
             self._wait_checkpoint()
-            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            settle_wal(self._db)
 
         with contextlib.suppress(sqlite3.Error):
             await asyncio.to_thread(truncate)
@@ -439,7 +440,7 @@ class _Postgres(BulkDB):
         async with conn.transaction():
             # The full-text index's pending entries are merged by the insert that overflows
             # them: in smaller steps, no one transaction takes the whole merge.
-            await conn.execute("SET LOCAL gin_pending_list_limit = 512")
+            await conn.execute("SET LOCAL gin_pending_list_limit = 4096")
             chat_ids = [d[1][0] for d in batch.docs]
             owners = dict(
                 await conn.fetch("SELECT id, owner_id FROM chats WHERE id = ANY($1)", chat_ids)

@@ -52,6 +52,10 @@ async def test_history_benchmark_runs_on_a_small_store(tmp_path: Path) -> None:
             "bench: time to first byte, unloaded, p50",
             "bench: throughput, 50 clients, streamed",
         } <= names
+        # Requests beside each long operation, and the store's longest transaction meanwhile.
+        for op in ("delete a short chat", "delete the longest chat", "import", "db prune"):
+            assert any(n.startswith(f"first byte during: {op}") for n in names), op
+        assert {"delete a short chat: longest store transaction (bucket)"} <= names
         assert [f for f in figures if f["error"]] == []
         assert all(f["value"] >= 0 for f in figures)
         # make bench's figures are measured on an empty store too, side by side.

@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 from tortoise.backends.base.client import BaseDBAsyncClient
 
+from chatproxy.store.db import begin_immediate
 from chatproxy.store.models import (
     FINISH_REASON_LENGTH,
     MODEL_LENGTH,
@@ -162,10 +163,15 @@ class Batch:
         for sql, rows in self.statements(d):
             await conn.execute_many(sql, rows)
 
-    def apply_sqlite(self, db: sqlite3.Connection, d: Dialect) -> None:
+    def apply_sqlite(self, db: sqlite3.Connection, d: Dialect, wait: bool = False) -> None:
         """Run the batch in one transaction on a plain ``sqlite3`` connection (in autocommit
-        mode), in the database's own thread: one hop from the event loop for the whole batch."""
-        db.execute("BEGIN IMMEDIATE")
+        mode, no busy timeout), in the database's own thread: one hop from the event loop for
+        the whole batch. ``wait``: for the write lock, if another connection holds it (off the
+        event loop); else that raises ``sqlite3.OperationalError`` at once."""
+        if wait:
+            begin_immediate(db)
+        else:
+            db.execute("BEGIN IMMEDIATE")
         try:
             for sql, rows in self.statements(d):
                 db.executemany(sql, rows)

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import sqlite3
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -18,9 +19,15 @@ from chatproxy.errors import StoreUnavailable
 
 __all__ = [
     "APP_LABEL",
+    "BUSY_POLL",
+    "WRITER_GAP",
     "WalCheckpointer",
+    "begin_immediate",
+    "is_busy",
     "open_database",
     "open_fast_sqlite",
+    "reclaim_sqlite_space",
+    "settle_wal",
     "sqlite_path",
     "tortoise_config",
 ]
@@ -162,7 +169,38 @@ def open_fast_sqlite(path: str) -> sqlite3.Connection:
     return db
 
 
-VACUUM_STEP = 1024  # pages given back per step (4 MiB of a 4 KiB-page file)
+BUSY_POLL = 0.001  # seconds between two tries for the write lock (begin_immediate)
+# Seconds a bulk writer (a prune, a long delete, an import) leaves the write lock free between
+# two of its transactions: a server waiting in begin_immediate takes it within one poll.
+WRITER_GAP = 0.002
+
+
+def begin_immediate(db: sqlite3.Connection, timeout: float = SQLITE_BUSY_TIMEOUT_MS / 1000) -> None:
+    """``BEGIN IMMEDIATE`` on a connection without a busy timeout, tried again every
+    :data:`BUSY_POLL` until ``timeout`` (blocking: call it off the event loop).
+
+    SQLite's own busy wait sleeps longer and longer between tries (up to 100 ms): beside
+    another process that writes batch after batch, such a waiter kept finding the lock taken
+    and waited seconds (measured beside ``db prune``); one that tries every millisecond gets
+    it in the other writer's first gap."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            return
+        except sqlite3.OperationalError as exc:
+            if not is_busy(exc) or time.monotonic() >= deadline:
+                raise
+        time.sleep(BUSY_POLL)
+
+
+def is_busy(exc: BaseException) -> bool:
+    """Whether an SQLite error says another connection holds the lock."""
+    text = str(exc)
+    return "locked" in text or "busy" in text
+
+
+VACUUM_STEP = 256  # pages given back per step (1 MiB of a 4 KiB-page file)
 _INCREMENTAL = 2  # PRAGMA auto_vacuum
 
 
@@ -183,9 +221,18 @@ async def reclaim_sqlite_space(path: str) -> None:
                 # executescript: execute() would free a single page (one VDBE step).
                 await asyncio.to_thread(db.executescript, step)
                 await asyncio.sleep(0.005)  # another connection's turn
-        await asyncio.to_thread(lambda: db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall())
+        await asyncio.to_thread(settle_wal, db)
     finally:
         db.close()
+
+
+def settle_wal(db: sqlite3.Connection) -> None:
+    """Move the write-ahead log into the database and truncate it, without holding up another
+    connection's writes for the copy: a PASSIVE checkpoint copies the log alongside them, and
+    the TRUNCATE one after it (which blocks writers until it is done) has only what was
+    written meanwhile left to copy."""
+    db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
 
 class WalCheckpointer:
@@ -216,7 +263,7 @@ class WalCheckpointer:
                 await self._task
             self._task = None
         with contextlib.suppress(sqlite3.Error):
-            await asyncio.to_thread(self._checkpoint, "TRUNCATE")
+            await asyncio.to_thread(self._settle)
         if self._db is not None:
             self._db.close()
             self._db = None
@@ -227,11 +274,17 @@ class WalCheckpointer:
         except OSError:
             return 0
 
-    def _checkpoint(self, mode: str) -> None:
+    def _connection(self) -> sqlite3.Connection:
         if self._db is None:
             self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             self._db.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-        self._db.execute(f"PRAGMA wal_checkpoint({mode})").fetchall()
+        return self._db
+
+    def _checkpoint(self, mode: str) -> None:
+        self._connection().execute(f"PRAGMA wal_checkpoint({mode})").fetchall()
+
+    def _settle(self) -> None:
+        settle_wal(self._connection())
 
     async def _loop(self) -> None:
         idle_rounds = 0

@@ -48,6 +48,7 @@ from chatproxy.offload import LARGE_COUNT, offload
 from chatproxy.store.batch import Answer, Batch, Dialect, NewMessage, Turn
 from chatproxy.store.db import (
     WalCheckpointer,
+    is_busy,
     open_database,
     open_fast_sqlite,
     reclaim_sqlite_space,
@@ -103,6 +104,13 @@ def _active(ctx: TortoiseContext) -> Iterator[None]:
 _Call = Callable[[], Awaitable[Any]]
 # A queued write: a turn, a checkpoint (message id), a finish, or any ORM call.
 _Item = tuple[str, Any, "asyncio.Future[Any] | None"]
+
+
+# First in an ORM write transaction on SQLite (which Tortoise begins DEFERRED): the write
+# lock, waited for with the busy timeout. A transaction that reads first and then writes, once
+# another process (the CLI beside a server, or two servers) has committed since its read,
+# fails at once with "database is locked": SQLite cannot wait for a newer snapshot.
+_TAKE_WRITE_LOCK = "UPDATE users SET id = id WHERE 0"
 
 
 class Store:
@@ -226,7 +234,9 @@ class Store:
         results = []
         for kind, payload, _ in items:
             if kind == "call":
-                async with in_transaction():
+                async with in_transaction() as tx:
+                    if self._dialect is not None and not self._dialect.postgres:
+                        await tx.execute_query(_TAKE_WRITE_LOCK)
                     results.append(await payload())
             else:
                 results.append(None)
@@ -246,10 +256,12 @@ class Store:
                 )
                 return
             except sqlite3.OperationalError as exc:
-                # Another connection (an ORM write) holds the write lock: never wait for it on
-                # the event loop; take the asynchronous path below, which waits off the loop.
-                if "locked" not in str(exc) and "busy" not in str(exc):
+                # Another connection holds the write lock (an ORM write of this process, or
+                # another process's): never wait for it on the event loop.
+                if not is_busy(exc):
                     raise
+            await asyncio.to_thread(batch.apply_sqlite, self._fast, self._dialect, True)
+            return
         async with in_transaction() as tx:
             await batch.apply(tx, self._dialect)
 
