@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import operator
 import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -26,7 +27,7 @@ from typing import Any, BinaryIO, NoReturn
 import orjson
 
 from chatproxy.auth import USER_ID_RE
-from chatproxy.bulk import BulkDB, ImportBatch, Written, bulk_db
+from chatproxy.bulk import MESSAGE_COLUMNS, BulkDB, ImportBatch, Written, bulk_db
 from chatproxy.errors import NotFoundError
 from chatproxy.ids import CHAT_ID_RE
 from chatproxy.store.models import (
@@ -501,11 +502,12 @@ def _text(limit: int) -> tuple[Callable[[Any], bool], str]:
     )
 
 
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= _INT_MAX
+
+
 def _count() -> tuple[Callable[[Any], bool], str]:
-    return (
-        lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= _INT_MAX,
-        f"an integer from 0 to {_INT_MAX}, or null",
-    )
+    return _is_count, f"an integer from 0 to {_INT_MAX}, or null"
 
 
 _OBJECT = (lambda v: isinstance(v, dict), "an object, or null")
@@ -674,26 +676,32 @@ class _Reader:
     def messages(self, entries: list[Any], chat: dict[str, Any]) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
         seen: set[str] = set()
+        in_order = True  # every parent before its children, as an export writes them
+        message = self.message
         for i, entry in enumerate(entries):
-            path = f"messages[{i}]"
             if not isinstance(entry, dict):
-                self.fail(path, "an object", entry)
-            m = self.message(path, entry)
-            if m["id"] in seen:
-                self.fail(f"{path}.id", "an id used once in the document", m["id"])
-            seen.add(m["id"])
+                self.fail(f"messages[{i}]", "an object", entry)
+            m = message(i, entry)
+            message_id, parent_id = m["id"], m["parent_id"]
+            if message_id in seen:
+                self.fail(f"messages[{i}].id", "an id used once in the document", message_id)
+            if parent_id is not None and parent_id not in seen:
+                in_order = False
+            seen.add(message_id)
             out.append(m)
-        for i, m in enumerate(out):
-            if m["parent_id"] is not None and m["parent_id"] not in seen:
-                self.fail(
-                    f"messages[{i}].parent_id",
-                    "null or the id of another message of the document",
-                    m["parent_id"],
-                )
-        ordered = self.parents_first(out)
+        ordered = out
+        if not in_order:
+            for i, m in enumerate(out):
+                if m["parent_id"] is not None and m["parent_id"] not in seen:
+                    self.fail(
+                        f"messages[{i}].parent_id",
+                        "null or the id of another message of the document",
+                        m["parent_id"],
+                    )
+            ordered = self.parents_first(out)
         # Times left out: the chat's start, then one microsecond after the message before.
-        known = [m["created_at"] for m in out if m["created_at"] is not None]
         if chat["created_at"] is None:
+            known = [m["created_at"] for m in out if m["created_at"] is not None]
             chat["created_at"] = min(known) if known else datetime.now(UTC)
         previous = chat["created_at"] - timedelta(microseconds=1)
         for m in out:
@@ -736,69 +744,141 @@ class _Reader:
                 ordered.append(entry)
         return ordered
 
-    def message(self, path: str, entry: dict[str, Any]) -> dict[str, Any]:
-        message_id = entry.get("id", _MISSING)
+    def message(self, i: int, entry: dict[str, Any]) -> dict[str, Any]:
+        get = entry.get
+        message_id = get("id", _MISSING)
         if not isinstance(message_id, str) or not _MESSAGE_ID_RE.fullmatch(message_id):
-            self.fail(f"{path}.id", "a message id (1 to 64 of A-Z a-z 0-9 _ -)", message_id)
-        parent_id = entry.get("parent_id")
+            self.fail(f"messages[{i}].id", "a message id (1 to 64 of A-Z a-z 0-9 _ -)", message_id)
+        parent_id = get("parent_id")
         if parent_id is not None and not (
             isinstance(parent_id, str) and _MESSAGE_ID_RE.fullmatch(parent_id)
         ):
-            self.fail(f"{path}.parent_id", "null or a message id", parent_id)
-        data = entry.get("message", _MISSING)
+            self.fail(f"messages[{i}].parent_id", "null or a message id", parent_id)
+        data = get("message", _MISSING)
         if not isinstance(data, dict):
-            self.fail(f"{path}.message", "an object (the message in chat-completions form)", data)
-        role = entry.get("role") or data.get("role", _MISSING)
+            expected = "an object (the message in chat-completions form)"
+            self.fail(f"messages[{i}].message", expected, data)
+        role = get("role") or data.get("role", _MISSING)
         if not isinstance(role, str) or not 0 < len(role) <= 16:
-            self.fail(f"{path}.role", "a role such as user or assistant", role)
-        status = entry.get("status") or "completed"
+            self.fail(f"messages[{i}].role", "a role such as user or assistant", role)
+        status = get("status") or "completed"
         if status not in MESSAGE_STATUSES:
-            self.fail(f"{path}.status", f"one of {', '.join(MESSAGE_STATUSES)}", status)
-        out: dict[str, Any] = {
+            self.fail(f"messages[{i}].status", f"one of {', '.join(MESSAGE_STATUSES)}", status)
+        (
+            error,
+            model,
+            finish_reason,
+            prompt_tokens,
+            completion_tokens,
+            total_tokens,
+            usage,
+            upstream_id,
+            system_fingerprint,
+            params,
+            ttft_ms,
+            duration_ms,
+            instance_id,
+            metadata,
+        ) = map(get, _OPTIONAL)
+        # All of _OPTIONAL at once (the usual values); on anything else, field by field.
+        if not (
+            (error is None or type(error) is dict)
+            and (model is None or (type(model) is str and len(model) <= 256))
+            and (finish_reason is None or (type(finish_reason) is str and len(finish_reason) <= 32))
+            and (
+                prompt_tokens is None
+                or (type(prompt_tokens) is int and 0 <= prompt_tokens <= _INT_MAX)
+            )
+            and (
+                completion_tokens is None
+                or (type(completion_tokens) is int and 0 <= completion_tokens <= _INT_MAX)
+            )
+            and (
+                total_tokens is None
+                or (type(total_tokens) is int and 0 <= total_tokens <= _INT_MAX)
+            )
+            and (usage is None or type(usage) is dict)
+            and (upstream_id is None or (type(upstream_id) is str and len(upstream_id) <= 256))
+            and (
+                system_fingerprint is None
+                or (type(system_fingerprint) is str and len(system_fingerprint) <= 256)
+            )
+            and (params is None or type(params) is dict)
+            and (ttft_ms is None or (type(ttft_ms) is int and 0 <= ttft_ms <= _INT_MAX))
+            and (duration_ms is None or (type(duration_ms) is int and 0 <= duration_ms <= _INT_MAX))
+            and (instance_id is None or (type(instance_id) is str and len(instance_id) <= 64))
+            and (metadata is None or type(metadata) is dict)
+        ):
+            self.optional(i, entry)
+        if usage:  # token counts left out: as the usage says
+            if prompt_tokens is None and _is_count(usage.get("prompt_tokens")):
+                prompt_tokens = usage["prompt_tokens"]
+            if completion_tokens is None and _is_count(usage.get("completion_tokens")):
+                completion_tokens = usage["completion_tokens"]
+            if total_tokens is None and _is_count(usage.get("total_tokens")):
+                total_tokens = usage["total_tokens"]
+        disconnected = get("client_disconnected")
+        if disconnected is not None and not isinstance(disconnected, bool):
+            self.fail(f"messages[{i}].client_disconnected", "true, false or null", disconnected)
+        prefix_hash = get("prefix_hash")
+        if prefix_hash is not None and not (
+            isinstance(prefix_hash, str) and _HASH_RE.fullmatch(prefix_hash)
+        ):
+            expected = "32 hexadecimal digits, empty, or null"
+            self.fail(f"messages[{i}].prefix_hash", expected, prefix_hash)
+        created_at, completed_at = get("created_at"), get("completed_at")
+        if created_at is not None:
+            created_at = self.when(f"messages[{i}].created_at", created_at, None)
+        if completed_at is not None:
+            completed_at = self.when(f"messages[{i}].completed_at", completed_at, None)
+        return {
             "id": message_id,
             "parent_id": parent_id,
             "role": role,
             "message": data,
             "status": status,
+            "error": error,
+            "model": model,
+            "finish_reason": finish_reason,
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": total_tokens,
+            "usage": usage,
+            "upstream_id": upstream_id,
+            "system_fingerprint": system_fingerprint,
+            "params": params,
+            "ttft_ms": ttft_ms,
+            "duration_ms": duration_ms,
+            "instance_id": instance_id,
+            "metadata": metadata,
+            "client_disconnected": bool(disconnected),
+            "prefix_hash": prefix_hash,
+            "created_at": created_at,
+            "completed_at": completed_at,
         }
+
+    def optional(self, i: int, entry: dict[str, Any]) -> None:
+        """Fails on the first optional field of message ``i`` that is not valid."""
         for name, (valid, expected) in _OPTIONAL.items():
             value = entry.get(name)
             if value is not None and not valid(value):
-                self.fail(f"{path}.{name}", expected, value)
-            out[name] = value
-        usage = out["usage"] or {}
-        for name in _TOKEN_FIELDS:  # left out: as the usage says
-            if out[name] is None and _count()[0](usage.get(name)):
-                out[name] = usage[name]
-        disconnected = entry.get("client_disconnected")
-        if disconnected is not None and not isinstance(disconnected, bool):
-            self.fail(f"{path}.client_disconnected", "true, false or null", disconnected)
-        out["client_disconnected"] = bool(disconnected)
-        prefix_hash = entry.get("prefix_hash")
-        if prefix_hash is not None and not (
-            isinstance(prefix_hash, str) and _HASH_RE.fullmatch(prefix_hash)
-        ):
-            self.fail(f"{path}.prefix_hash", "32 hexadecimal digits, empty, or null", prefix_hash)
-        out["prefix_hash"] = prefix_hash
-        out["created_at"] = self.when(f"{path}.created_at", entry.get("created_at"), None)
-        out["completed_at"] = self.when(f"{path}.completed_at", entry.get("completed_at"), None)
-        return out
+                self.fail(f"messages[{i}].{name}", expected, value)
 
 
-def _lines(source: BinaryIO) -> Iterator[tuple[int, str, Any]]:
-    """``(line number, where, parsed JSON)`` of each document of a json or jsonl export: a
-    jsonl file line by line (never all in memory), a json document (a pretty-printed one: its
-    first line is ``{`` alone) read whole."""
+def _lines(source: BinaryIO) -> Iterator[tuple[int, str, Any, bool]]:
+    """``(line number, where, parsed JSON, whether it may hold a NUL)`` of each document of a
+    json or jsonl export: a jsonl file line by line (never all in memory), a json document (a
+    pretty-printed one: its first line is ``{`` alone) read whole."""
     n = 0
     for raw in source:
         n += 1
         line = raw.removeprefix(b"\xef\xbb\xbf") if n == 1 else raw  # a UTF-8 byte-order mark
-        if not line.strip():
+        if line.isspace() or not line:
             continue
-        if line.strip() == b"{":
+        if len(line) < 16 and line.strip() == b"{":
             text = line + source.read()
             try:
-                yield n, "", orjson.loads(text)
+                yield n, "", orjson.loads(text), _NUL_ESCAPE in text
             except orjson.JSONDecodeError as exc:
                 raise BadExport(f"not a json or jsonl export ({exc})") from None
             return
@@ -806,22 +886,43 @@ def _lines(source: BinaryIO) -> Iterator[tuple[int, str, Any]]:
             doc = orjson.loads(line)
         except orjson.JSONDecodeError as exc:
             raise BadExport(f"line {n}: not a json or jsonl export ({exc})") from None
-        yield n, f"line {n}: ", doc
+        yield n, f"line {n}: ", doc, _NUL_ESCAPE in line
+
+
+# JSON can only write a NUL in a string escaped (orjson refuses the character itself): a
+# document without this holds none.
+_NUL_ESCAPE = b"\\u0000"
 
 
 def read_documents(data: bytes) -> list[dict[str, Any]]:
     """The chat documents of a ``json`` or ``jsonl`` export, validated, with what they leave
     out filled in (defaults; prefix hashes, head, title and times derived). Raises
     :class:`BadExport` naming the line (of a ``jsonl`` file) and the field."""
-    return [_Reader(where).document(doc) for _, where, doc in _lines(io.BytesIO(data))]
+    return [_Reader(where).document(doc) for _, where, doc, _ in _lines(io.BytesIO(data))]
 
 
 def _json_text(value: Any) -> str | None:
-    """``value`` as JSON text both stores hold (a NUL in a string becomes U+FFFD)."""
-    return None if value is None else storable_json(orjson.dumps(value).decode())
+    return None if value is None else orjson.dumps(value).decode()
 
 
-_TEXT_FIELDS = ("model", "finish_reason", "upstream_id", "system_fingerprint", "instance_id")
+# The columns of a message row that hold the document's strings (a NUL becomes U+FFFD).
+_TEXTS = ("role", "text", "model", "finish_reason", "upstream_id", "system_fingerprint")
+_TEXT_COLUMNS = tuple(MESSAGE_COLUMNS.index(name) for name in (*_TEXTS, "instance_id"))
+_JSONS = ("data", "error", "usage", "params", "metadata")
+_JSON_COLUMNS = tuple(MESSAGE_COLUMNS.index(name) for name in _JSONS)
+
+
+def _storable(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A message row as both stores hold it: every NUL replaced by U+FFFD."""
+    values = list(row)
+    for i in _TEXT_COLUMNS:
+        values[i] = storable_text(values[i])
+    for i in _JSON_COLUMNS:
+        values[i] = storable_json(values[i])
+    return tuple(values)
+
+
+_depth = operator.itemgetter("depth")
 
 
 def _document_rows(
@@ -829,54 +930,60 @@ def _document_rows(
     chat: dict[str, Any],
     messages: list[dict[str, Any]],
     votes: list[dict[str, Any]],
+    nul: bool = True,
 ) -> tuple[tuple[Any, ...], list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-    """The chat's row, its message rows (parents before children) and vote rows."""
+    """The chat's row, its message rows (in :data:`MESSAGE_COLUMNS` order, parents before
+    children) and vote rows; ``nul``: whether the document may hold a NUL (replaced)."""
     ts = db.ts
+    dumps = orjson.dumps
     chat_id, owner = chat["id"], chat["owner"]
     chat_row = (
         chat_id,
         owner,
         storable_text(chat["title"]),
         chat["visibility"],
-        _json_text(chat["metadata"] or {}),
+        storable_json(dumps(chat["metadata"] or {}).decode()),
         chat["head_id"],
         ts(chat["created_at"]),
         ts(chat["updated_at"]),
     )
     rows = []
-    for m in sorted(messages, key=lambda m: m["depth"]):  # stable: parents first
+    for m in sorted(messages, key=_depth):  # stable: parents first
         data = m["message"]
+        content = data.get("content")
         rows.append(
             (
                 m["id"],
                 chat_id,
                 m["parent_id"],
                 owner,
-                storable_text(m["role"]),
-                storable_text(message_text(data.get("content"))),
+                m["role"],
+                content if type(content) is str else message_text(content),
                 m["depth"],
-                _json_text(data),
+                dumps(data).decode(),
                 m["prefix_hash"],
                 m["status"],
                 _json_text(m["error"]),
-                storable_text(m["model"]),
-                storable_text(m["finish_reason"]),
+                m["model"],
+                m["finish_reason"],
                 m["prompt_tokens"],
                 m["completion_tokens"],
                 m["total_tokens"],
                 _json_text(m["usage"]),
-                storable_text(m["upstream_id"]),
-                storable_text(m["system_fingerprint"]),
+                m["upstream_id"],
+                m["system_fingerprint"],
                 _json_text(m["params"]),
                 m["client_disconnected"],
                 m["ttft_ms"],
                 m["duration_ms"],
-                storable_text(m["instance_id"]),
+                m["instance_id"],
                 _json_text(m["metadata"]),
                 ts(m["created_at"]),
                 ts(m["completed_at"]),
             )
         )
+    if nul:
+        rows = [_storable(row) for row in rows]
     vote_rows = [
         (v["message_id"], chat_id, v["user_id"], v["up"], ts(v["created_at"])) for v in votes
     ]
@@ -1030,14 +1137,14 @@ async def import_file(
         db.observe = observe
         importer = _Importer(db, batch_messages)
         try:
-            for line, where, doc in _lines(source):
+            for line, where, doc, nul in _lines(source):
                 try:
                     chat, messages, votes = _Reader(where).parse(doc)
                 except BadExport as exc:
                     await importer.submit()
                     await importer.drain()
                     raise ImportFailed(str(exc), importer.stats) from None
-                chat_row, rows, vote_rows = _document_rows(db, chat, messages, votes)
+                chat_row, rows, vote_rows = _document_rows(db, chat, messages, votes, nul)
                 importer.stats.documents += 1
                 if len(rows) > importer.target:
                     await importer.large(line, chat_row, rows, vote_rows)
