@@ -205,7 +205,7 @@ async def export_chat(store: Store, chat_id: str, fmt: str) -> bytes:
     return render(chat_document(chat, messages, votes), fmt)
 
 
-_PAGE_MESSAGES = 5000  # message rows one read returns, at most
+_PAGE_MESSAGES = 2000  # message rows one read returns, at most
 # Chats per page, at most: one IN list (BulkDB.fetch on SQLite runs a longer list in parts,
 # each with a LIMIT of its own, which would break the page's cut).
 _PAGE_CHATS = 500
