@@ -304,8 +304,9 @@ class _Part:
 async def _parts(db: BulkDB, filters: str, params: list[Any], limit: int) -> AsyncIterator[_Part]:
     """The chats in id order (keyset pagination), read so that no read returns more than
     ``limit`` + 1 message rows: pages of whole chats, sized to about ``limit`` messages at the
-    last page's average; a chat with more messages than that is read alone, in parts, along
-    the messages-by-chat index (keyset on ``created_at, id``)."""
+    last page's average (their votes in one read: one a user and message at most); a chat
+    with more messages than that is read alone, in parts, along the messages-by-chat index
+    (keyset on ``created_at, id``), its votes too."""
     after = ""
     chats_per_page = max(1, min(_PAGE_CHATS, limit // 10))
     chat_query = _CHAT_SELECT + filters + " ORDER BY id LIMIT ?"
