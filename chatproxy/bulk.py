@@ -158,6 +158,8 @@ class BulkDB(ABC):
     """One database connection for bulk reads and short bulk write transactions."""
 
     postgres: bool
+    # The aim for one write transaction, which an import sizes its batches on.
+    transaction_seconds: float
 
     @abstractmethod
     async def fetch(self, query: str, params: Sequence[Any]) -> list[Sequence[Any]]:
@@ -228,6 +230,7 @@ def _fts_in_bulk(db: sqlite3.Connection) -> Iterator[None]:
 
 class _Sqlite(BulkDB):
     postgres = False
+    transaction_seconds = 0.025  # a proxy's next write waits for it (one writer at a time)
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -237,14 +240,13 @@ class _Sqlite(BulkDB):
             "synchronous=NORMAL",
             "foreign_keys=ON",
             "wal_autocheckpoint=0",  # checkpointed here, between transactions
-            "cache_size=-65536",  # 64 MiB of pages: the indexes of a large store
+            "journal_size_limit=4194304",  # the log's file cut back to 4 MiB once moved
             "temp_store=MEMORY",  # the staging tables
         ):
             self._db.execute(f"PRAGMA {pragma}")
-        self._wal_checked = 0
-        # Checkpoints run on a connection and thread of their own, while the next batch is
-        # read and staged; its write transaction waits for the checkpoint, so that the log
-        # is written from its start again.
+        self._writing = False
+        # Checkpoints run on a connection and thread of their own, alongside the import's
+        # next batches (see _checkpoint_if_large).
         self._checkpointer = concurrent.futures.ThreadPoolExecutor(1, "chatproxy-checkpoint")
         self._checkpoint: concurrent.futures.Future[None] | None = None
         self._checkpoint_db: sqlite3.Connection | None = None
@@ -306,7 +308,7 @@ class _Sqlite(BulkDB):
         import time
 
         self._stage(batch)
-        self._wait_checkpoint()
+        self._before_write()
         started = time.perf_counter()
         db = self._db
         db.execute("BEGIN IMMEDIATE")
@@ -357,22 +359,32 @@ class _Sqlite(BulkDB):
         except OSError:
             return 0
 
-    def _checkpoint_if_large(self) -> None:
-        # Between two transactions the log is moved into the database once it holds half the
-        # database (4 to 64 MiB): it is then written from its start again, so it never grows
-        # past the database's size (a PASSIVE checkpoint never waits for a proxy's readers).
-        wal = self._size("-wal")
-        if wal - self._wal_checked < min(max(self._size("") // 2, 4 << 20), 64 << 20):
-            return
-        self._checkpoint = self._checkpointer.submit(self._run_checkpoint, wal)
+    def _log_bound(self) -> int:
+        # Half the database (4 to 64 MiB): the log is moved into it past this size.
+        return min(max(self._size("") // 2, 4 << 20), 64 << 20)
 
-    def _run_checkpoint(self, wal: int) -> None:
+    def _checkpoint_if_large(self) -> None:
+        # After a transaction: once the log holds the bound, a PASSIVE checkpoint (it never
+        # waits for a proxy's readers) moves it into the database on its own connection while
+        # the import goes on; the log is then written from its start again, and cut back to
+        # journal_size_limit. Imports wait for one only past twice the bound (_before_write),
+        # so the log stays within the database's size.
+        running = self._checkpoint is not None and not self._checkpoint.done()
+        if not running and self._size("-wal") >= self._log_bound():
+            self._checkpoint = self._checkpointer.submit(self._run_checkpoint)
+
+    def _before_write(self) -> None:
+        if self._size("-wal") >= 2 * self._log_bound():
+            self._wait_checkpoint()
+            if self._size("-wal") >= 2 * self._log_bound():  # none ran, or readers held it
+                self._checkpoint = self._checkpointer.submit(self._run_checkpoint)
+                self._wait_checkpoint()
+
+    def _run_checkpoint(self) -> None:
         if self._checkpoint_db is None:
             self._checkpoint_db = sqlite3.connect(self.path, check_same_thread=False)
             self._checkpoint_db.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-        checkpoint = "PRAGMA wal_checkpoint(PASSIVE)"
-        busy, logged, moved = self._checkpoint_db.execute(checkpoint).fetchone()
-        self._wal_checked = 0 if not busy and logged == moved else wal
+        self._checkpoint_db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
     def _wait_checkpoint(self) -> None:
         if self._checkpoint is not None:
@@ -381,6 +393,9 @@ class _Sqlite(BulkDB):
                 checkpoint.result()
 
     async def write(self, batch: ImportBatch) -> Written:
+        if not self._writing:  # 64 MiB of pages for the indexes of a large store (an
+            self._db.execute("PRAGMA cache_size=-65536")  # export reads with the default)
+            self._writing = True
         return await asyncio.to_thread(self._write, batch)
 
     def _delete(self, chat_id: str | None, message_ids: list[str]) -> None:
@@ -418,6 +433,9 @@ def _numbered(query: str) -> str:
 
 class _Postgres(BulkDB):
     postgres = True
+    # Writers do not wait for each other here (a proxy's inserts never touch the rows an
+    # import adds): longer transactions cost it nothing, and fewer statements per message.
+    transaction_seconds = 0.25
 
     def __init__(self, conn: Any) -> None:
         self._conn = conn  # an asyncpg connection
@@ -438,9 +456,9 @@ class _Postgres(BulkDB):
         started = time.perf_counter()
         conn = self._conn
         async with conn.transaction():
-            # The full-text index's pending entries are merged by the insert that overflows
-            # them: in smaller steps, no one transaction takes the whole merge.
-            await conn.execute("SET LOCAL gin_pending_list_limit = 4096")
+            # Not waiting for the log's flush at each commit: a crash loses at most the last
+            # batches, never a part of one, and importing the file again adds them.
+            await conn.execute("SET LOCAL synchronous_commit = off")
             chat_ids = [d[1][0] for d in batch.docs]
             owners = dict(
                 await conn.fetch("SELECT id, owner_id FROM chats WHERE id = ANY($1)", chat_ids)

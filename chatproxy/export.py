@@ -1008,7 +1008,6 @@ class ImportFailed(BadExport):
         self.stats = stats
 
 
-_TRANSACTION_SECONDS = 0.03  # the aim for one write transaction (a proxy waits at most this)
 _BATCH_RANGE = (100, 20_000)  # messages per transaction
 
 
@@ -1078,7 +1077,7 @@ class _Importer:
         if len(batch) >= self.target // 2 and seconds > 0:
             rate = len(batch) / seconds
             low, high = _BATCH_RANGE
-            self.target = max(low, min(high, int(rate * _TRANSACTION_SECONDS)))
+            self.target = max(low, min(high, int(rate * self.db.transaction_seconds)))
 
     def _count(self, written: Written) -> None:
         self.stats.chats += written.chats
@@ -1147,8 +1146,8 @@ async def import_file(
     depths, head, title, times).
 
     Documents go in, in file order, in batches of short transactions (about
-    ``_TRANSACTION_SECONDS`` each: a proxy on the same store is never held up longer), each
-    document whole or not at all. Ids already stored are skipped (importing twice adds
+    ``BulkDB.transaction_seconds`` each: on SQLite a proxy on the same store is never held up
+    longer), each document whole or not at all. Ids already stored are skipped (importing twice adds
     nothing). A document that is not valid, or whose ids another chat or user holds, raises
     :class:`ImportFailed` naming its line and field: nothing of it is stored, the documents
     before it are."""
