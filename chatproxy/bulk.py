@@ -376,15 +376,21 @@ class _Sqlite(BulkDB):
     def _before_write(self) -> None:
         if self._size("-wal") >= 2 * self._log_bound():
             self._wait_checkpoint()
-            if self._size("-wal") >= 2 * self._log_bound():  # none ran, or readers held it
-                self._checkpoint = self._checkpointer.submit(self._run_checkpoint)
-                self._wait_checkpoint()
+            if self._size("-wal") >= 2 * self._log_bound():
+                # The log did not start again: a proxy on the store reads and writes without a
+                # pause. Settle it, between two of the import's transactions.
+                settle_wal(self._checkpoint_connection())
+
+    def _checkpoint_connection(self) -> sqlite3.Connection:
+        if self._checkpoint_db is None:
+            self._checkpoint_db = sqlite3.connect(
+                self.path, check_same_thread=False, isolation_level=None
+            )
+            self._checkpoint_db.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        return self._checkpoint_db
 
     def _run_checkpoint(self) -> None:
-        if self._checkpoint_db is None:
-            self._checkpoint_db = sqlite3.connect(self.path, check_same_thread=False)
-            self._checkpoint_db.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-        self._checkpoint_db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        self._checkpoint_connection().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
     def _wait_checkpoint(self) -> None:
         if self._checkpoint is not None:

@@ -168,6 +168,7 @@ def open_fast_sqlite(path: str) -> sqlite3.Connection:
         # 2 MiB) and are read without a system call each.
         "cache_size=-65536",
         "mmap_size=268435456",
+        "journal_size_limit=4194304",  # the log's file cut back to 4 MiB when it starts again
     ):
         db.execute(f"PRAGMA {pragma}")
     return db
@@ -230,13 +231,25 @@ async def reclaim_sqlite_space(path: str) -> None:
         db.close()
 
 
-def settle_wal(db: sqlite3.Connection) -> None:
-    """Move the write-ahead log into the database and truncate it, without holding up another
-    connection's writes for the copy: a PASSIVE checkpoint copies the log alongside them, and
-    the TRUNCATE one after it (which blocks writers until it is done) has only what was
-    written meanwhile left to copy."""
+def settle_wal(db: sqlite3.Connection, timeout: float = SQLITE_BUSY_TIMEOUT_MS / 1000) -> None:
+    """Move the write-ahead log into the database and truncate it (blocking: call it off the
+    event loop), holding up other connections' writes only for a moment.
+
+    A PASSIVE checkpoint copies the log alongside them first. It never starts the log again
+    while others read and write without a pause: then the log only grows, and every read of
+    a page looks through it. The TRUNCATE checkpoint after it does, with only what was written
+    meanwhile left to copy; it is tried without a busy wait every :data:`BUSY_POLL` (a busy
+    wait would keep every writer out for as long as it lasts), until ``timeout``."""
     db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-    db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+    db.execute("PRAGMA busy_timeout=0")
+    try:
+        deadline = time.monotonic() + timeout
+        while db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]:
+            if time.monotonic() >= deadline:
+                return
+            time.sleep(BUSY_POLL)
+    finally:
+        db.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
 
 
 class WalCheckpointer:
@@ -253,6 +266,7 @@ class WalCheckpointer:
         self.path = path
         self.every = every
         self.wal_bytes = wal_bytes
+        self.restart_bytes = 4 * wal_bytes  # a log this large after a checkpoint is settled
         self._task: asyncio.Task[None] | None = None
         self._db: sqlite3.Connection | None = None
 
@@ -302,5 +316,8 @@ class WalCheckpointer:
                 continue
             try:
                 await asyncio.to_thread(self._checkpoint, "PASSIVE")
+                if self._wal_size() >= self.restart_bytes:
+                    # It never started again: others read and write without a pause.
+                    await asyncio.to_thread(self._settle)
             except sqlite3.Error as exc:
                 logging.getLogger("chatproxy.store").warning("WAL checkpoint failed: %s", exc)
