@@ -413,13 +413,16 @@ def longest(before: dict[float, float], after: dict[float, float]) -> float:
     return float("nan")
 
 
-def beside(label: str, times: list[float], unloaded: float) -> Figure:
-    return Figure(
-        f"first byte during: {label} (slowest of {len(times)})",
-        max(times),
-        "ms",
-        f"<= {unloaded + 50:.0f} (nothing running + 50)",
-    )
+def beside(label: str, times: list[float], unloaded: float) -> list[Figure]:
+    """The requests' times to first byte beside an operation: the 99th percentile and the
+    slowest, against the time with nothing else running plus 50 ms."""
+    target = f"<= {unloaded + 50:.0f} (nothing running + 50)"
+    ranked = sorted(times)
+    p99 = ranked[min(len(ranked) - 1, int(len(ranked) * 0.99))]
+    return [
+        Figure(f"first byte during: {label}, p99 of {len(times)}", p99, "ms", target),
+        Figure(f"first byte during: {label}, slowest of {len(times)}", ranked[-1], "ms", target),
+    ]
 
 
 async def measure_delete(
@@ -448,7 +451,7 @@ async def measure_delete(
             f"{label}: longest store transaction (bucket)", longest(before, after), "ms", "<= 50"
         )
     )
-    figures.append(beside(label, times, unloaded))
+    figures.extend(beside(label, times, unloaded))
 
 
 def cli(db: str, *args: str) -> tuple[float, str, float]:
@@ -520,7 +523,7 @@ async def measure_cli(
         finally:
             largest = await _stop(wal) if wal is not None else None
         figures.append(Figure("import of the backup", total / seconds, "messages/s", ">= 20,000"))
-        figures.append(beside("import", times, unloaded))
+        figures.extend(beside("import", times, unloaded))
         if restored is not None and largest is not None:
             ratio = largest / max(1, _size(restored))
             figures.append(Figure("import: largest WAL / database size", ratio, "x", "<= 2"))
@@ -530,7 +533,7 @@ async def measure_cli(
         pruning = asyncio.to_thread(cli, db, "db", "prune", "--older-than", "150d")
         (seconds, _, _), times = await during(http, big.v1, pruning)
         figures.append(Figure("db prune --older-than 150d", seconds, "s", "(reported)"))
-        figures.append(beside("db prune", times, unloaded))
+        figures.extend(beside("db prune", times, unloaded))
 
 
 # -- the hot path on this store: benchmarks/bench.py's figures ----------------------------------
