@@ -41,6 +41,7 @@ from tenacity import (
 )
 from tortoise.backends.base.client import BaseDBAsyncClient
 from tortoise.context import TortoiseContext, _current_context
+from tortoise.exceptions import OperationalError
 from tortoise.transactions import in_transaction
 
 from chatproxy.ids import storable_message_id
@@ -111,6 +112,16 @@ _Item = tuple[str, Any, "asyncio.Future[Any] | None"]
 # another process (the CLI beside a server, or two servers) has committed since its read,
 # fails at once with "database is locked": SQLite cannot wait for a newer snapshot.
 _TAKE_WRITE_LOCK = "UPDATE users SET id = id WHERE 0"
+
+
+async def _take_write_lock(tx: BaseDBAsyncClient) -> None:
+    try:
+        await tx.execute_query(_TAKE_WRITE_LOCK)
+    except OperationalError as exc:
+        # A store opened without its tables (migrate=False on a new file): nothing there to
+        # write, and whatever the write needs fails on its own.
+        if "no such table" not in str(exc):
+            raise
 
 
 class Store:
@@ -236,7 +247,7 @@ class Store:
             if kind == "call":
                 async with in_transaction() as tx:
                     if self._dialect is not None and not self._dialect.postgres:
-                        await tx.execute_query(_TAKE_WRITE_LOCK)
+                        await _take_write_lock(tx)
                     results.append(await payload())
             else:
                 results.append(None)
