@@ -84,6 +84,16 @@ async def fresh_postgres() -> AsyncIterator[str]:
         await admin.close()
 
 
+@pytest.fixture
+async def fresh_db(db_url: str, tmp_path: Path) -> AsyncIterator[str]:
+    """A second empty store of the same kind as ``db_url``."""
+    if db_url.startswith("sqlite"):
+        yield f"sqlite://{tmp_path / 'second.db'}"
+        return
+    async with fresh_postgres() as url:
+        yield url
+
+
 @pytest.fixture(params=["sqlite", "postgres"] if POSTGRES_URL else ["sqlite"])
 async def db_url(request: pytest.FixtureRequest, db_path: Path) -> AsyncIterator[str]:
     """The store of a test: a fresh SQLite file, and (with CHATPROXY_TEST_POSTGRES_URL set, as

@@ -10,14 +10,12 @@ import io
 import os
 import pty
 import sys
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import orjson
-import pytest
 from click.testing import CliRunner, Result
 
 from chatproxy.cli import main
@@ -25,7 +23,7 @@ from chatproxy.export import export_all
 from chatproxy.store.models import Chat, Message, Vote
 from chatproxy.store.store import Store
 from chatproxy.testing import FakeUpstream, Reply
-from tests.conftest import StartProxy, fresh_postgres
+from tests.conftest import StartProxy
 
 START = datetime(2025, 3, 1, tzinfo=UTC)
 OWNERS = ("user0", "local", "user2")  # "local": the proxy's one user (auth mode none)
@@ -139,16 +137,6 @@ async def rows(db: str) -> dict[str, list[tuple[Any, ...]]]:
         return {"chats": list(chats), "messages": list(messages), "votes": list(votes)}
     finally:
         await store.close()
-
-
-@pytest.fixture
-async def fresh_db(db_url: str, tmp_path: Path) -> AsyncIterator[str]:
-    """A second empty store of the same kind as ``db_url``."""
-    if db_url.startswith("sqlite"):
-        yield f"sqlite://{tmp_path / 'restored.db'}"
-        return
-    async with fresh_postgres() as url:
-        yield url
 
 
 async def test_a_round_trip_into_a_fresh_store_gives_the_same_rows_and_resends_thread(

@@ -10,7 +10,6 @@ import io
 import tracemalloc
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -20,7 +19,6 @@ from chatproxy import export
 from chatproxy.bulk import BulkDB
 from chatproxy.export import export_all, export_chat, import_file
 from chatproxy.store.store import Store
-from tests.conftest import fresh_postgres
 
 START = datetime(2025, 3, 1, tzinfo=UTC)
 VOTERS = ("local", "ada", "bob")
@@ -150,19 +148,9 @@ class _Discard(io.RawIOBase):
         return len(data)
 
 
-@pytest.fixture
-async def larger_db(db_url: str, tmp_path: Path) -> AsyncIterator[str]:
-    """A second empty store of the same kind as ``db_url``."""
-    if db_url.startswith("sqlite"):
-        yield f"sqlite://{tmp_path / 'larger.db'}"
-        return
-    async with fresh_postgres() as url:
-        yield url
-
-
 async def test_the_peak_of_memory_does_not_grow_with_the_store_or_its_longest_chat(
-    db_url: str, larger_db: str
+    db_url: str, fresh_db: str
 ) -> None:
     small = await peak(db_url, 40, 400)
-    large = await peak(larger_db, 320, 3200)
+    large = await peak(fresh_db, 320, 3200)
     assert large < small * 1.5, (small, large)
