@@ -35,7 +35,7 @@ from click.testing import CliRunner
 from chatproxy.appkeys import STORE
 from chatproxy.cli import main as cli_main
 from chatproxy.server import ProxyServer
-from chatproxy.store import maintenance
+from chatproxy.store import maintenance, search
 from chatproxy.store.db import sqlite_path
 from chatproxy.store.models import Chat, Message, Vote
 from chatproxy.store.store import Store, utcnow
@@ -295,6 +295,11 @@ async def every_history_operation(
     await _json(http, "GET", f"{v1}/conversations", params={"metadata[project]": "p7"})
     await _json(http, "GET", f"{v1}/conversations", params={"q": "python"})
     await _json(http, "GET", f"{v1}/conversations", params={"q": "lisbon", "limit": "1"})
+    with pytest.MonkeyPatch.context() as patch:  # search's walk, and a walk giving way to hits
+        patch.setattr(search, "HITS_BOUND", 0)
+        await _json(http, "GET", f"{v1}/conversations", params={"q": "python"})
+        patch.setattr(search, "WALK_BOUND", 1)
+        await _json(http, "GET", f"{v1}/conversations", params={"q": "lisbon"})
     # Stored completions: a page, a cursor page, filters.
     page = await _json(http, "GET", f"{v1}/chat/completions", params={"limit": "2"})
     params = {"limit": "2", "after": page["data"][-1]["id"]}
@@ -377,7 +382,7 @@ async def test_no_history_statement_scans_messages(
     statements = capture.touching()
     # Each kind of access was captured: the test would pass vacuously on a broken hook.
     text = "\n".join(statements)
-    for needle in ("prefix_hash", "DELETE", "UPDATE", "votes", "chats"):
+    for needle in ("prefix_hash", "DELETE", "UPDATE", "votes", "chats", "LIMIT 1 OFFSET"):
         assert needle in text, f"no captured statement mentions {needle!r}"
     path = sqlite_path(db_url)
     if path is not None:

@@ -39,6 +39,8 @@ from typing import Any
 import orjson
 from tortoise.backends.base.client import BaseDBAsyncClient
 
+from chatproxy.store.batch import Dialect
+
 __all__ = [
     "HITS_BOUND",
     "MAX_TOKEN",
@@ -144,16 +146,11 @@ def tsquery(terms: Sequence[Term], *, phrases: bool = True) -> str:
 
 async def _estimate(conn: BaseDBAsyncClient, sql: str, args: Sequence[Any]) -> int:
     """PostgreSQL's estimate of how many rows ``sql`` returns (planned, not run)."""
-    _, rows = await conn.execute_query(f"EXPLAIN (FORMAT JSON) {_numbered(sql)}", list(args))
+    query = f"EXPLAIN (FORMAT JSON) {Dialect(conn).sql(sql)}"
+    _, rows = await conn.execute_query(query, list(args))
     plan = rows[0][0]
     plan = orjson.loads(plan) if isinstance(plan, str | bytes) else plan
     return int(plan[0]["Plan"]["Plan Rows"])
-
-
-def _numbered(sql: str) -> str:
-    """``?`` placeholders as PostgreSQL's ``$1, $2...`` (no ``?`` appears otherwise)."""
-    parts = sql.split("?")
-    return "".join(p + (f"${i + 1}" if i < len(parts) - 1 else "") for i, p in enumerate(parts))
 
 
 Run = Callable[[str, Sequence[Any]], Awaitable[list[Any]]]
@@ -209,7 +206,8 @@ async def matching_chat_ids(
     """Up to ``limit`` ids of chats (alias ``c``) meeting the ``where`` conditions (``?``
     placeholders, ``params``) whose title or one of whose owner's messages matches ``terms``,
     newest ``updated_at`` first, then by id. ``owner_id`` ``None``: every user's chats."""
-    postgres = conn.capabilities.dialect == "postgres"
+    dialect = Dialect(conn)
+    postgres = dialect.postgres
     if postgres:
         query = tsquery(terms)
         # Counted without positions, which GIN answers without reading each row again: at
@@ -240,7 +238,7 @@ async def matching_chat_ids(
         )
 
     async def run(sql: str, args: Sequence[Any]) -> list[Any]:
-        _, rows = await conn.execute_query(_numbered(sql) if postgres else sql, list(args))
+        _, rows = await conn.execute_query(dialect.sql(sql), list(args))
         return list(rows)
 
     mine = "m.user_id = ? AND " if owner_id is not None else ""
