@@ -23,7 +23,7 @@ import sqlite3
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from chatproxy.store.db import SQLITE_BUSY_TIMEOUT_MS, WRITER_GAP, settle_wal, sqlite_path
@@ -37,6 +37,7 @@ __all__ = [
     "ImportBatch",
     "Written",
     "bulk_db",
+    "sqlite_ts",
 ]
 
 CHAT_COLUMNS = ("id", "owner_id", "title", "visibility", "metadata", "head_id")
@@ -158,8 +159,11 @@ class BulkDB(ABC):
     """One database connection for bulk reads and short bulk write transactions."""
 
     postgres: bool
-    # The aim for one write transaction, which an import sizes its batches on.
+    # The aim for one write transaction, which an import sizes its batches on: while a proxy
+    # serves the store, and while none does (longer: fewer, larger transactions write each
+    # index page once for more rows).
     transaction_seconds: float
+    alone_seconds: float
 
     @abstractmethod
     async def fetch(self, query: str, params: Sequence[Any]) -> list[Sequence[Any]]:
@@ -176,6 +180,17 @@ class BulkDB(ABC):
     async def finish(self) -> None:
         """After the last write (SQLite: the log truncated); nothing to do by default."""
         return None
+
+    async def served(self, within: float) -> bool:
+        """Whether a proxy serves the store: one of its instances heartbeated in the last
+        ``within`` seconds (a proxy that stops cleanly removes its record)."""
+        rows = await self.fetch("SELECT heartbeat_at FROM instances", [])
+        since = datetime.now(UTC) - timedelta(seconds=within)
+        for (value,) in rows:
+            at = self.when(value)
+            if at is not None and (at if at.tzinfo else at.replace(tzinfo=UTC)) >= since:
+                return True
+        return False
 
     @abstractmethod
     def ts(self, value: datetime | None) -> Any:
@@ -195,6 +210,11 @@ def _in_list(query: str, n: int) -> str:
 
 # The full-text indexes' insert triggers (migration 0008_search): table, indexed column.
 _FTS_TRIGGERS = (("messages", "text"), ("chats", "title"))
+
+
+def sqlite_ts(value: datetime | None) -> str | None:
+    """A datetime as SQLite stores it (Tortoise's ISO text)."""
+    return None if value is None else str(value)
 
 
 @contextlib.contextmanager
@@ -231,6 +251,7 @@ def _fts_in_bulk(db: sqlite3.Connection) -> Iterator[None]:
 class _Sqlite(BulkDB):
     postgres = False
     transaction_seconds = 0.025  # a proxy's next write waits for it (one writer at a time)
+    alone_seconds = 0.5
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -259,7 +280,7 @@ class _Sqlite(BulkDB):
         self._db.close()
 
     def ts(self, value: datetime | None) -> Any:
-        return None if value is None else str(value)
+        return sqlite_ts(value)
 
     def when(self, value: Any) -> datetime | None:
         return None if value is None else datetime.fromisoformat(value)
@@ -442,6 +463,7 @@ class _Postgres(BulkDB):
     # Writers do not wait for each other here (a proxy's inserts never touch the rows an
     # import adds): longer transactions cost it nothing, and fewer statements per message.
     transaction_seconds = 0.25
+    alone_seconds = 0.25
 
     def __init__(self, conn: Any) -> None:
         self._conn = conn  # an asyncpg connection

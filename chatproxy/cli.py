@@ -352,7 +352,7 @@ def import_(file: Path, config_file: Path | None, db_url: str | None) -> None:
     importing twice adds nothing. Documents go in in file order, each whole or not at all: on
     an invalid one, the error names its line and field, nothing of it is stored and the
     documents before it stay imported (importing the fixed file again skips them)."""
-    from chatproxy.export import ImportFailed, import_file
+    from chatproxy.importing import ImportFailed, import_file
 
     settings = _settings(config_file, **{"storage.url": db_url})
     try:
@@ -369,7 +369,15 @@ def import_(file: Path, config_file: Path | None, db_url: str | None) -> None:
 
         try:
             stats = _run(
-                lambda: _with_store(settings, lambda s: import_file(s, source, progress=progress))
+                lambda: _with_store(
+                    settings,
+                    lambda s: import_file(
+                        s,
+                        source,
+                        progress=progress,
+                        heartbeat_timeout=settings.server.heartbeat_timeout,
+                    ),
+                )
             )
         except ImportFailed as exc:
             kept = exc.stats

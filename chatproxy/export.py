@@ -16,9 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
-import operator
 import re
-import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -27,7 +25,7 @@ from typing import Any, BinaryIO, NoReturn
 import orjson
 
 from chatproxy.auth import USER_ID_RE
-from chatproxy.bulk import MESSAGE_COLUMNS, BulkDB, ImportBatch, Written, bulk_db
+from chatproxy.bulk import BulkDB, bulk_db
 from chatproxy.errors import NotFoundError
 from chatproxy.ids import CHAT_ID_RE
 from chatproxy.store.models import (
@@ -35,8 +33,6 @@ from chatproxy.store.models import (
     Chat,
     Message,
     Vote,
-    storable_json,
-    storable_text,
 )
 from chatproxy.store.store import Store
 from chatproxy.store.threading import default_title, message_text, prefix_hashes, replayable
@@ -44,13 +40,12 @@ from chatproxy.store.threading import default_title, message_text, prefix_hashes
 __all__ = [
     "FORMATS",
     "BadExport",
-    "ImportFailed",
-    "ImportStats",
+    "DocumentReader",
     "active_branch",
     "chat_document",
     "export_all",
     "export_chat",
-    "import_file",
+    "parse_line",
     "read_documents",
     "render",
 ]
@@ -538,7 +533,7 @@ def _brief(value: Any) -> str:
     return shown if len(shown) <= 40 else shown[:37] + "..."
 
 
-class _Reader:
+class DocumentReader:
     """Validates one document and fills in what it leaves out; ``where`` starts every error."""
 
     def __init__(self, where: str) -> None:
@@ -866,10 +861,20 @@ class _Reader:
                 self.fail(f"messages[{i}].{name}", expected, value)
 
 
-def _lines(source: BinaryIO) -> Iterator[tuple[int, str, Any, bool]]:
-    """``(line number, where, parsed JSON, whether it may hold a NUL)`` of each document of a
-    json or jsonl export: a jsonl file line by line (never all in memory), a json document (a
-    pretty-printed one: its first line is ``{`` alone) read whole."""
+def parse_line(n: int | None, text: bytes) -> tuple[str, Any, bool]:
+    """``(where, parsed JSON, whether it may hold a NUL)`` of line ``n`` of a jsonl export
+    (``n`` None: of a whole json document); ``where`` starts the document's errors."""
+    try:
+        doc = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        at = "" if n is None else f"line {n}: "
+        raise BadExport(f"{at}not a json or jsonl export ({exc})") from None
+    return ("" if n is None else f"line {n}: "), doc, _NUL_ESCAPE in text
+
+
+def _lines(source: BinaryIO) -> Iterator[tuple[str, Any]]:
+    """``(where, parsed JSON)`` of each document of a json or jsonl export: a jsonl file line
+    by line, a json document (a pretty-printed one: its first line is ``{`` alone) whole."""
     n = 0
     for raw in source:
         n += 1
@@ -877,17 +882,11 @@ def _lines(source: BinaryIO) -> Iterator[tuple[int, str, Any, bool]]:
         if line.isspace() or not line:
             continue
         if len(line) < 16 and line.strip() == b"{":
-            text = line + source.read()
-            try:
-                yield n, "", orjson.loads(text), _NUL_ESCAPE in text
-            except orjson.JSONDecodeError as exc:
-                raise BadExport(f"not a json or jsonl export ({exc})") from None
+            where, doc, _ = parse_line(None, line + source.read())
+            yield where, doc
             return
-        try:
-            doc = orjson.loads(line)
-        except orjson.JSONDecodeError as exc:
-            raise BadExport(f"line {n}: not a json or jsonl export ({exc})") from None
-        yield n, f"line {n}: ", doc, _NUL_ESCAPE in line
+        where, doc, _ = parse_line(n, line)
+        yield where, doc
 
 
 # JSON can only write a NUL in a string escaped (orjson refuses the character itself): a
@@ -899,293 +898,4 @@ def read_documents(data: bytes) -> list[dict[str, Any]]:
     """The chat documents of a ``json`` or ``jsonl`` export, validated, with what they leave
     out filled in (defaults; prefix hashes, head, title and times derived). Raises
     :class:`BadExport` naming the line (of a ``jsonl`` file) and the field."""
-    return [_Reader(where).document(doc) for _, where, doc, _ in _lines(io.BytesIO(data))]
-
-
-def _json_text(value: Any) -> str | None:
-    return None if value is None else orjson.dumps(value).decode()
-
-
-# The columns of a message row that hold the document's strings (a NUL becomes U+FFFD).
-_TEXTS = ("role", "text", "model", "finish_reason", "upstream_id", "system_fingerprint")
-_TEXT_COLUMNS = tuple(MESSAGE_COLUMNS.index(name) for name in (*_TEXTS, "instance_id"))
-_JSONS = ("data", "error", "usage", "params", "metadata")
-_JSON_COLUMNS = tuple(MESSAGE_COLUMNS.index(name) for name in _JSONS)
-
-
-def _storable(row: tuple[Any, ...]) -> tuple[Any, ...]:
-    """A message row as both stores hold it: every NUL replaced by U+FFFD."""
-    values = list(row)
-    for i in _TEXT_COLUMNS:
-        values[i] = storable_text(values[i])
-    for i in _JSON_COLUMNS:
-        values[i] = storable_json(values[i])
-    return tuple(values)
-
-
-_depth = operator.itemgetter("depth")
-
-
-def _document_rows(
-    db: BulkDB,
-    chat: dict[str, Any],
-    messages: list[dict[str, Any]],
-    votes: list[dict[str, Any]],
-    nul: bool = True,
-) -> tuple[tuple[Any, ...], list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-    """The chat's row, its message rows (in :data:`MESSAGE_COLUMNS` order, parents before
-    children) and vote rows; ``nul``: whether the document may hold a NUL (replaced)."""
-    ts = db.ts
-    dumps = orjson.dumps
-    chat_id, owner = chat["id"], chat["owner"]
-    chat_row = (
-        chat_id,
-        owner,
-        storable_text(chat["title"]),
-        chat["visibility"],
-        storable_json(dumps(chat["metadata"] or {}).decode()),
-        chat["head_id"],
-        ts(chat["created_at"]),
-        ts(chat["updated_at"]),
-    )
-    rows = []
-    for m in sorted(messages, key=_depth):  # stable: parents first
-        data = m["message"]
-        content = data.get("content")
-        rows.append(
-            (
-                m["id"],
-                chat_id,
-                m["parent_id"],
-                owner,
-                m["role"],
-                content if type(content) is str else message_text(content),
-                m["depth"],
-                dumps(data).decode(),
-                m["prefix_hash"],
-                m["status"],
-                _json_text(m["error"]),
-                m["model"],
-                m["finish_reason"],
-                m["prompt_tokens"],
-                m["completion_tokens"],
-                m["total_tokens"],
-                _json_text(m["usage"]),
-                m["upstream_id"],
-                m["system_fingerprint"],
-                _json_text(m["params"]),
-                m["client_disconnected"],
-                m["ttft_ms"],
-                m["duration_ms"],
-                m["instance_id"],
-                _json_text(m["metadata"]),
-                ts(m["created_at"]),
-                ts(m["completed_at"]),
-            )
-        )
-    if nul:
-        rows = [_storable(row) for row in rows]
-    vote_rows = [
-        (v["message_id"], chat_id, v["user_id"], v["up"], ts(v["created_at"])) for v in votes
-    ]
-    return chat_row, rows, vote_rows
-
-
-@dataclass(slots=True)
-class ImportStats:
-    """What an import added, and how far into the file it got."""
-
-    chats: int = 0
-    messages: int = 0
-    documents: int = 0  # read and validated
-
-
-class ImportFailed(BadExport):
-    """A document that cannot be imported; the documents before it are (``stats``)."""
-
-    def __init__(self, message: str, stats: ImportStats) -> None:
-        super().__init__(message)
-        self.stats = stats
-
-
-_BATCH_RANGE = (100, 20_000)  # messages per transaction
-
-
-class _Importer:
-    """Batches documents into short transactions, one being written while the next is read."""
-
-    def __init__(
-        self,
-        db: BulkDB,
-        batch_messages: int,
-        observe: Callable[[float, int, int], object] | None = None,
-    ) -> None:
-        self.db = db
-        self.target = batch_messages
-        self.batch = ImportBatch()
-        self.stats = ImportStats()
-        self.pending: asyncio.Future[None] | None = None
-        self.now = datetime.now(UTC)
-        # The last write's transaction as the database timed it (staging rows before it, or
-        # waiting for a checkpoint, holds up no proxy: the batch is sized on this).
-        self.transaction: float | None = None
-        self.observe = observe
-        db.observe = self._observed
-
-    def _observed(self, seconds: float, wal: int, size: int) -> None:
-        self.transaction = seconds
-        if self.observe is not None:
-            self.observe(seconds, wal, size)
-
-    def add(self, line: int, chat: tuple[Any, ...], rows: list[Any], votes: list[Any]) -> None:
-        b = self.batch
-        b.users.setdefault(chat[1], self.now)
-        b.docs.append((line, chat, len(rows), len(votes)))
-        b.messages.extend(rows)
-        b.votes.extend(votes)
-
-    async def submit(self) -> None:
-        """Hand the batch to the writer (after the one before it is written)."""
-        await self.drain()
-        if self.batch.docs:
-            batch, self.batch = self.batch, ImportBatch()
-            self.pending = asyncio.ensure_future(self._write(batch))
-
-    async def drain(self) -> None:
-        if self.pending is not None:
-            pending, self.pending = self.pending, None
-            await pending
-
-    async def _write(self, batch: ImportBatch) -> None:
-        started = time.perf_counter()
-        self.transaction = None
-        try:
-            written = await self.db.write(batch)
-        except Exception as exc:
-            if len(batch.docs) == 1:
-                line = batch.docs[0][0]
-                why = f"line {line}: the database refused it ({exc})"
-                raise ImportFailed(why, self.stats) from None
-            # Find the document it refused: the ones before it are kept, as on a bad line.
-            for doc in range(len(batch.docs)):
-                await self._write(_part(batch, doc))
-            raise
-        seconds = self.transaction
-        if seconds is None:
-            seconds = time.perf_counter() - started
-        self._count(written)
-        if len(batch) >= self.target // 2 and seconds > 0:
-            rate = len(batch) / seconds
-            low, high = _BATCH_RANGE
-            self.target = max(low, min(high, int(rate * self.db.transaction_seconds)))
-
-    def _count(self, written: Written) -> None:
-        self.stats.chats += written.chats
-        self.stats.messages += written.messages
-        if written.conflict is not None:
-            line, why = written.conflict
-            raise ImportFailed(f"line {line}: {why}", self.stats)
-
-    async def large(
-        self, line: int, chat: tuple[Any, ...], rows: list[Any], votes: list[Any]
-    ) -> None:
-        """A document larger than a transaction: written in parts (parents first, votes
-        last); if a part fails, what the others wrote of it is removed again."""
-        await self.submit()
-        await self.drain()
-        done: list[str] = []
-        new_chat = False
-        try:
-            for i in range(0, len(rows), self.target):
-                part = rows[i : i + self.target]
-                last = i + len(part) >= len(rows)
-                batch = ImportBatch(users={chat[1]: self.now})
-                batch.docs.append((line, chat, len(part), len(votes) if last else 0))
-                batch.messages.extend(part)
-                if last:
-                    batch.votes.extend(votes)
-                written = await self.db.write(batch)
-                new_chat = new_chat or bool(written.chats)
-                if written.conflict is None:
-                    done.extend(r[0] for r in part)
-                self._count(written)
-        except Exception as exc:
-            await self.db.delete_rows(chat[0] if new_chat else None, done)
-            self.stats.chats -= int(new_chat)
-            self.stats.messages -= len(done)
-            if isinstance(exc, BadExport):
-                raise
-            raise ImportFailed(
-                f"line {line}: the database refused it ({exc})", self.stats
-            ) from None
-
-
-def _part(batch: ImportBatch, index: int) -> ImportBatch:
-    """Document ``index`` of ``batch`` alone."""
-    m = sum(d[2] for d in batch.docs[:index])
-    v = sum(d[3] for d in batch.docs[:index])
-    _, chat, n_messages, n_votes = batch.docs[index]
-    return ImportBatch(
-        users={chat[1]: batch.users.get(chat[1])},
-        messages=batch.messages[m : m + n_messages],
-        votes=batch.votes[v : v + n_votes],
-        docs=[batch.docs[index]],
-    )
-
-
-async def import_file(
-    store: Store,
-    source: BinaryIO,
-    *,
-    progress: Callable[[ImportStats], None] | None = None,
-    batch_messages: int = 500,
-    observe: Callable[[float, int, int], object] | None = None,
-) -> ImportStats:
-    """Restore the chat documents of a json or jsonl export read from ``source``, with every
-    branch, status, vote and timestamp; what a document leaves out is derived (prefix hashes,
-    depths, head, title, times).
-
-    Documents go in, in file order, in batches of short transactions (about
-    ``BulkDB.transaction_seconds`` each: on SQLite a proxy on the same store is never held up
-    longer), each document whole or not at all. Ids already stored are skipped (importing twice adds
-    nothing). A document that is not valid, or whose ids another chat or user holds, raises
-    :class:`ImportFailed` naming its line and field: nothing of it is stored, the documents
-    before it are."""
-    async with bulk_db(store) as db:
-        importer = _Importer(db, batch_messages, observe)
-        try:
-            for line, where, doc, nul in _lines(source):
-                try:
-                    chat, messages, votes = _Reader(where).parse(doc)
-                except BadExport as exc:
-                    await importer.submit()
-                    await importer.drain()
-                    raise ImportFailed(str(exc), importer.stats) from None
-                chat_row, rows, vote_rows = _document_rows(db, chat, messages, votes, nul)
-                importer.stats.documents += 1
-                if len(rows) > importer.target:
-                    await importer.large(line, chat_row, rows, vote_rows)
-                else:
-                    importer.add(line, chat_row, rows, vote_rows)
-                    if len(importer.batch) >= importer.target:
-                        await importer.submit()
-                        if progress is not None:
-                            progress(importer.stats)
-                await asyncio.sleep(0)  # the writer's I/O (PostgreSQL) goes on meanwhile
-            await importer.submit()
-            await importer.drain()
-        except BadExport as exc:
-            if isinstance(exc, ImportFailed):
-                if importer.pending is not None:
-                    with contextlib.suppress(Exception):
-                        await importer.drain()
-                raise
-            # A line that is not JSON: the documents read before it go in.
-            await importer.submit()
-            await importer.drain()
-            raise ImportFailed(str(exc), importer.stats) from None
-        finally:
-            await db.finish()
-        if progress is not None:
-            progress(importer.stats)
-        return importer.stats
+    return [DocumentReader(where).document(doc) for where, doc in _lines(io.BytesIO(data))]

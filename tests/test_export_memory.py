@@ -17,7 +17,8 @@ import pytest
 
 from chatproxy import export
 from chatproxy.bulk import BulkDB
-from chatproxy.export import export_all, export_chat, import_file
+from chatproxy.export import export_all, export_chat
+from chatproxy.importing import import_file
 from chatproxy.store.store import Store
 
 START = datetime(2025, 3, 1, tzinfo=UTC)

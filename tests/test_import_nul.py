@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from chatproxy.export import import_file
+from chatproxy.importing import import_file
 from chatproxy.store.models import Chat, Message
 from chatproxy.store.store import Store
 
