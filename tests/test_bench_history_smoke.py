@@ -48,6 +48,7 @@ async def test_history_benchmark_runs_on_a_small_store(tmp_path: Path) -> None:
             "delete the longest chat (20 messages)",
             "export --all",
             "import of the backup",
+            "import beside a proxy serving the store",
             "db prune --older-than 150d",
             "bench: time to first byte, unloaded, p50",
             "bench: throughput, 50 clients, streamed",
