@@ -59,6 +59,12 @@ class Metrics:
             "chatproxy_client_disconnects", "Answers whose client left before the end", registry=r
         )
         self.retries = Counter("chatproxy_upstream_retries", "Upstream retries", registry=r)
+        self.plugin_errors = Counter(
+            "chatproxy_plugin_errors",
+            "Exceptions raised by a plugin's hook (refusals are not counted)",
+            ["plugin", "hook"],
+            registry=r,
+        )
         self.store_writes = Histogram(
             "chatproxy_store_write_seconds",
             "Store write batches (one transaction each)",
