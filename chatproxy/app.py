@@ -231,7 +231,7 @@ async def _access_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     app[LIMITS] = Limits(settings, buckets, app[STORE])
     if settings.chats.title == "upstream":
-        app[TITLER] = Titler(settings, app[STORE])
+        app[TITLER] = Titler(app[STORE], lambda: app[UPSTREAM])
     yield
     if TITLER in app:
         await app[TITLER].close()

@@ -1,23 +1,24 @@
 """Chat titles from the upstream model (``[chats] title = "upstream"``).
 
 A new chat gets its first-message title at once. With ``title = "upstream"``, once its first
-answer has finished the proxy asks the upstream (with the official ``openai`` SDK) for a short
-title and replaces it; this never touches the user's stream, and on any failure the
-first-message title stays.
+answer has finished the proxy asks the upstream for a short title and replaces it. The request
+goes through the proxy's one upstream client (:class:`~chatproxy.proxy.upstream.Upstream`),
+like the answer: the same credential, timeouts and retries, counted in the same metric. It
+never touches the user's stream, and on any failure the first-message title stays.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
-from chatproxy.settings import Settings
 from chatproxy.store.models import TITLE_LENGTH_MAX, Chat, storable_text
 from chatproxy.store.store import Store
 
 if TYPE_CHECKING:
-    import openai
+    from chatproxy.proxy.upstream import Upstream
 
 __all__ = ["TITLE_PROMPT", "Titler"]
 
@@ -40,56 +41,83 @@ def clean_title(text: str | None) -> str | None:
     return line[:MAX_TITLE] or None
 
 
+def _answer_text(answer: Any) -> str | None:
+    """The text of a chat completion (``choices[0].message.content``), if it has one."""
+    try:
+        content = answer["choices"][0]["message"]["content"]
+    except (KeyError, IndexError, TypeError):
+        return None
+    return content if isinstance(content, str) else None
+
+
 class Titler:
-    """Background title requests, tracked so shutdown can wait for them."""
+    """Background title requests, tracked so shutdown can wait for them.
 
-    def __init__(self, settings: Settings, store: Store) -> None:
-        # Imported here: the SDK costs tens of megabytes, and only this option uses it.
-        import openai
+    ``upstream`` returns the proxy's upstream client when a title is asked for (the app opens
+    that client after the titler).
+    """
 
+    def __init__(self, store: Store, upstream: Callable[[], Upstream]) -> None:
         self._store = store
-        self._client: openai.AsyncOpenAI = openai.AsyncOpenAI(
-            base_url=settings.upstream.base_url,
-            api_key=settings.upstream.api_key or "unused",
-            max_retries=0,
-            timeout=30.0,
-        )
+        self._upstream = upstream
         self._tasks: set[asyncio.Task[None]] = set()
 
     def schedule(
-        self, chat_id: str, first_message: str, model: str | None, authorization: str | None
+        self,
+        chat_id: str,
+        first_message: str,
+        model: str | None,
+        authorization: str | None,
+        *,
+        request_id: str = "",
     ) -> None:
-        """Ask for a title in the background."""
-        task = asyncio.create_task(self._title(chat_id, first_message, model, authorization))
+        """Ask for a title in the background, with the caller's upstream ``authorization`` (as
+        its answer was asked for); ``request_id``: the answer's request, for the log."""
+        task = asyncio.create_task(
+            self._title(chat_id, first_message, model, authorization, request_id)
+        )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def _title(
-        self, chat_id: str, first_message: str, model: str | None, authorization: str | None
+        self,
+        chat_id: str,
+        first_message: str,
+        model: str | None,
+        authorization: str | None,
+        request_id: str,
     ) -> None:
-        headers = {"Authorization": authorization} if authorization else None
+        body = {
+            "model": model or "default",
+            "messages": [
+                {"role": "system", "content": TITLE_PROMPT},
+                {"role": "user", "content": first_message[:4000]},
+            ],
+            "max_tokens": 24,
+        }
         try:
-            response = await self._client.chat.completions.create(
-                model=model or "default",
-                messages=[
-                    {"role": "system", "content": TITLE_PROMPT},
-                    {"role": "user", "content": first_message[:4000]},
-                ],
-                max_tokens=24,
-                extra_headers=headers,
+            upstream = self._upstream()
+            answer = await upstream.post_json(
+                "/chat/completions",
+                body,
+                headers=upstream.auth_headers(authorization),
+                request_id=request_id,
             )
-            title = clean_title(response.choices[0].message.content if response.choices else None)
         except Exception as exc:  # any failure keeps the first-message title
-            log.info("no title from the upstream for %s (%s)", chat_id, type(exc).__name__)
+            reason = getattr(exc, "code", None) or type(exc).__name__
+            log.info("no title from the upstream for %s (%s)", chat_id, reason)
             return
-        title = storable_text(title, TITLE_LENGTH_MAX)
-        if title is not None:
+        title = storable_text(clean_title(_answer_text(answer)), TITLE_LENGTH_MAX)
+        if title is None:
+            return
+        try:
             await self._store.write(lambda: Chat.filter(id=chat_id).update(title=title))
+        except Exception:
+            log.warning("could not store the title of %s", chat_id, exc_info=True)
 
     async def close(self) -> None:
-        """Wait briefly for titles under way, then close the client."""
+        """Wait briefly for titles under way, then cancel the rest."""
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=5)
             for task in self._tasks:
                 task.cancel()
-        await self._client.close()

@@ -1,7 +1,9 @@
-"""The upstream client: opens upstream responses, with timeouts and retries before the first byte.
+"""The upstream client: every request the proxy makes upstream (answers, pass-through, titles),
+with one set of headers, timeouts and retries before the first byte.
 
 Only the call that opens a response (up to its status line and headers) is retried; the
-iteration over a body never is, because by then bytes may have reached the client.
+iteration over a body never is, because by then bytes may have reached the client. Each retry
+is logged and counted (``on_retry``: the retries metric).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import aiohttp
+import orjson
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -162,6 +165,66 @@ class Upstream:
                     self._on_retry()
                 return await self._open_once(method, url, headers, data, params)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def post_json(
+        self,
+        path: str,
+        body: Mapping[str, Any],
+        *,
+        headers: Mapping[str, str],
+        request_id: str = "",
+    ) -> Any:
+        """POST ``body`` as JSON and return the upstream's JSON answer, read whole.
+
+        For the requests the proxy makes on its own account (a chat's title): opened by
+        :meth:`open` (its retries and first-byte timeout), the body read under
+        ``idle_timeout``, the whole call under ``max_duration``. Every failure raises
+        :class:`UpstreamError`.
+        """
+        sent = {**headers, "Content-Type": "application/json", "Accept-Encoding": "identity"}
+        try:
+            async with asyncio.timeout(self.settings.max_duration):
+                resp = await self.open(
+                    "POST", path, headers=sent, data=orjson.dumps(body), request_id=request_id
+                )
+                try:
+                    raw = await self._read_whole(resp)
+                finally:
+                    resp.release()
+        except TimeoutError:
+            limit = self.settings.max_duration
+            raise UpstreamError(
+                504,
+                message=f"the upstream took longer than max_duration ({limit:g} s)",
+                code="max_duration_exceeded",
+            ) from None
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise UpstreamError(
+                502, message="the upstream sent invalid JSON", code="upstream_invalid"
+            ) from None
+
+    async def _read_whole(self, resp: aiohttp.ClientResponse) -> bytes:
+        idle = self.settings.idle_timeout
+        parts: list[bytes] = []
+        try:
+            while True:
+                async with asyncio.timeout(idle):
+                    data = await resp.content.readany()
+                if not data:
+                    return b"".join(parts)
+                parts.append(data)
+        except TimeoutError:
+            raise UpstreamError(
+                504, message=f"the upstream sent nothing for {idle:g} s", code="upstream_timeout"
+            ) from None
+        except (aiohttp.ClientError, ConnectionError) as exc:
+            raise UpstreamError(
+                502,
+                message=f"the upstream connection failed mid-body ({type(exc).__name__})",
+                code="upstream_disconnected",
+            ) from None
 
     async def _open_once(
         self, method: str, url: URL, headers: Mapping[str, str], data: Any, params: Any
