@@ -18,8 +18,8 @@
         └── UpstreamError        the upstream's status, its body normalised
 
 Every ``APIError`` renders as ``{"error": {"message", "type", "param", "code"}}``: before a
-response is prepared by :func:`error_response` (one middleware calls it), after that in-band as
-one SSE ``data:`` event (:func:`sse_error_event`).
+response is prepared by :func:`error_response` (one middleware calls it); after that a stream
+carries the same body in-band, as one SSE ``data:`` event followed by ``data: [DONE]``.
 """
 
 from __future__ import annotations
@@ -48,7 +48,6 @@ __all__ = [
     "error_response",
     "json_object",
     "normalize_upstream_error",
-    "sse_error_event",
 ]
 
 
@@ -211,11 +210,6 @@ def error_response(exc: APIError) -> web.Response:
         content_type="application/json",
         headers=exc.headers,
     )
-
-
-def sse_error_event(exc: APIError) -> bytes:
-    """The in-band form: one SSE event carrying the error, for a stream already under way."""
-    return b"data: " + orjson.dumps(exc.body()) + b"\n\n"
 
 
 _STATUS_TYPES = {
