@@ -6,6 +6,10 @@ Each layer overrides the one before. Environment variables are named
 value raises :class:`SettingsError` naming the key and what was expected. Nothing reads
 ``os.environ`` after :func:`load_settings` returns, except secrets named by ``*_env`` keys,
 which are resolved here too.
+
+The ``[plugin.NAME]`` tables are free-form (each plugin checks its own); an environment value
+for one (``CHATPROXY_PLUGIN__NAME__KEY``) is read as a TOML value when it is one (``30``,
+``true``, ``'["a", "b"]'``), and as text otherwise.
 """
 
 from __future__ import annotations
@@ -103,6 +107,20 @@ def _check_http_url(value: str) -> str | None:
 def _check_redis_url(value: str) -> str | None:
     ok = value == "" or value.startswith(("redis://", "rediss://", "unix://"))
     return None if ok else "empty, or a redis:// URL"
+
+
+_PLUGIN_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*")
+
+
+def _check_plugin_names(value: list[str]) -> str | None:
+    for item in value:
+        if len(item) > 200 or not _PLUGIN_NAME_RE.fullmatch(item):
+            shown = repr(item) if len(item) <= 40 else f"{item[:40]!r}..."
+            return (
+                'a list of built-in plugin names ("redact", "webhook") or module paths '
+                f'("package.module") ({shown} is neither)'
+            )
+    return None
 
 
 def _meta(check: Any = None, doc: str = "") -> dict[str, Any]:
@@ -253,6 +271,10 @@ class Settings:
     limits: LimitsSettings = field(default_factory=LimitsSettings)
     headers: HeadersSettings = field(default_factory=HeadersSettings)
     aisdk: AISDKSettings = field(default_factory=AISDKSettings)
+    # Plugins to load besides the installed ones (entry points): built-in short names or
+    # module paths; and each plugin's own table, [plugin.NAME].
+    plugins: list[str] = field(default_factory=list, metadata=_meta(_check_plugin_names))
+    plugin: dict[str, dict[str, Any]] = field(default_factory=dict, metadata={"tables": True})
     demo: bool = False
 
     def replace(self, **sections: Any) -> Settings:
@@ -316,6 +338,9 @@ def _build_dataclass(
             where = f"{key} (from {from_env[key]})" if key in from_env else key
             raise SettingsError(where, "a known key (see config.example.toml)", None, unknown=True)
         tp = hints[name]
+        if fields[name].metadata.get("tables"):  # plugin: one free-form table per plugin
+            values[name] = _free_tables(key, value, from_env)
+            continue
         if typing.get_origin(tp) is dict:  # limits.tiers
             _, item_tp = typing.get_args(tp)
             if not isinstance(value, Mapping):
@@ -346,6 +371,45 @@ def _build_dataclass(
                 raise SettingsError(label, problem, value)
         values[name] = coerced
     return cls(**values)
+
+
+def _labelled(key: str, from_env: Mapping[str, str]) -> str:
+    return f"{key} (from {from_env[key]})" if key in from_env else key
+
+
+def _env_value(text: str) -> Any:
+    """An environment string for a free-form table: the TOML value it spells, else itself."""
+    try:
+        parsed = tomllib.loads(f"value = {text}")
+    except tomllib.TOMLDecodeError:
+        return text
+    return parsed["value"] if len(parsed) == 1 else text
+
+
+def _free_table(key: str, table: Mapping[str, Any], from_env: Mapping[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, value in table.items():
+        dotted = f"{key}.{name}"
+        if isinstance(value, Mapping):
+            out[str(name)] = _free_table(dotted, value, from_env)
+        elif dotted in from_env and isinstance(value, str):
+            out[str(name)] = _env_value(value)
+        else:
+            out[str(name)] = value
+    return out
+
+
+def _free_tables(key: str, value: Any, from_env: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    """``[plugin.NAME]`` tables: a table of tables, their contents left to each plugin."""
+    if not isinstance(value, Mapping):
+        raise SettingsError(_labelled(key, from_env), "a table of [plugin.NAME] tables", value)
+    tables: dict[str, dict[str, Any]] = {}
+    for name, table in value.items():
+        dotted = f"{key}.{name}"
+        if not isinstance(table, Mapping):
+            raise SettingsError(_labelled(dotted, from_env), f"a table ([{dotted}])", table)
+        tables[str(name)] = _free_table(dotted, table, from_env)
+    return tables
 
 
 def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:

@@ -43,7 +43,9 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 class Identity:
     """Who is calling, as :func:`identify` answers it."""
 
-    user_id: str  # an id as SPEC §3.2 allows: 1 to 128 of A-Z a-z 0-9 _ -
+    # A user id as mode "header" accepts one: 1 to 128 of A-Z a-z 0-9 _ . @ : - (another is
+    # refused with 401 invalid_user_id).
+    user_id: str
     tier: str | None = None  # a tier of [limits.tiers]; None: limits.default_tier
     name: str | None = None  # shown in the UI and `chatproxy stats`; None: the user id
 
