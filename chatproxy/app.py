@@ -25,6 +25,8 @@ from chatproxy.appkeys import (
     LEFT_EARLY,
     LIMITS,
     METRICS,
+    PLUGIN_ROUTES,
+    PLUGINS,
     RATE_EXTRA,
     RATE_LIMIT,
     REQUEST_ID,
@@ -42,6 +44,7 @@ from chatproxy.ids import new_request_id
 from chatproxy.limits.buckets import Buckets, LocalBuckets, RedisBuckets
 from chatproxy.limits.policy import Limits
 from chatproxy.metrics import Metrics, metrics_handler
+from chatproxy.plugins.manager import PluginFailed, PluginLoadError, Plugins, load_plugins
 from chatproxy.proxy.chat_completions import handle_chat_completions
 from chatproxy.proxy.passthrough import handle_passthrough
 from chatproxy.proxy.registry import Generations
@@ -93,7 +96,7 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
 
 async def _respond(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
-        guarded = _guarded(request.path)
+        guarded = _guards(request)
         cors = request.app.get(CORS)
         preflight = cors.preflight(request) if cors is not None and guarded else None
         if preflight is not None:
@@ -111,6 +114,14 @@ async def _respond(request: web.Request, handler: Handler) -> web.StreamResponse
         return error_response(_http_error(exc))
     except UnicodeDecodeError:
         return error_response(InvalidRequest("the request is not valid UTF-8", code="invalid_utf8"))
+    except Exception as exc:
+        # Only a plugin's route is answered here (its crash is the plugin's, named); anything
+        # else is aiohttp's to report, as before.
+        plugin = request.app[PLUGIN_ROUTES].get(request.match_info.route)
+        if plugin is None or SENT_STATUS in request:
+            raise
+        request.app[PLUGINS].failed(plugin, "route", exc)
+        return error_response(PluginFailed(plugin, "route"))
 
 
 def _account(request: web.Request, status: int, started: float) -> None:
@@ -145,6 +156,12 @@ def _guarded(path: str) -> bool:
     return path.startswith("/v1/") or path == "/api/chat" or path.startswith("/api/chat/")
 
 
+def _guards(request: web.Request) -> bool:
+    """Whether ``request`` is behind the IP limit and authentication: a guarded path, or a
+    plugin's route (wherever it is)."""
+    return _guarded(request.path) or request.match_info.route in request.app[PLUGIN_ROUTES]
+
+
 async def _admit(request: web.Request) -> None:
     """The client IP's limit first (it also guards against guessing keys), then identity."""
     state = await request.app[LIMITS].check_ip(request)
@@ -160,7 +177,7 @@ async def _add_response_headers(request: web.Request, response: web.StreamRespon
     if request_id is not None:
         response.headers["X-Request-Id"] = request_id
     cors = request.app.get(CORS)
-    if cors is not None and _guarded(request.path):
+    if cors is not None and _guards(request):
         cors.decorate(request, response)
     state = request.get(RATE_LIMIT)
     if state is not None and "x-ratelimit-limit-requests" not in response.headers:
@@ -176,6 +193,7 @@ def create_app(settings: Settings) -> web.Application:
     )
     app[SETTINGS] = settings
     app[METRICS] = Metrics(instance_id(settings))
+    app[PLUGINS] = load_plugins(settings, app[METRICS])
     if settings.server.cors_origins:
         app[CORS] = Cors(settings.server.cors_origins)
     app.cleanup_ctx.extend([_store_ctx, _access_ctx, _upstream_ctx, _generations_ctx])
@@ -189,10 +207,27 @@ def create_app(settings: Settings) -> web.Application:
     completions.add_routes(app.router)
     ui.add_routes(app.router)
     aisdk.add_routes(app.router)
+    # Before the /v1 catch-all, after the built-in routes: a built-in route wins over a
+    # plugin's on the same path and method, a plugin's wins over the pass-through.
+    app[PLUGIN_ROUTES] = _plugin_routes(app.router, app[PLUGINS])
     # Every other /v1 path, even one with an encoded newline: the pass-through refuses what
     # it must not forward, in one place.
     app.router.add_route("*", "/v1/{tail:(?s:.*)}", handle_passthrough)
     return app
+
+
+def _plugin_routes(router: web.UrlDispatcher, plugins: Plugins) -> dict[web.AbstractRoute, str]:
+    """Let each plugin add its routes; the routes each added, with its name."""
+    owners: dict[web.AbstractRoute, str] = {}
+    for name, add_routes in plugins.implementations("register_routes"):
+        before = len(router.routes())
+        try:
+            add_routes(router=router)
+        except Exception as exc:
+            raise PluginLoadError(name, "failed in register_routes", exc) from None
+        for route in list(router.routes())[before:]:
+            owners[route] = name
+    return owners
 
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -221,7 +256,7 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def _access_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    auth = Authenticator(settings, app[STORE])
+    auth = Authenticator(settings, app[STORE], app[PLUGINS])
     await auth.start()
     app[AUTH] = auth
     buckets: Buckets = (

@@ -9,6 +9,7 @@ from chatproxy.auth import Authenticator, Caller
 from chatproxy.cors import Cors
 from chatproxy.limits.policy import Limits, LimitState
 from chatproxy.metrics import Metrics
+from chatproxy.plugins.manager import Plugins
 from chatproxy.proxy.registry import Generations
 from chatproxy.proxy.upstream import Upstream
 from chatproxy.settings import Settings
@@ -25,6 +26,8 @@ __all__ = [
     "LEFT_EARLY",
     "LIMITS",
     "METRICS",
+    "PLUGINS",
+    "PLUGIN_ROUTES",
     "RATE_EXTRA",
     "RATE_LIMIT",
     "REQUEST_ID",
@@ -45,6 +48,9 @@ LIMITS = web.AppKey("limits", Limits)
 TITLER = web.AppKey("titler", Titler)  # only with [chats] title = "upstream"
 METRICS = web.AppKey("metrics", Metrics)
 CORS = web.AppKey("cors", Cors)  # only with server.cors_origins set
+PLUGINS = web.AppKey("plugins", Plugins)
+# The routes plugins added (register_routes), each with its plugin's name: guarded like /v1.
+PLUGIN_ROUTES = web.AppKey("plugin_routes", dict)
 
 # Per request.
 REQUEST_ID = web.RequestKey("request_id", str)

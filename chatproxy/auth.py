@@ -14,6 +14,14 @@ Modes (``[auth] mode``):
 - ``header``: a trusted gateway sets ``X-User-Id`` (or an alias); believed only when the socket
   peer is in ``server.trusted_proxies``.
 
+Before the mode, plugins implementing ``identify(request)`` are asked, in load order; the first
+:class:`~chatproxy.plugins.hookspecs.Identity` answered is the caller (its user id checked as
+mode ``header`` checks one: an invalid one is ``401 invalid_user_id``; a tier that is not
+configured is the default tier), and the user is created on first sight. A plugin refuses by
+raising ``AuthenticationError`` (401) or ``PermissionDenied`` (403); a plugin that crashes, or
+answers something other than an ``Identity``, is a ``500 plugin_error`` naming it. In mode
+``passthrough`` the client's ``Authorization`` is still what goes upstream.
+
 Failures raise :class:`~chatproxy.errors.AuthenticationError` (401, ``invalid_api_key``), whose
 message never repeats what the client sent.
 """
@@ -38,6 +46,8 @@ from redis.exceptions import RedisError
 
 from chatproxy.errors import AuthenticationError, ChatProxyError, NotFoundError
 from chatproxy.limits.client_ip import is_trusted_peer, parse_trusted
+from chatproxy.plugins.hookspecs import Identity
+from chatproxy.plugins.manager import NO_PLUGINS, PluginFailed, Plugins
 from chatproxy.settings import Settings
 from chatproxy.store.store import Store
 
@@ -60,6 +70,8 @@ KEY_PREFIX_LENGTH = 11  # what `keys list` shows of a key: "cp-" and 8 of its ch
 MIN_PREFIX_LENGTH = 7  # the shortest start of a prefix that `keys revoke` takes
 TOUCH_EVERY_SECONDS = 60.0
 USER_ID_RE = re.compile(r"[A-Za-z0-9_.@:-]{1,128}")
+USER_ID_RULE = "1 to 128 of A-Z a-z 0-9 _ . @ : -"
+USER_NAME_LENGTH = 256  # users.name
 SECRET_META_KEY = "passthrough_secret"
 KEY_CACHE_SIZE = 100_000
 # Listening for revocations: how long to wait for Redis, and the longest pause between two
@@ -166,10 +178,13 @@ class Authenticator:
     to :meth:`close`.
     """
 
-    def __init__(self, settings: Settings, store: Store) -> None:
+    def __init__(self, settings: Settings, store: Store, plugins: Plugins = NO_PLUGINS) -> None:
         self.mode = settings.auth.mode
         self._settings = settings
         self._store = store
+        self._plugins = plugins
+        self._identify = plugins.implements("identify")
+        self._unknown_tiers: set[tuple[str, str]] = set()  # warned about once each
         self._trusted = parse_trusted(settings.server.trusted_proxies)
         self._secret = settings.auth.secret.encode()
         self._cache_for = settings.auth.key_cache_seconds
@@ -268,7 +283,12 @@ class Authenticator:
         self._hash_of.clear()
 
     async def authenticate(self, request: web.Request) -> Caller:
-        """The caller of ``request``; raises ``AuthenticationError`` (401)."""
+        """The caller of ``request``; raises ``AuthenticationError`` (401), or a plugin's
+        refusal."""
+        if self._identify:
+            caller = await self._from_plugins(request)
+            if caller is not None:
+                return caller
         if self.mode == "none":
             return LOCAL_USER
         if self.mode == "keys":
@@ -332,7 +352,56 @@ class Authenticator:
         await self._ensure(caller)
         return caller
 
+    async def _from_plugins(self, request: web.Request) -> Caller | None:
+        found = await self._plugins.first_answer("identify", request=request)
+        if found is None:
+            return None
+        plugin, identity = found
+        if not _well_typed(identity):
+            problem = TypeError(f"identify answered {type(identity).__name__}, not an Identity")
+            self._plugins.failed(plugin, "identify", problem)
+            raise PluginFailed(plugin, "identify")
+        user_id = identity.user_id
+        if not USER_ID_RE.fullmatch(user_id):
+            # Taken from the credential, most likely (a token's subject): not one we can use.
+            log.warning("plugin %r identified a caller by an invalid user id", plugin)
+            raise AuthenticationError(
+                f"the credential names no valid user: a user id is {USER_ID_RULE}",
+                code="invalid_user_id",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        tier = identity.tier
+        if tier is not None and tier not in self._settings.limits.tiers:
+            if (plugin, tier) not in self._unknown_tiers and len(self._unknown_tiers) < 100:
+                self._unknown_tiers.add((plugin, tier))
+                log.warning(
+                    "plugin %r gave the tier %r, which is not configured: limits.default_tier "
+                    "applies",
+                    plugin,
+                    tier[:64],
+                )
+            tier = None
+        name = identity.name[:USER_NAME_LENGTH] if identity.name else user_id
+        forwarded = None
+        if self.mode == "passthrough":
+            forwarded = request.headers.get("Authorization", "").strip() or None
+        caller = Caller(user_id, name, tier, upstream_authorization=forwarded)
+        await self._ensure(caller)
+        return caller
+
     async def _ensure(self, caller: Caller) -> None:
         if caller.user_id not in self._known_users:
-            await self._store.ensure_user(caller.user_id, caller.name)
+            await self._store.ensure_user(caller.user_id, caller.name, caller.tier)
+            if len(self._known_users) > KEY_CACHE_SIZE:
+                self._known_users.clear()
             self._known_users.add(caller.user_id)
+
+
+def _well_typed(identity: object) -> bool:
+    """Whether a plugin's answer is an :class:`Identity` with fields of the right types."""
+    return (
+        isinstance(identity, Identity)
+        and isinstance(identity.user_id, str)
+        and isinstance(identity.tier, str | None)
+        and isinstance(identity.name, str | None)
+    )
