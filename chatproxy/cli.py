@@ -2,8 +2,13 @@
 
 Exit codes: 0 ok, 1 runtime failure (nothing with that id, a file that cannot be read or holds
 no export, the database refusing), 2 usage error (bad flags, dates, durations or
-configuration), always with one line on stderr (``chatproxy: ...``) and no traceback: under
-click's ``CliRunner`` as in the console script.
+configuration, a plugin that cannot be loaded), always with one line on stderr
+(``chatproxy: ...``) and no traceback: under click's ``CliRunner`` as in the console script.
+
+Plugins add commands (``register_commands``) and export formats (``register_exporters``).
+Their commands are looked up when a name is not a built-in command (and listed by ``--help``):
+the plugins are loaded then from the configuration the command line names (``-c FILE``, found
+before click parses it, else ``$CHATPROXY_CONFIG``) and the environment.
 """
 
 from __future__ import annotations
@@ -14,16 +19,20 @@ import dataclasses
 import os
 import sqlite3
 import sys
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, BinaryIO, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, NoReturn, TypeVar
 
 import click
 
 from chatproxy.errors import ChatProxyError, SettingsError
 from chatproxy.ids import CHAT_ID_RE
 from chatproxy.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from chatproxy.export import PluginFormat
+    from chatproxy.plugins.manager import Plugins
 
 __all__ = ["main", "run"]
 
@@ -82,6 +91,155 @@ def _settings(config_file: Path | None, **overrides: Any) -> Settings:
         path = config_file or os.environ.get("CHATPROXY_CONFIG")
         reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
         _fail(f"{path}: expected a readable TOML file ({reason})", 2)
+
+
+# What one invocation keeps in click's context (shared by its nested contexts).
+_ARGV = "chatproxy.argv"
+_PLUGINS = "chatproxy.plugins"
+_COMMANDS = "chatproxy.plugin_commands"
+_FORMATS = "chatproxy.plugin_formats"
+
+
+def _plugins(settings: Settings) -> Plugins:
+    """The plugins of this invocation, loaded once; one that cannot be loaded: exit 2."""
+    from chatproxy.plugins.manager import load_plugins
+
+    ctx = click.get_current_context(silent=True)
+    meta: dict[str, Any] = ctx.meta if ctx is not None else {}
+    key = (settings.plugins, settings.plugin)
+    cached = meta.get(_PLUGINS)
+    if cached is not None and cached[0] == key:
+        return cached[1]  # type: ignore[no-any-return]
+    try:
+        plugins = load_plugins(settings)
+    except SettingsError as exc:
+        _fail(str(exc), 2)
+    meta[_PLUGINS] = (key, plugins)
+    return plugins
+
+
+def _config_in(args: list[str]) -> Path | None:
+    """The ``-c FILE`` of a command line, before click parses it (the last one given)."""
+    found: str | None = None
+    rest = iter(args)
+    for arg in rest:
+        if arg == "--":
+            break
+        if arg in ("-c", "--config"):
+            found = next(rest, None)
+        elif arg.startswith("--config="):
+            found = arg.partition("=")[2]
+        elif arg.startswith("-c") and not arg.startswith("--"):
+            found = arg[2:]
+    return Path(found) if found else None
+
+
+def _invocation_plugins(ctx: click.Context) -> Plugins:
+    """The plugins of the configuration this command line names (for what is decided before
+    a command runs: plugin commands, formats in ``--help``)."""
+    return _plugins(_settings(_config_in(ctx.meta.get(_ARGV, []))))
+
+
+def _with_config_option(command: click.Command) -> None:
+    """Give a plugin's command (and its subcommands) ``-c FILE`` if it has none: the file is
+    the one its plugins were loaded from."""
+    if not any(
+        isinstance(p, click.Option) and {"-c", "--config"} & set(p.opts) for p in command.params
+    ):
+        command.params.append(
+            click.Option(
+                ["-c", "--config"],
+                type=click.Path(dir_okay=False, path_type=Path),
+                expose_value=False,
+                help="TOML configuration file (default: $CHATPROXY_CONFIG).",
+            )
+        )
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            _with_config_option(sub)
+
+
+def _plugin_commands(ctx: click.Context, builtin: Mapping[str, click.Command]) -> dict[str, Any]:
+    """The commands the plugins add (``register_commands``), by name; one that a built-in
+    command or another plugin has: exit 2."""
+    from chatproxy.plugins.manager import PluginLoadError
+
+    meta = ctx.meta
+    if _COMMANDS in meta:
+        return meta[_COMMANDS]  # type: ignore[no-any-return]
+    plugins = _invocation_plugins(ctx)
+    group = click.Group("chatproxy")
+    commands: dict[str, click.Command] = {}
+    owners: dict[str, str] = {}
+    for plugin, register in plugins.implementations("register_commands"):
+        try:
+            register(cli=group)
+        except Exception as exc:
+            _fail(str(PluginLoadError(plugin, "failed in register_commands", exc)), 2)
+        for name, command in group.commands.items():
+            if commands.get(name) is command:
+                continue
+            if name in builtin:
+                _fail(f"plugin {plugin!r} adds the command {name!r}, which chatproxy has", 2)
+            if name in owners:
+                _fail(f"plugin {plugin!r} adds the command {name!r}, as {owners[name]!r} does", 2)
+            _with_config_option(command)
+            commands[name], owners[name] = command, plugin
+    meta[_COMMANDS] = commands
+    return commands
+
+
+def _formats(settings: Settings | None = None) -> dict[str, PluginFormat]:
+    """The export formats the plugins add: of ``settings``, or of the command line's
+    configuration. A plugin that fails: exit 2."""
+    from chatproxy.export import plugin_formats
+    from chatproxy.plugins.manager import PluginLoadError
+
+    ctx = click.get_current_context()
+    plugins = _plugins(settings) if settings is not None else _invocation_plugins(ctx)
+    cached = ctx.meta.get(_FORMATS)
+    if cached is not None and cached[0] is plugins:
+        return cached[1]  # type: ignore[no-any-return]
+    try:
+        formats = plugin_formats(plugins)
+    except PluginLoadError as exc:
+        _fail(str(exc), 2)
+    ctx.meta[_FORMATS] = (plugins, formats)
+    return formats
+
+
+class _Format(click.ParamType):
+    """An export format: a built-in one, or one a plugin adds."""
+
+    name = "format"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        from chatproxy.export import FORMATS
+
+        if value in FORMATS or value in _formats():
+            return value
+        choices = ", ".join(repr(f) for f in (*FORMATS, *_formats()))
+        self.fail(f"{_shown(value)} is not one of {choices}", param, ctx)
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
+        from chatproxy.export import FORMATS
+
+        return "[" + "|".join((*FORMATS, *_formats())) + "]"
+
+
+class _FormatOption(click.Option):
+    """``--format``, whose help lists the plugins' formats too."""
+
+    def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
+        record = super().get_help_record(ctx)
+        extra = _formats()
+        if record is None or not extra:
+            return record
+        more = "; ".join(
+            f"{name}: {fmt.exporter.description or 'from the plugin ' + repr(fmt.plugin)}"
+            for name, fmt in extra.items()
+        )
+        return record[0], f"{record[1]} Plugins' formats: {more}."
 
 
 def _chat_id(chat_id: str) -> str:
@@ -144,7 +302,21 @@ async def _with_store(settings: Settings, fn: Callable[[Any], Awaitable[T]]) -> 
 
 class _Main(click.Group):
     """The ``chatproxy`` group: a usage error is one line too, whoever runs it (the console
-    script, ``python -m chatproxy``, click's ``CliRunner``)."""
+    script, ``python -m chatproxy``, click's ``CliRunner``); the plugins' commands are its
+    commands too."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta[_ARGV] = list(args)  # where the plugins' configuration is found
+        return super().parse_args(ctx, args)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *_plugin_commands(ctx, self.commands)})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is not None:
+            return command
+        return _plugin_commands(ctx, self.commands).get(cmd_name)  # type: ignore[no-any-return]
 
     def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
         if not standalone_mode:
@@ -231,10 +403,11 @@ def serve(
     "-f",
     "--format",
     "fmt",
-    type=click.Choice(["json", "jsonl", "markdown", "openai"]),
+    cls=_FormatOption,
+    type=_Format(),
     default=None,
-    help="json (default): lossless, re-importable; jsonl: the same on one line (--all: always); "
-    "markdown: readable; openai: {'messages': [...]}.",
+    help="json (default): lossless, re-importable; jsonl: the same on one line (--all: always, "
+    "or a plugin's format); markdown: readable; openai: {'messages': [...]}.",
 )
 @click.option(
     "-o",
@@ -270,8 +443,11 @@ def export(
     if not everything and (user or since):
         _fail("--user and --since go with --all", 2)
     if everything:
-        if fmt not in (None, "jsonl"):
-            _fail("--all writes jsonl", 2)
+    from chatproxy.export import FORMATS
+
+    formats = _formats(settings) if fmt is not None and fmt not in FORMATS else {}
+        if fmt not in (None, "jsonl", *formats):
+            _fail("--all writes jsonl (or a plugin's format)", 2)
         since_utc = since.replace(tzinfo=UTC) if since else None
         with _open_output(output) as out, _progress("exporting") as bar:
             progress = None
@@ -284,7 +460,12 @@ def export(
                 lambda: _with_store(
                     settings,
                     lambda store: export_all(
-                        store, out, user_id=user, since=since_utc, progress=progress
+                        store,
+                        out,
+                        user_id=user,
+                        since=since_utc,
+                        progress=progress,
+                        fmt=formats.get(fmt or ""),
                     ),
                 )
             )
@@ -293,7 +474,9 @@ def export(
     assert chat_id is not None
     _chat_id(chat_id)
     data = _run(
-        lambda: _with_store(settings, lambda store: export_chat(store, chat_id, fmt or "json"))
+        lambda: _with_store(
+            settings, lambda store: export_chat(store, chat_id, fmt or "json", formats)
+        )
     )
     with _open_output(output) as out:
         out.write(data)
@@ -416,6 +599,26 @@ def run() -> None:
 
 
 @main.group()
+@main.command("plugins")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per plugin.")
+@CONFIG_OPTION
+def plugins_(as_json: bool, config_file: Path | None) -> None:
+    """List the loaded plugins (installed ones and the `plugins` key's), where each comes
+    from, and the hooks each implements."""
+    import orjson
+
+    loaded = _plugins(_settings(config_file))
+    if not loaded.names and not as_json:
+        click.echo("no plugins loaded")
+    for name in loaded.names:
+        hooks = loaded.hooks(name)
+        if as_json:
+            record = {"name": name, "origin": loaded.origin(name), "hooks": hooks}
+            click.echo(orjson.dumps(record).decode())
+        else:
+            click.echo(f"{name}  ({loaded.origin(name)})  hooks: {', '.join(hooks) or '-'}")
+
+
 def keys() -> None:
     """Proxy keys for [auth] mode = "keys"."""
 

@@ -8,7 +8,9 @@
   replay or fine-tuning.
 
 Every format is rendered from the lossless document, so an exported ``json`` file can be
-turned into the others without a database.
+turned into the others without a database. Plugins add formats (``register_exporters``,
+:func:`plugin_formats`): each renders one chat's lossless document into bytes, for one chat and
+for ``--all`` (every chat's rendering, one after the other).
 """
 
 from __future__ import annotations
@@ -26,8 +28,10 @@ import orjson
 
 from chatproxy.auth import USER_ID_RE
 from chatproxy.bulk import BulkDB, bulk_db
-from chatproxy.errors import NotFoundError
+from chatproxy.errors import ChatProxyError, NotFoundError
 from chatproxy.ids import CHAT_ID_RE
+from chatproxy.plugins.hookspecs import Exporter
+from chatproxy.plugins.manager import PluginLoadError, Plugins, describe
 from chatproxy.store.models import (
     MESSAGE_STATUSES,
     Chat,
@@ -41,11 +45,13 @@ __all__ = [
     "FORMATS",
     "BadExport",
     "DocumentReader",
+    "PluginFormat",
     "active_branch",
     "chat_document",
     "export_all",
     "export_chat",
     "parse_line",
+    "plugin_formats",
     "read_documents",
     "render",
 ]
@@ -188,8 +194,69 @@ def render(doc: dict[str, Any], fmt: str) -> bytes:
     raise ValueError(f"unknown export format {fmt!r}")
 
 
-async def export_chat(store: Store, chat_id: str, fmt: str) -> bytes:
-    """Export one chat from ``store``; an unknown chat raises :class:`NotFoundError`."""
+FORMAT_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,31}")
+
+
+@dataclass(slots=True, frozen=True)
+class PluginFormat:
+    """An export format a plugin adds, and the plugin's name (for errors)."""
+
+    plugin: str
+    exporter: Exporter
+
+    def render(self, doc: dict[str, Any]) -> bytes:
+        """The exporter's bytes for one chat document; a failure is a ``ChatProxyError``
+        naming the plugin and the format."""
+        name = self.exporter.name
+        try:
+            data = self.exporter.render(doc)
+        except Exception as exc:
+            raise ChatProxyError(
+                f"plugin {self.plugin!r} failed to render format {name!r}: {describe(exc)}"
+            ) from None
+        if not isinstance(data, bytes | bytearray):
+            raise ChatProxyError(
+                f"plugin {self.plugin!r}: format {name!r} rendered {type(data).__name__}, not bytes"
+            )
+        return bytes(data)
+
+
+def plugin_formats(plugins: Plugins) -> dict[str, PluginFormat]:
+    """The formats the plugins add (``register_exporters``), by name. A plugin that fails, or
+    adds a format whose name is taken or malformed, raises :class:`PluginLoadError`."""
+    formats: dict[str, PluginFormat] = {}
+    for plugin, register in plugins.implementations("register_exporters"):
+        try:
+            answer = register()
+        except Exception as exc:
+            raise PluginLoadError(plugin, "failed in register_exporters", exc) from None
+        answers = answer if isinstance(answer, list | tuple) else [answer]
+        for exporter in answers:
+            if exporter is None:
+                continue
+            if not isinstance(exporter, Exporter) or not callable(exporter.render):
+                shown = type(exporter).__name__
+                raise PluginLoadError(plugin, f"register_exporters answered {shown}, no Exporter")
+            name = exporter.name
+            if not isinstance(name, str) or not FORMAT_NAME_RE.fullmatch(name):
+                raise PluginLoadError(
+                    plugin,
+                    f"adds an export format named {name!r} (expected 1 to 32 of a-z 0-9 _ . -)",
+                )
+            if name in FORMATS:
+                raise PluginLoadError(plugin, f"adds the export format {name!r}, which is built in")
+            if name in formats:
+                other = formats[name].plugin
+                raise PluginLoadError(plugin, f"adds the export format {name!r}, as {other!r} does")
+            formats[name] = PluginFormat(plugin, exporter)
+    return formats
+
+
+async def export_chat(
+    store: Store, chat_id: str, fmt: str, formats: dict[str, PluginFormat] | None = None
+) -> bytes:
+    """Export one chat from ``store`` in ``fmt`` (built in, or one of ``formats``); an unknown
+    chat raises :class:`NotFoundError`."""
     chat = await store.get_chat(chat_id)
     if chat is None:
         raise NotFoundError(f"no chat with id {chat_id!r}")
@@ -197,7 +264,10 @@ async def export_chat(store: Store, chat_id: str, fmt: str) -> bytes:
     votes = await store.read(
         lambda: Vote.filter(chat_id=chat_id).order_by("created_at", "id").all()
     )
-    return render(chat_document(chat, messages, votes), fmt)
+    doc = chat_document(chat, messages, votes)
+    if formats and fmt in formats:
+        return formats[fmt].render(doc)
+    return render(doc, fmt)
 
 
 _PAGE_MESSAGES = 2000  # message rows one read returns, at most
@@ -403,23 +473,51 @@ class _Writer:
             out.write(b"]}\n")
 
     def _whole(self, part: _Part) -> None:
-        messages, votes = part.messages, part.votes
-        m = v = 0
-        lines = []
-        for row in part.chats:
-            chat_id = row[0]
-            start = m
-            while m < len(messages) and messages[m][0] == chat_id:
-                m += 1
-            first_vote = v
-            while v < len(votes) and votes[v][0] == chat_id:
-                v += 1
-            doc = _head(_chat_object(row))
-            doc["messages"] = [_message_entry(r) for r in messages[start:m]]
-            doc["votes"] = [_vote_row_entry(r) for r in votes[first_vote:v]]
-            lines.append(orjson.dumps(doc))
+        lines = [orjson.dumps(doc) for doc in _documents(part)]
         lines.append(b"")
         self.out.write(b"\n".join(lines))
+
+
+def _documents(part: _Part) -> Iterator[dict[str, Any]]:
+    """The whole chats of a part, as documents."""
+    messages, votes = part.messages, part.votes
+    m = v = 0
+    for row in part.chats:
+        chat_id = row[0]
+        start = m
+        while m < len(messages) and messages[m][0] == chat_id:
+            m += 1
+        first_vote = v
+        while v < len(votes) and votes[v][0] == chat_id:
+            v += 1
+        doc = _head(_chat_object(row))
+        doc["messages"] = [_message_entry(r) for r in messages[start:m]]
+        doc["votes"] = [_vote_row_entry(r) for r in votes[first_vote:v]]
+        yield doc
+
+
+class _FormatWriter:
+    """Writes each chat in a plugin's format: its whole document rendered (a large chat's
+    parts are gathered first: the one chat is held in memory)."""
+
+    def __init__(self, out: BinaryIO, fmt: PluginFormat) -> None:
+        self.out = out
+        self.fmt = fmt
+        self.doc: dict[str, Any] | None = None
+
+    def write(self, part: _Part) -> None:
+        if part.chat is None:
+            for doc in _documents(part):
+                self.out.write(self.fmt.render(doc))
+            return
+        if part.first:
+            self.doc = {**_head(_chat_object(part.chat)), "messages": [], "votes": []}
+        assert self.doc is not None
+        self.doc["messages"] += [_message_entry(row) for row in part.messages]
+        self.doc["votes"] += [_vote_row_entry(row) for row in part.votes]
+        if part.last:
+            self.out.write(self.fmt.render(self.doc))
+            self.doc = None
 
 
 async def export_all(
@@ -430,9 +528,10 @@ async def export_all(
     since: datetime | None = None,
     progress: Callable[[int, int, int], None] | None = None,
     page_messages: int = _PAGE_MESSAGES,
+    fmt: PluginFormat | None = None,
 ) -> ExportStats:
     """Write every chat (of one user; updated since ``since``) to ``out`` as JSON lines, the
-    backup format, in chat id order.
+    backup format, in chat id order (or each in a plugin's format ``fmt``).
 
     The store is read in pages (keyset pagination on the chat id, the page's messages in one
     query along the messages-by-chat index, the next read while this one is written), none
@@ -452,7 +551,7 @@ async def export_all(
             count = "SELECT COUNT(*) FROM chats WHERE id > ?" + filters
             total = int((await db.fetch(count, ["", *params]))[0][0])
         stats = ExportStats()
-        writer = _Writer(out)
+        writer = _Writer(out) if fmt is None else _FormatWriter(out, fmt)
         parts = _parts(db, filters, params, max(1, page_messages))
         pending = asyncio.ensure_future(anext(parts, None))
         try:
