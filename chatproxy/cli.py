@@ -442,10 +442,10 @@ def export(
         _fail("give a CHAT_ID or --all", 2)
     if not everything and (user or since):
         _fail("--user and --since go with --all", 2)
-    if everything:
     from chatproxy.export import FORMATS
 
     formats = _formats(settings) if fmt is not None and fmt not in FORMATS else {}
+    if everything:
         if fmt not in (None, "jsonl", *formats):
             _fail("--all writes jsonl (or a plugin's format)", 2)
         since_utc = since.replace(tzinfo=UTC) if since else None
@@ -598,7 +598,6 @@ def run() -> None:
     main.main(prog_name="chatproxy")
 
 
-@main.group()
 @main.command("plugins")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per plugin.")
 @CONFIG_OPTION
@@ -619,6 +618,7 @@ def plugins_(as_json: bool, config_file: Path | None) -> None:
             click.echo(f"{name}  ({loaded.origin(name)})  hooks: {', '.join(hooks) or '-'}")
 
 
+@main.group()
 def keys() -> None:
     """Proxy keys for [auth] mode = "keys"."""
 
