@@ -134,10 +134,18 @@ def body(messages: list[dict[str, Any]], stream: bool) -> bytes:
 
 
 async def one_request(
-    http: aiohttp.ClientSession, url: str, payload: bytes, stream: bool, result: Result
+    http: aiohttp.ClientSession,
+    url: str,
+    payload: bytes,
+    stream: bool,
+    result: Result,
+    chat_id: str | None = None,
 ) -> str:
+    headers = {"Content-Type": "application/json"}
+    if chat_id is not None:
+        headers["X-Chat-Id"] = chat_id
     t0 = time.perf_counter()
-    async with http.post(url, data=payload, headers={"Content-Type": "application/json"}) as resp:
+    async with http.post(url, data=payload, headers=headers) as resp:
         if resp.status != 200:
             result.errors += 1
             await resp.read()
@@ -168,8 +176,10 @@ async def run_load(
     requests: int,
     stream: bool = True,
     conversations: list[list[dict[str, Any]]] | None = None,
+    chat_ids: bool = False,
 ) -> Result:
-    """``clients`` concurrent clients make ``requests`` requests in all."""
+    """``clients`` concurrent clients make ``requests`` requests in all (``chat_ids``: each
+    in a new chat named by its ``X-Chat-Id``)."""
     result = Result()
     url = f"{base}/chat/completions"
     remaining = requests
@@ -185,7 +195,8 @@ async def run_load(
                     msgs = [{"role": "user", "content": f"client {n} request {i} {time.time()}"}]
                 else:
                     msgs = conversations[n % len(conversations)]
-                text = await one_request(http, url, body(msgs, stream), stream, result)
+                chat_id = f"bench-{os.getpid()}-{n}-{i}-{time.time_ns()}" if chat_ids else None
+                text = await one_request(http, url, body(msgs, stream), stream, result, chat_id)
                 if conversations is not None and text:
                     answer = json.loads(text)["choices"][0]["message"]["content"]
                     msgs.append({"role": "assistant", "content": answer})
@@ -270,6 +281,32 @@ async def scenario_fast(direct: str, proxy: str, pid: int, sizes: dict[str, int]
     figures.append(
         Figure(
             "proxy CPU per streamed request, stored", None, cpu_ms, "ms", "<= 1.5 ms", cpu_ms <= 1.5
+        )
+    )
+
+    # The shape of an outside harness: a new X-Chat-Id on every request.
+    d = await run_load(direct, clients=50, requests=n, chat_ids=True)
+    c0 = cpu_seconds(pid)
+    p = await run_load(proxy, clients=50, requests=n, chat_ids=True)
+    cpu_ms_named = (cpu_seconds(pid) - c0) * 1000 / max(1, p.requests)
+    figures.append(
+        Figure(
+            "throughput, 50 clients, streamed, X-Chat-Id",
+            d.rps,
+            p.rps,
+            "req/s",
+            ">= 0.7x",
+            p.rps >= 0.7 * d.rps and p.errors == 0,
+        )
+    )
+    figures.append(
+        Figure(
+            "proxy CPU per streamed request, X-Chat-Id",
+            None,
+            cpu_ms_named,
+            "ms",
+            "<= 0.8 ms",
+            cpu_ms_named <= 0.8,
         )
     )
 
@@ -427,7 +464,7 @@ async def main() -> int:
             proxy_proc.terminate()
             proxy_proc.wait(30)
         s = sizes
-        proxied = 40 + s["unloaded"] + 2 * s["loaded"] + 10 + s["history"] + 8 + ROUNDS * s["slow"]
+        proxied = 40 + s["unloaded"] + 3 * s["loaded"] + 10 + s["history"] + 8 + ROUNDS * s["slow"]
         stored_ok, stored_msg = check_store(db_file, proxied)
     finally:
         for proc in procs:

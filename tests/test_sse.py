@@ -200,3 +200,43 @@ def test_any_payloads_split_anywhere_come_back_exactly(
     points = sorted({min(c, len(stream)) for c in cuts})
     chunks = [stream[a:b] for a, b in zip([0, *points], [*points, len(stream)], strict=True)]
     assert [e.data.decode() for e in feed_all(chunks)] == payloads
+
+
+def split_all(chunks: list[bytes]) -> tuple[list[SSEEvent], list[bytes], bytes]:
+    parser = SSEParser()
+    events: list[SSEEvent] = []
+    raws: list[bytes] = []
+    for chunk in chunks:
+        got, pieces = parser.split(chunk)
+        events += got
+        raws += pieces
+    got, pieces, tail = parser.finish()
+    return events + got, raws + pieces, tail
+
+
+def test_each_event_comes_with_the_untouched_bytes_that_carry_it() -> None:
+    stream = b"\xef\xbb\xbf" + STREAM + b": trailing comment\n\n"
+    for cut in range(len(stream) + 1):
+        for second in (cut, min(len(stream), cut + 3)):
+            chunks = [stream[:cut], stream[cut:second], stream[second:]]
+            events, raws, tail = split_all(chunks)
+            assert fields(events) == EXPECTED, cut
+            assert len(raws) == len(events)
+            assert b"".join(raws) + tail == stream, cut
+            assert tail == b": trailing comment\n\n"
+            # Every piece holds its event whole: read alone, it gives that event.
+            for event, raw in zip(events, raws, strict=True):
+                alone = SSEParser()
+                assert fields(alone.feed(raw) + alone.flush()) == fields([event]), (cut, raw)
+
+
+def test_a_chunk_holding_one_event_is_forwarded_as_read() -> None:
+    chunk = b'data: {"choices":[]}\n\n'
+    events, raws = SSEParser().split(chunk)
+    assert raws[0] is chunk and events[0].data == b'{"choices":[]}'
+
+
+def test_an_unterminated_last_event_keeps_its_own_bytes() -> None:
+    for stream in (b"data: x", b"data: x\n", b"data: x\r", b"data: x\r\n"):
+        events, raws, tail = split_all([stream])
+        assert fields(events) == [ev(b"x")] and raws == [stream] and tail == b"", stream

@@ -10,7 +10,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from chatproxy.proxy.accumulate import Accumulator
-from chatproxy.proxy.framing import EventFramer
 from chatproxy.proxy.sse import SSEParser
 
 text = st.text(
@@ -71,17 +70,18 @@ def render(deltas: list[dict], line_ending: bytes) -> bytes:
 
 def run(stream: bytes, cuts: list[int]) -> tuple[dict, bytes]:
     """Feed ``stream`` split at ``cuts``; the accumulated message and the forwarded bytes."""
-    parser, framer, acc = SSEParser(), EventFramer(), Accumulator()
+    parser, acc = SSEParser(), Accumulator()
     forwarded = []
     bounds = [0, *sorted(set(cuts)), len(stream)]
     for start, end in itertools.pairwise(bounds):
-        piece = stream[start:end]
-        forwarded.append(framer.push(piece))
-        for ev in parser.feed(piece):
+        events, raws = parser.split(stream[start:end])
+        forwarded.extend(raws)
+        for ev in events:
             if ev.data != b"[DONE]":
                 acc.add_chunk(orjson.loads(ev.data))
-    forwarded.append(framer.flush())
-    for ev in parser.flush():
+    events, raws, tail = parser.finish()
+    forwarded += [*raws, tail]
+    for ev in events:
         if ev.data != b"[DONE]":
             acc.add_chunk(orjson.loads(ev.data))
     result = acc.message() | {"finish_reason": acc.finish_reason, "usage": acc.usage}

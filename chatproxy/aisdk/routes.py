@@ -8,8 +8,10 @@
   in the UI message stream; ``204`` when there is none (``useChat({ resume: true })``).
 - ``DELETE /api/chat?id=...``: the chat and everything in it.
 
-Access is the conversations API's: another user's private chat is ``404``; posting into
-another user's chat is ``403 chat_forbidden``, as with ``X-Chat-Id``.
+Access is :mod:`chatproxy.access`'s rule, as in the conversations API: another user's private
+chat is ``404``, deleting another user's public chat ``403 permission_denied``; posting into
+another user's chat (or regenerating or editing in it) is ``403 chat_forbidden``, as with
+``X-Chat-Id``.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from chatproxy.access import Need, chat_for, chat_state, chat_state_for
 from chatproxy.aisdk.body import ChatBody, parse_body
 from chatproxy.aisdk.messages import (
     UI_ID,
@@ -30,22 +33,20 @@ from chatproxy.aisdk.messages import (
     stored_ui_id,
     to_ui,
 )
-from chatproxy.aisdk.stream import UI_STREAM_HEADERS, UIMessageStream
+from chatproxy.aisdk.stream import UIMessageStream, UIParts
 from chatproxy.api.conversations import delete_chat as delete_idle_chat
 from chatproxy.appkeys import CALLER, CHAT_ID, SETTINGS, STORE
-from chatproxy.errors import (
-    InvalidRequest,
-    PermissionDenied,
-    ResourceNotFound,
-)
-from chatproxy.ids import check_id, unknown_id
-from chatproxy.proxy.chat_completions import ChatRequest, check_daily_quota, launch
-from chatproxy.proxy.feed import Feed, LocalFeed, following
+from chatproxy.errors import InvalidRequest, ResourceNotFound
+from chatproxy.ids import check_id
+from chatproxy.proxy.chat_completions import check_daily_quota, launch
+from chatproxy.proxy.engine import ChatRequest
+from chatproxy.proxy.feed import Feed, LocalFeed
 from chatproxy.proxy.planning import Plan, plan_client_history, plan_server_history
+from chatproxy.proxy.relay import write_feed
 from chatproxy.proxy.resume import find_feed
 from chatproxy.store import history
 from chatproxy.store.history import update_chat
-from chatproxy.store.models import Chat, Message
+from chatproxy.store.models import Message
 
 __all__ = ["add_routes"]
 
@@ -58,30 +59,9 @@ def add_routes(router: web.UrlDispatcher) -> None:
     router.add_get("/api/chat/{chat_id}/stream", resume_stream)
 
 
-# -- access ----------------------------------------------------------------------------------
-
-
-def _chat_id(value: str | None, param: str) -> str:
-    if value is None:
-        raise InvalidRequest(
-            f"'{param}' (the chat id) is required", code="missing_required_parameter", param=param
-        )
-    return check_id(value, what="chat", param=param)
-
-
-async def _readable(request: web.Request, chat_id: str) -> Chat:
-    """The chat, if the caller may read it: its own, or a public one."""
-    chat = await request.app[STORE].get_chat(chat_id)
-    if chat is None or (chat.owner_id != request[CALLER].user_id and chat.visibility != "public"):
-        # Another user's private chat does not exist, as far as this caller can tell.
-        raise unknown_id(chat_id, what="chat")
-    request[CHAT_ID] = chat_id
-    return chat
-
-
-def _own(request: web.Request, chat: Chat) -> None:
-    if chat.owner_id != request[CALLER].user_id:
-        raise PermissionDenied("this chat belongs to another user", code="chat_forbidden")
+def _chat_id(value: str | None) -> str:
+    """The chat id of a path or query string (the error names it ``id``, as the body's)."""
+    return check_id(value, what="chat", param="id")
 
 
 # -- POST /api/chat --------------------------------------------------------------------------
@@ -116,7 +96,7 @@ async def post_chat(request: web.Request) -> web.StreamResponse:
     sent["messages"] = [for_upstream(m) for m in messages]
     req = ChatRequest(orjson.dumps(sent), sent, sent["messages"], True, model)
     history = [for_upstream(m) for m in stored]
-    gen = await launch(request, req, turn, parent_hash, history, branch_from)
+    gen = await launch(request, req, turn, parent_hash, history, branch_from, face="aisdk")
     if turn.chat_is_new and body.visibility not in (None, "private"):
         await gen.begun()  # the chat is written: the Chat SDK's selectedVisibilityType
         await update_chat(request.app[STORE], turn.chat_id, {"visibility": body.visibility})
@@ -162,10 +142,8 @@ async def _plan(
 
 async def _stored(request: web.Request, chat_id: str, ui_id: str) -> Message | None:
     """The newest stored message of the caller's chat that the client knows as ``ui_id``."""
-    chat = await request.app[STORE].get_chat(chat_id)
-    if chat is None:
+    if await chat_state(request.app[STORE], request[CALLER].user_id, chat_id, Need.POST) is None:
         return None
-    _own(request, chat)
     found = None
     for m in await history.chat_tree(request.app[STORE], chat_id):
         if stored_ui_id(m) == ui_id or m.id == ui_id:
@@ -217,32 +195,22 @@ async def _stream(
     earlier: bytes = b"",
 ) -> web.StreamResponse:
     """Write ``feed``'s events to the client as a UI message stream, from the start, in the
-    UIMessage ``ui_id`` (default: the answer's own id), after the ``earlier`` steps of it.
-    Events that stop short of the end end it with an abort part when the answer was
-    cancelled, else (the request could not be stored, the proxy is stopping) with an error
-    part."""
-    async with following(feed):
-        resp = web.StreamResponse(headers={**UI_STREAM_HEADERS, **headers})
-        await resp.prepare(request)
-        finish_reason = request.app[SETTINGS].aisdk.finish_reason
-        ui = UIMessageStream(ui_id or feed.message_id, finish_reason=finish_reason)
-        await resp.write(ui.start(earlier))
-        while (batch := await feed.next()) is not None:
-            out = b"".join(ui.feed(data) for data in batch)
-            if out:
-                await resp.write(out)
-        if not ui.finished:
-            stored = await request.app[STORE].get_message(feed.message_id)
-            cancelled = stored is not None and stored.status == "cancelled"
-            await resp.write(ui.abort() if cancelled else ui.end())
-        await resp.write_eof()
-        return resp
+    UIMessage ``ui_id`` (default: the answer's own id), after the ``earlier`` steps of it."""
+    store = request.app[STORE]
+    finish_reason = request.app[SETTINGS].aisdk.finish_reason
+    ui = UIMessageStream(ui_id or feed.message_id, finish_reason=finish_reason)
+
+    async def status() -> str | None:
+        stored = await store.get_message(feed.message_id)
+        return None if stored is None else stored.status
+
+    return await write_feed(request, feed, UIParts(headers, ui, status, earlier))
 
 
 async def resume_stream(request: web.Request) -> web.StreamResponse:
     """``GET /api/chat/{id}/stream``: the running answer from its start, or ``204``."""
-    chat_id = _chat_id(request.match_info["chat_id"], "id")
-    await _readable(request, chat_id)
+    chat_id = _chat_id(request.match_info["chat_id"])
+    await chat_state_for(request, chat_id)
     feed = await find_feed(request.app, chat_id)
     if feed is None:
         return web.Response(status=204)
@@ -271,7 +239,7 @@ async def _ui_message(request: web.Request, chat_id: str, answer_id: str) -> tup
 async def get_messages(request: web.Request) -> web.Response:
     """``GET /api/chat/{id}/messages``: the active branch as ``UIMessage[]``, for
     ``useChat({ messages })``. An answer that failed before it said anything is left out."""
-    chat = await _readable(request, _chat_id(request.match_info["chat_id"], "id"))
+    chat = await chat_for(request, _chat_id(request.match_info["chat_id"]))
     tree = await history.chat_tree(request.app[STORE], chat.id)
     branch = [m for m in history.branch(tree, chat.head_id) if history.replayable(m)]
     return web.Response(body=orjson.dumps(to_ui(branch)), content_type="application/json")
@@ -281,11 +249,7 @@ async def delete_chat(request: web.Request) -> web.Response:
     """``DELETE /api/chat?id=...``: the chat, every message of every branch, votes. The answer
     is the deleted chat as the Vercel Chat SDK's route gives it (``id``, ``title``,
     ``userId``, ``visibility``, ``createdAt``), and ``deleted: true``."""
-    chat = await _readable(request, _chat_id(request.query.get("id"), "id"))
-    if chat.owner_id != request[CALLER].user_id:
-        raise PermissionDenied(
-            "this chat belongs to another user: it is read-only for you", code="permission_denied"
-        )
+    chat = await chat_for(request, _chat_id(request.query.get("id")), Need.WRITE)
     await delete_idle_chat(request, chat.id)
     created = chat.created_at.astimezone(UTC).isoformat(timespec="milliseconds")
     deleted = {

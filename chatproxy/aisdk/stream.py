@@ -39,12 +39,15 @@ tool call whose arguments are not in compact JSON carries them as sent (``"argum
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from chatproxy.proxy.accumulate import Accumulator, pick_choice
+from chatproxy.proxy.feed import Batch
+from chatproxy.proxy.relay import Rendering
 
 __all__ = [
     "ABORTED",
@@ -53,6 +56,7 @@ __all__ = [
     "PROVIDER",
     "UI_STREAM_HEADERS",
     "UIMessageStream",
+    "UIParts",
     "answer_metadata",
     "frame",
     "tool_input",
@@ -326,3 +330,38 @@ class UIMessageStream:
 
 def _wire(kind: str) -> str:
     return "reasoning" if kind == "reasoning" else "text"
+
+
+class UIParts(Rendering):
+    """The AI SDK face: a generation's events as the UI message stream, in the UIMessage
+    ``ui_id``, after the ``earlier`` steps of it. Events that stop short of the end end it
+    with an abort part when the answer was cancelled (``status()``, the stored answer's),
+    else (the request could not be stored, the proxy is stopping) with an error part."""
+
+    def __init__(
+        self,
+        headers: Mapping[str, str],
+        ui: UIMessageStream,
+        status: Callable[[], Awaitable[str | None]],
+        earlier: bytes = b"",
+    ) -> None:
+        super().__init__({**UI_STREAM_HEADERS, **headers})
+        self._ui = ui
+        self._status = status
+        self._earlier = earlier
+
+    async def head(self) -> tuple[int, Mapping[str, str]]:
+        return 200, self.headers
+
+    def start(self) -> bytes:
+        return self._ui.start(self._earlier)
+
+    def render(self, batch: Batch) -> bytes:
+        feed = self._ui.feed
+        return b"".join(feed(data) for data in batch.data)
+
+    async def end(self) -> bytes:
+        ui = self._ui
+        if ui.finished:
+            return b""
+        return ui.abort() if await self._status() == "cancelled" else ui.end()

@@ -5,40 +5,37 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any
 
-import orjson
 from aiohttp import web
+from multidict import CIMultiDict
 
 from chatproxy.appkeys import (
     CALLER,
     CHAT_ID,
     GENERATIONS,
     LIMITS,
-    METRICS,
     RATE_EXTRA,
     RATE_LIMIT,
     REQUEST_ID,
     SETTINGS,
     STORE,
-    TITLER,
-    UPSTREAM,
 )
-from chatproxy.auth import Caller
-from chatproxy.errors import Conflict, InvalidRequest, json_object
+from chatproxy.errors import APIError, InvalidRequest, json_object
 from chatproxy.ids import check_id
 from chatproxy.limits.policy import tightest
 from chatproxy.offload import LARGE_BODY, offload
+from chatproxy.proxy.engine import ChatRequest, Engine, Face, Work, start_generation
+from chatproxy.proxy.feed import Batch, LocalFeed
 from chatproxy.proxy.generation import Generation
 from chatproxy.proxy.planning import plan_client_history, plan_server_history
-from chatproxy.proxy.relay import relay
+from chatproxy.proxy.relay import Rendering, write_feed
 from chatproxy.store.models import MODEL_LENGTH, refuse_nul
 from chatproxy.store.store import Turn
-from chatproxy.titles import Titler
 
 __all__ = [
-    "ChatRequest",
+    "UpstreamBytes",
     "check_daily_quota",
     "handle_chat_completions",
     "launch",
@@ -48,17 +45,6 @@ __all__ = [
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 # Client headers worth passing on to the upstream (OpenAI, OpenRouter).
 FORWARDED_HEADERS = ("OpenAI-Organization", "OpenAI-Project", "HTTP-Referer", "X-Title")
-
-
-@dataclass(slots=True)
-class ChatRequest:
-    """A validated chat-completions request body."""
-
-    raw: bytes
-    body: dict[str, Any]
-    messages: list[dict[str, Any]]
-    stream: bool
-    model: str | None
 
 
 def _invalid(message: str, code: str, param: str | None = None) -> InvalidRequest:
@@ -129,38 +115,6 @@ def header_value(request: web.Request, names: list[str]) -> str | None:
         if value is not None:
             return value
     return None
-
-
-def upstream_body(req: ChatRequest, history: list[dict[str, Any]]) -> tuple[bytes, bool]:
-    """The body to send upstream, and whether the usage-only chunk must be hidden.
-
-    Stored history (server-side history) goes before the request's messages. Streams ask for
-    usage (to store it); a client that did not ask is not shown it. Otherwise the client's
-    bytes are sent as they came.
-    """
-    options = req.body.get("stream_options") or {}
-    add_usage = req.stream and options.get("include_usage") is not True
-    if not history and not add_usage:
-        return req.raw, False
-    body = dict(req.body)
-    if history:
-        body["messages"] = [*history, *req.messages]
-    if add_usage:
-        body["stream_options"] = dict(options, include_usage=True)
-    return orjson.dumps(body), add_usage
-
-
-def _title_when_answered(titler: Titler, gen: Generation, turn: Turn, caller: Caller) -> None:
-    """Once the first answer of a new chat is complete, ask the upstream for its title."""
-    first = next((m.text for m in turn.new_messages if m.role == "user" and m.text), None)
-    if first is None or gen.task is None:
-        return
-
-    def done(_: object) -> None:
-        if gen.status == "completed":
-            titler.schedule(turn.chat_id, first, turn.model, caller.upstream_authorization)
-
-    gen.task.add_done_callback(done)
 
 
 def _flag(request: web.Request, name: str, default: bool) -> bool:
@@ -237,9 +191,32 @@ async def handle_chat_completions(request: web.Request) -> web.StreamResponse:
     else:  # incognito with the client's own history: nothing to look up
         turn = None
         gen = await launch(request, req, None, "", [], branch_from)
-    if turn is None:  # incognito: forwarded, never written
-        return await relay(request, gen, {})
-    return await relay(request, gen, {"X-Chat-Id": turn.chat_id, "X-Message-Id": turn.assistant_id})
+    headers = {} if turn is None else {"X-Chat-Id": turn.chat_id, "X-Message-Id": turn.assistant_id}
+    return await write_feed(request, LocalFeed(gen), UpstreamBytes(gen, headers))
+
+
+class UpstreamBytes(Rendering):
+    """The chat-completions face: the upstream's status, headers and bytes, untouched (but
+    for the usage-only chunk a client did not ask for), with the proxy's headers added."""
+
+    def __init__(self, gen: Generation, headers: Mapping[str, str]) -> None:
+        super().__init__(headers)
+        self.gen = gen
+
+    async def head(self) -> tuple[int, Mapping[str, str]]:
+        try:
+            head = await self.gen.wait_head()
+        except APIError as exc:
+            exc.headers = {**exc.headers, **self.headers}
+            raise
+        headers = CIMultiDict(head.headers)
+        headers.update(self.headers)
+        return head.status, headers
+
+    def render(self, batch: Batch) -> bytes:
+        raw = batch.raw
+        assert raw is not None  # a generation of this process
+        return raw[0] if len(raw) == 1 else b"".join(raw)
 
 
 def _request_key(user_id: str, chat_id: str | None, raw: bytes) -> str:
@@ -266,51 +243,24 @@ async def launch(
     parent_hash: str,
     history: list[dict[str, Any]],
     branch_from: str | None,
+    face: Face = "chat.completions",
 ) -> Generation:
-    """Start the generation of ``turn`` (``None``: incognito, nothing stored) and register it.
-
-    A chat whose answer is still running gets :class:`Conflict` (``chat_busy``), unless
-    ``branch_from`` names a branch point no running answer hangs from.
-    """
-    app = request.app
-    caller = request[CALLER]
-    generations = app[GENERATIONS]
-    if turn is not None and not await generations.claim(turn, branch_from):
-        raise Conflict(
-            "an answer is being generated in this chat; wait for it, or follow it at "
-            f"GET /v1/conversations/{turn.chat_id}/stream",
-            code="chat_busy",
-        )
-    body, hide_usage = upstream_body(req, history)
-    upstream = app[UPSTREAM]
-    headers = {"Content-Type": "application/json", "Accept-Encoding": "identity"}
-    headers.update(upstream.auth_headers(caller.upstream_authorization))
-    for name in FORWARDED_HEADERS:
-        if name in request.headers:
-            headers[name] = request.headers[name]
-    gen = Generation(
+    """Start the generation of ``turn`` (``None``: not stored) for the client of ``request``
+    (:func:`~chatproxy.proxy.engine.start_generation`)."""
+    work = Work(
+        face=face,
+        caller=request[CALLER],
+        request=req,
         turn=turn,
         parent_hash=parent_hash,
-        body=body,
-        upstream_headers=headers,
-        stream=req.stream,
-        hide_usage=hide_usage,
-        store=app[STORE] if turn is not None else None,
-        upstream=upstream,
-        settings=app[SETTINGS],
+        history=history,
+        branch_from=branch_from,
         request_id=request[REQUEST_ID],
-        metrics=app[METRICS],
+        headers={
+            name: request.headers[name] for name in FORWARDED_HEADERS if name in request.headers
+        },
     )
-    if turn is None:
-        gen.start()
-        return gen
-    try:
-        gen.start()
-    except BaseException:
-        generations.release(turn)
-        raise
-    generations.add(gen)
-    if turn.chat_is_new and TITLER in app:
-        _title_when_answered(app[TITLER], gen, turn, caller)
-    request[CHAT_ID] = turn.chat_id
+    gen = await start_generation(Engine.of(request.app), work)
+    if turn is not None:
+        request[CHAT_ID] = turn.chat_id
     return gen

@@ -1,12 +1,13 @@
 """A generation: one upstream answer being produced, stored, and fanned out to subscribers.
 
 The generation is a task of its own. It writes the request's turn to the store while it opens
-the upstream response, forwards the upstream bytes as complete SSE events (unmodified, except
-the usage-only chunk a client did not ask for), accumulates the assistant message, queues a
-checkpoint every ``checkpoint_interval`` while the content grows, and stores the final state.
-HTTP handlers only subscribe (:mod:`chatproxy.proxy.relay`): a client that leaves is a
-subscriber leaving, and the answer is finished and stored all the same (policy ``finish``) or
-cancelled (policy ``abort``).
+the upstream response, publishes the upstream's events in its numbered log
+(:mod:`chatproxy.proxy.eventlog`: each event's data with the upstream's own bytes, unmodified;
+the usage-only chunk a client did not ask for is left out), accumulates the assistant message,
+queues a checkpoint every ``checkpoint_interval`` while the content grows, and stores the final
+state. HTTP handlers only follow the log (:mod:`chatproxy.proxy.relay`): a client that leaves
+is a subscriber leaving, and the answer is finished and stored all the same (policy
+``finish``) or cancelled (policy ``abort``).
 """
 
 from __future__ import annotations
@@ -25,8 +26,7 @@ from multidict import CIMultiDict
 from chatproxy.errors import APIError, UpstreamError, error_body, normalize_upstream_error
 from chatproxy.metrics import Metrics
 from chatproxy.proxy.accumulate import Accumulator, is_usage_only
-from chatproxy.proxy.fanout import Fanout, Subscriber
-from chatproxy.proxy.framing import EventFramer, before_event, remove_event
+from chatproxy.proxy.eventlog import EventLog, Subscriber
 from chatproxy.proxy.sse import SSEEvent, SSEParser
 from chatproxy.proxy.upstream import HOP_BY_HOP, Upstream
 from chatproxy.proxy.watchdog import Watchdog
@@ -64,7 +64,7 @@ class _NotStored(Exception):
 
 
 class Generation:
-    """Produces one assistant message; any number of subscribers read :attr:`output`."""
+    """Produces one assistant message; any number of subscribers follow :attr:`events`."""
 
     def __init__(
         self,
@@ -80,6 +80,8 @@ class Generation:
         settings: Settings,
         request_id: str,
         metrics: Metrics | None = None,
+        upstream_url: str | None = None,
+        failure: APIError | None = None,
     ) -> None:
         # No turn and no store: an incognito request (X-Chat-Store: false), forwarded only.
         self.turn = turn
@@ -87,10 +89,8 @@ class Generation:
         self.message_id = turn.assistant_id if turn else ""
         self.request_id = request_id
         self.stream = stream
-        # What the requesting client gets: the upstream's bytes in whole events.
-        self.output = Fanout()
-        # The same events' data, one piece each, for clients that resume (numbered by index).
-        self.events = Fanout()
+        # The answer's events, numbered: their data, and the upstream's bytes of each.
+        self.events = EventLog()
         self.status = "in_progress"
         self.error: dict[str, Any] | None = None
         self.client_disconnected = False
@@ -112,21 +112,23 @@ class Generation:
         self._upstream = upstream
         self._settings = settings
         self._metrics = metrics
+        self._upstream_url = upstream_url  # None: the configured upstream
+        self._failure = failure  # answered instead of asking the upstream (a plugin failed)
         self._aborted = False
         self._begin: asyncio.Future[None] | None = None
         self._t0 = 0.0
         self._ttft: float | None = None
         self._next_checkpoint = 0.0
         self._checkpointed_version = 0
-        self._final = b""  # the end of the output, published once the answer is stored
-        self._final_events: list[bytes] = []
+        # The last events (data, bytes), published once the answer is stored.
+        self._final: tuple[list[bytes], list[bytes]] = ([], [])
 
     # -- subscribers -------------------------------------------------------------------------
 
-    def subscribe(self, sub: Subscriber, to: Fanout) -> None:
+    def subscribe(self, sub: Subscriber, to: EventLog) -> None:
         to.subscribers.append(sub)
 
-    def unsubscribe(self, sub: Subscriber, to: Fanout, *, disconnected: bool) -> None:
+    def unsubscribe(self, sub: Subscriber, to: EventLog, *, disconnected: bool) -> None:
         """A subscriber left; ``disconnected`` when its client went away before the end."""
         to.subscribers.remove(sub)
         if disconnected:
@@ -134,11 +136,10 @@ class Generation:
 
     def client_left(self) -> None:
         """The requesting client went away before the end (also before it subscribed)."""
-        if self.output.done:
+        if self.events.done:
             return
         self.client_disconnected = True
-        followed = self.output.subscribers or self.events.subscribers
-        if not followed and self._settings.chats.on_disconnect == "abort":
+        if not self.events.subscribers and self._settings.chats.on_disconnect == "abort":
             self.abort()
 
     async def wait_head(self) -> Head:
@@ -165,7 +166,7 @@ class Generation:
 
     def abort(self) -> None:
         """Cancel the upstream request; the message is stored as ``cancelled``."""
-        if self.task is not None and not self.output.done and not self._aborted:
+        if self.task is not None and not self.events.done and not self._aborted:
             self._aborted = True
             self.task.cancel()
 
@@ -216,7 +217,8 @@ class Generation:
         except UpstreamError as exc:  # before the first byte
             self.status, self.error, head_error = "failed", exc.body()["error"], exc
             # The requesting client gets an HTTP error; a resuming one, the same in-band.
-            self._final_events += [orjson.dumps(exc.body()), b"[DONE]"]
+            self._hold(orjson.dumps(exc.body()))
+            self._hold(b"[DONE]", DONE_EVENT)
         except _StreamBroken as exc:
             self.status = exc.status
             self._cut(exc.error)
@@ -237,21 +239,22 @@ class Generation:
             await self.before_end(self)
         if not self._head.done():
             self._head.set_exception(head_error)
-        if self._final:
-            self.output.publish(self._final)
-        for data in self._final_events:
-            self.events.publish(data)
-        self.output.end()
+        if self._final[0]:
+            self.events.publish(*self._final)
         self.events.end()
+
+    def _hold(self, data: bytes, raw: bytes | None = None) -> None:
+        """Add an event to those published once the answer is stored."""
+        self._final[0].append(data)
+        self._final[1].append(b"data: " + data + b"\n\n" if raw is None else raw)
 
     def _cut(self, error: dict[str, Any]) -> None:
         """The answer ends early with ``error``: a stream's clients get it in-band, then
         ``[DONE]``."""
         self.error = error
         if self.stream:
-            data = orjson.dumps({"error": error})
-            self._final += b"data: " + data + b"\n\n" + DONE_EVENT
-            self._final_events += [data, b"[DONE]"]
+            self._hold(orjson.dumps({"error": error}))
+            self._hold(b"[DONE]", DONE_EVENT)
 
     async def _begun(self) -> bool:
         assert self._begin is not None
@@ -263,12 +266,17 @@ class Generation:
         return True
 
     async def _open(self) -> aiohttp.ClientResponse:
+        if self._failure is not None:
+            if not await self._begun():
+                raise _NotStored
+            raise UpstreamError(self._failure.status, self._failure.body())
         resp = await self._upstream.open(
             "POST",
             "/chat/completions",
             headers=self._upstream_headers,
             data=self._body,
             request_id=self.request_id,
+            base=self._upstream_url,
         )
         if not await self._begun():
             resp.close()
@@ -281,36 +289,31 @@ class Generation:
 
     async def _pump_sse(self, resp: aiohttp.ClientResponse) -> None:
         parser = SSEParser()
-        framer = EventFramer()
         saw_done = False
 
-        def forward(out: bytes, events: list[SSEEvent]) -> None:
+        def forward(events: list[SSEEvent], raws: list[bytes]) -> None:
             nonlocal saw_done
-            taken = []
+            data: list[bytes] = []
+            kept: list[bytes] = []
             try:
-                for ev in events:
-                    try:
-                        take = self._take_event(ev.data)
-                    except _StreamBroken:
-                        out = before_event(out, ev.data)
-                        raise
-                    if take:
-                        taken.append(ev.data)
-                    else:
-                        out = remove_event(out, ev.data)
+                for ev, raw in zip(events, raws, strict=True):
+                    if self._take_event(ev.data):  # raises on a broken event
+                        data.append(ev.data)
+                        kept.append(raw)
                     saw_done = saw_done or ev.data == b"[DONE]"
-            finally:  # what came before a broken event is still forwarded
+            finally:  # what came before a broken event is still published
                 if saw_done:  # published once stored
-                    self._final += out
-                    self._final_events += taken
-                elif out:
-                    self.output.publish(out)
-                    for data in taken:
-                        self.events.publish(data)
+                    self._final[0].extend(data)
+                    self._final[1].extend(kept)
+                elif data:
+                    self.events.publish(data, kept)
                     self._maybe_checkpoint()
 
-        await self._read(resp, lambda data: forward(framer.push(data), parser.feed(data)))
-        forward(framer.flush(), parser.flush())
+        await self._read(resp, lambda chunk: forward(*parser.split(chunk)))
+        events, raws, tail = parser.finish()
+        forward(events, raws)
+        if tail and self._final[1]:  # bytes after the last event (a comment): they go too
+            self._final[1][-1] += tail
         if not saw_done and self.acc.finish_reason is None:
             raise _StreamBroken(
                 "failed",
@@ -347,9 +350,11 @@ class Generation:
         def on_data(data: bytes) -> None:
             # One piece is held back: the last one is published once the answer is stored.
             parts.append(data)
-            if self._final:
-                self.output.publish(self._final)
-            self._final = data
+            held, _ = self._final
+            if held:
+                self.events.publish(held, held)
+                self._final = ([], [])
+            self._hold(data, data)
 
         await self._read(resp, on_data)
         try:

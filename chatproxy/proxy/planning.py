@@ -4,15 +4,17 @@ Client history (the default, as OpenAI clients send it): the request carries the
 conversation; the longest stored prefix (by prefix hash, among the caller's chats) is found and
 only what follows it is new. Server history (``X-Chat-History: server``): the request carries
 only the new messages; the stored branch ending at the chat's head (or at ``X-Chat-Parent``) is
-prepended for the upstream.
+prepended for the upstream. A chat named by the request (``X-Chat-Id``) that belongs to another
+user is ``403 chat_forbidden`` (:attr:`chatproxy.access.Need.POST`); an unknown one is created.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from chatproxy.access import Need, chat_state
 from chatproxy.auth import Caller
-from chatproxy.errors import InvalidRequest, PermissionDenied
+from chatproxy.errors import InvalidRequest
 from chatproxy.ids import new_chat_id, new_message_id
 from chatproxy.offload import LARGE_COUNT, offload
 from chatproxy.settings import Settings
@@ -59,15 +61,6 @@ def _turn(
     )
 
 
-async def _own_chat(
-    store: Store, caller: Caller, chat_id: str
-) -> tuple[str, str, str | None] | None:
-    access = await store.chat_access(chat_id)
-    if access is not None and access[0] != caller.user_id:
-        raise PermissionDenied("this chat belongs to another user", code="chat_forbidden")
-    return access
-
-
 async def plan_client_history(
     store: Store,
     settings: Settings,
@@ -79,7 +72,9 @@ async def plan_client_history(
     """Thread a request that resends the whole conversation (the rule: module
     :mod:`chatproxy.store.threading` and the README's "How conversations are stored")."""
     hashes = await offload(len(messages) > LARGE_COUNT, prefix_hashes, messages)
-    chat_is_new = chat_id is not None and await _own_chat(store, caller, chat_id) is None
+    chat_is_new = (
+        chat_id is not None and await chat_state(store, caller.user_id, chat_id, Need.POST) is None
+    )
     match = None if chat_is_new else await store.find_thread(caller.user_id, hashes, chat_id)
     if (
         match is not None
@@ -143,10 +138,12 @@ async def plan_server_history(
         if parent is None or parent.user_id != caller.user_id:
             raise _bad_parent()
         chat_id = parent.chat_id
-    access = await _own_chat(store, caller, chat_id) if chat_id is not None else None
+    state = None
+    if chat_id is not None:
+        state = await chat_state(store, caller.user_id, chat_id, Need.POST)
     history: list[BranchEntry] = []
-    if access is not None:
-        leaf = branch_from or access[2]
+    if state is not None:
+        leaf = branch_from or state.head_id
         if leaf is not None:
             history = await store.branch(chat_id or "", leaf)
             if not history:
@@ -159,7 +156,7 @@ async def plan_server_history(
         raise InvalidRequest(
             "'messages' must contain at least one message", code="empty_array", param="messages"
         )
-    chat_is_new = access is None
+    chat_is_new = state is None
     if chat_id is None:
         chat_id = new_chat_id()
     parent = history[-1] if history else None

@@ -15,7 +15,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from chatproxy.proxy.fanout import Fanout, Subscriber
+from chatproxy.proxy.eventlog import EventLog, Subscriber
 from chatproxy.proxy.generation import Generation
 from chatproxy.proxy.shared import SharedGenerations
 from chatproxy.store.batch import Turn
@@ -31,14 +31,14 @@ class Replay:
 
     chat_id: str
     message_id: str
-    events: Fanout
+    events: EventLog
     size: int
     stream: bool = True
 
-    def subscribe(self, sub: Subscriber, to: Fanout) -> None:
+    def subscribe(self, sub: Subscriber, to: EventLog) -> None:
         to.subscribers.append(sub)
 
-    def unsubscribe(self, sub: Subscriber, to: Fanout, *, disconnected: bool) -> None:
+    def unsubscribe(self, sub: Subscriber, to: EventLog, *, disconnected: bool) -> None:
         to.subscribers.remove(sub)
 
 
@@ -176,8 +176,10 @@ class Generations:
                 del self.running[gen.chat_id]
         if self.grace <= 0 or not gen.stream:
             return
-        size = sum(len(data) for data in gen.events.pieces) + 64 * len(gen.events.pieces)
-        replay = Replay(gen.chat_id, gen.message_id, gen.events, size)
+        pieces = gen.events.pieces
+        size = sum(len(data) for data in pieces) + 64 * len(pieces)
+        # The data alone: a resuming client never gets the upstream's bytes.
+        replay = Replay(gen.chat_id, gen.message_id, EventLog(pieces, done=True), size)
         self._drop(gen.chat_id)
         self._finished[gen.chat_id] = replay
         self._finished_bytes += size

@@ -1,13 +1,17 @@
-"""The one place a generation's output is written to an HTTP client.
+"""The one loop that writes a generation's events to an HTTP client.
 
-It races "forward the next piece" against "the client went away": with
+Every face follows a :class:`~chatproxy.proxy.feed.Feed` and supplies a :class:`Rendering`:
+the response head, and the bytes of each batch of events (the chat-completions face forwards
+the upstream's own bytes; a resuming client gets numbered events; the AI SDK face, UI message
+parts). :func:`write_feed` races "write the next events" against "the client went away": with
 ``handler_cancellation`` on, a client that leaves cancels the handler while it waits; a client
-that leaves during a write makes the write fail. Either way the subscriber just leaves the
+that leaves during a write makes the write fail. Either way the reader just leaves the
 generation, which goes on (or is aborted, by policy) on its own.
 
-While the client keeps up, pieces are written straight to its socket by the generation's
-publishing call (:func:`direct_writer`), which saves a task switch per chunk; a client whose
-socket buffer fills up is served by this handler's own awaited writes, with back-pressure.
+While the client keeps up, a local generation's events are written straight to its socket by
+the publishing call (:meth:`~chatproxy.proxy.feed.LocalFeed.write_directly`), which saves a
+task switch per chunk; a client whose socket buffer fills up is served by the handler's own
+awaited writes, with back-pressure.
 """
 
 from __future__ import annotations
@@ -20,19 +24,69 @@ from aiohttp import web
 from aiohttp.client_exceptions import ClientConnectionResetError
 
 from chatproxy.appkeys import LEFT_EARLY
-from chatproxy.errors import APIError
-from chatproxy.proxy.fanout import Fanout, Subscriber
-from chatproxy.proxy.feed import DISCONNECTS, Feed, following
-from chatproxy.proxy.generation import Generation
+from chatproxy.proxy.feed import Batch, Feed, LocalFeed, following
 
-__all__ = ["client_may_leave", "direct_writer", "relay", "relay_events"]
+__all__ = [
+    "EVENT_STREAM_HEADERS",
+    "NumberedEvents",
+    "Rendering",
+    "client_may_leave",
+    "direct_writer",
+    "write_feed",
+]
 
 HIGH_WATER = 64 * 1024
 _RESETS = (ConnectionResetError, ClientConnectionResetError)
+EVENT_STREAM_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
 
 
-def direct_writer(request: web.Request, resp: web.StreamResponse) -> Callable[[bytes], bool] | None:
-    """A non-blocking writer to the client's socket, or ``None`` where there is none.
+class Rendering:
+    """How a face writes a generation's events to its client (the defaults: an event stream
+    that adds nothing before or after the events)."""
+
+    #: Whether :meth:`render` may run inside the publishing call (it is quick and never waits).
+    direct = True
+
+    def __init__(self, headers: Mapping[str, str]) -> None:
+        self.headers = headers
+
+    async def head(self) -> tuple[int, Mapping[str, str]]:
+        """The response's status and headers; an :class:`~chatproxy.errors.APIError` raised
+        here is the response instead (nothing was sent)."""
+        return 200, {**EVENT_STREAM_HEADERS, **self.headers}
+
+    def start(self) -> bytes:
+        """What goes before the first event."""
+        return b""
+
+    def render(self, batch: Batch) -> bytes:
+        """The bytes of these events."""
+        raise NotImplementedError
+
+    async def end(self) -> bytes:
+        """What goes after the last event."""
+        return b""
+
+
+class NumberedEvents(Rendering):
+    """Each event's data as an SSE event with its number (``id: N``), as resuming clients
+    get them."""
+
+    def render(self, batch: Batch) -> bytes:
+        first = batch.first
+        return b"".join(_frame(first + i, data) for i, data in enumerate(batch.data))
+
+
+def _frame(number: int, data: bytes) -> bytes:
+    lines = data.split(b"\n") if b"\n" in data else [data]
+    return b"id: %d\n" % number + b"".join(b"data: " + line + b"\n" for line in lines) + b"\n"
+
+
+def direct_writer(
+    request: web.Request, resp: web.StreamResponse
+) -> tuple[Callable[[], bool], Callable[[bytes], None]] | None:
+    """Whether the client's socket takes bytes without blocking, and a writer to it; ``None``
+    where there is none.
 
     It is only used after ``resp.prepare()``: aiohttp sends the head there and writes the body
     straight to the transport, so raw writes interleave in order with ``resp.write``.
@@ -42,59 +96,46 @@ def direct_writer(request: web.Request, resp: web.StreamResponse) -> Callable[[b
         return None
     chunked = resp.headers.get("Transfer-Encoding") == "chunked"
 
-    def write(piece: bytes) -> bool:
-        if transport.is_closing() or transport.get_write_buffer_size() > HIGH_WATER:
-            return False
+    def ready() -> bool:
+        return not transport.is_closing() and transport.get_write_buffer_size() <= HIGH_WATER
+
+    def write(piece: bytes) -> None:
         if chunked:
             transport.writelines((b"%x\r\n" % len(piece), piece, b"\r\n"))
         else:
             transport.write(piece)
-        return True
 
-    return write
+    return ready, write
 
 
-async def relay(
-    request: web.Request, gen: Generation, headers: Mapping[str, str]
-) -> web.StreamResponse:
-    """Stream ``gen`` to the client of ``request``, adding ``headers`` to the response head.
+async def write_feed(request: web.Request, feed: Feed, rendering: Rendering) -> web.StreamResponse:
+    """Write ``feed``'s events to the client of ``request`` as ``rendering`` says, to the end.
 
-    Errors before the upstream answered (an :class:`~chatproxy.errors.APIError` from
-    ``gen.wait_head()``) propagate to the error middleware.
+    An :class:`~chatproxy.errors.APIError` from ``rendering.head()`` propagates to the error
+    middleware.
     """
-    sub = Subscriber()
     resp = None
-    with client_may_leave(request), _subscription(gen, gen.output, sub):
-        try:
-            head = await gen.wait_head()
-        except APIError as exc:
-            exc.headers = {**exc.headers, **headers}
-            raise
-        resp = web.StreamResponse(status=head.status, headers=head.headers)
-        resp.headers.update(headers)
-        await resp.prepare(request)
-        sub.direct = direct_writer(request, resp)
-        await _follow(resp, gen.output, sub, b"".join)
-    assert resp is not None  # a write failed, so the response was prepared
-    return resp
-
-
-async def relay_events(
-    request: web.Request, feed: Feed, headers: Mapping[str, str]
-) -> web.StreamResponse:
-    """Stream ``feed``'s events, each with its ``id: N``, to the client of ``request``."""
-    resp = web.StreamResponse(
-        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", **headers}
-    )
     with client_may_leave(request):
         async with following(feed):
+            status, headers = await rendering.head()
+            resp = web.StreamResponse(status=status, headers=headers)
             await resp.prepare(request)
+            out = rendering.start()
+            if out:
+                await resp.write(out)
+            if rendering.direct and isinstance(feed, LocalFeed):
+                writer = direct_writer(request, resp)
+                if writer is not None:
+                    feed.write_directly(*writer, rendering.render)
             while (batch := await feed.next()) is not None:
-                first = feed.position - len(batch)  # its position is its last event's number
-                await resp.write(
-                    b"".join(_frame(first + i + 1, data) for i, data in enumerate(batch))
-                )
+                out = rendering.render(batch)
+                if out:
+                    await resp.write(out)
+            out = await rendering.end()
+            if out:
+                await resp.write(out)
             await resp.write_eof()
+    assert resp is not None  # a write failed, so the response was prepared
     return resp
 
 
@@ -114,43 +155,3 @@ def client_may_leave(request: web.Request) -> Iterator[None]:
     except asyncio.CancelledError:
         request[LEFT_EARLY] = True
         raise
-
-
-@contextlib.contextmanager
-def _subscription(gen: Generation, fanout: Fanout, sub: Subscriber) -> Iterator[None]:
-    """``sub`` follows ``fanout`` for the block; leaving by an exception that means the client
-    went away counts as a disconnect."""
-    gen.subscribe(sub, fanout)
-    disconnected = False
-    try:
-        yield
-    except DISCONNECTS:
-        disconnected = True
-        raise
-    finally:
-        gen.unsubscribe(sub, fanout, disconnected=disconnected)
-
-
-def _frame(number: int, data: bytes) -> bytes:
-    lines = data.split(b"\n") if b"\n" in data else [data]
-    return b"id: %d\n" % number + b"".join(b"data: " + line + b"\n" for line in lines) + b"\n"
-
-
-async def _follow(
-    resp: web.StreamResponse,
-    fanout: Fanout,
-    sub: Subscriber,
-    render: Callable[[list[bytes]], bytes],
-) -> None:
-    """Write ``fanout``'s pieces from ``sub``'s position until it is done, then end."""
-    pieces = fanout.pieces
-    while True:
-        n = len(pieces)
-        if sub.seen < n:
-            seen, sub.seen = sub.seen, n
-            await resp.write(render(pieces[seen:n]))
-        elif fanout.done:
-            break
-        else:
-            await fanout.wait(sub)
-    await resp.write_eof()

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from chatproxy.appkeys import CALLER, CHAT_ID, GENERATIONS, STORE
+from chatproxy.access import chat_state_for, path_id
+from chatproxy.appkeys import GENERATIONS
 from chatproxy.errors import InvalidRequest
-from chatproxy.ids import check_id, unknown_id
 from chatproxy.proxy.feed import Feed, LocalFeed
-from chatproxy.proxy.relay import relay_events
+from chatproxy.proxy.relay import NumberedEvents, write_feed
 
 __all__ = ["find_feed", "handle_resume"]
 
@@ -30,20 +30,16 @@ def _after(request: web.Request) -> int:
 
 
 async def handle_resume(request: web.Request) -> web.StreamResponse:
-    """Re-attach to the chat's running (or just finished) generation."""
-    chat_id = check_id(request.match_info["chat_id"], what="chat", param="chat_id")
+    """Re-attach to the chat's running (or just finished) generation, if the caller may read
+    the chat (:mod:`chatproxy.access`)."""
+    chat_id = path_id(request, "chat_id", "chat")
     after = _after(request)
-    access = await request.app[STORE].chat_access(chat_id)
-    caller = request[CALLER]
-    if access is None or (access[0] != caller.user_id and access[1] != "public"):
-        # Another user's private chat does not exist, as far as this caller can tell.
-        raise unknown_id(chat_id, what="chat")
-    request[CHAT_ID] = chat_id
+    await chat_state_for(request, chat_id)
     feed = await find_feed(request.app, chat_id, after)
     if feed is None:
         return web.Response(status=204)
     headers = {"X-Chat-Id": chat_id, "X-Message-Id": feed.message_id}
-    return await relay_events(request, feed, headers)
+    return await write_feed(request, feed, NumberedEvents(headers))
 
 
 async def find_feed(app: web.Application, chat_id: str, after: int = 0) -> Feed | None:

@@ -35,6 +35,7 @@ from redis.exceptions import RedisError
 from redis.retry import Retry
 
 from chatproxy.errors import error_body
+from chatproxy.proxy.feed import Batch
 
 if TYPE_CHECKING:
     from chatproxy.proxy.generation import Generation
@@ -361,11 +362,11 @@ class _Mirrored:
     async def queue(self, pipe: Pipeline, now: float) -> _Mark:
         """Queue what is new, and say what that will have written."""
         gen, shared = self.gen, self.shared
-        fanout = gen.events
+        log = gen.events
         before = len(pipe)
         # The end is only taken once every event before it is in the same write.
         ended = _over(gen)
-        n = len(fanout.pieces)
+        n = len(log.pieces)
         if not gen.stream:
             if now >= self.refresh_at:
                 pipe.pexpire(self.keys[0], shared.ttl_ms)
@@ -377,7 +378,7 @@ class _Mirrored:
         for i in range(self._seen, n):
             pipe.xadd(
                 self.stream,
-                {"d": fanout.pieces[i]},
+                {"d": log.pieces[i]},
                 id=event_id(i + 1),
                 maxlen=shared.maxlen,
                 approximate=True,
@@ -416,7 +417,7 @@ class RedisFeed:
         self._stream = stream
         self._ended = False
 
-    async def next(self) -> list[bytes] | None:
+    async def next(self) -> Batch | None:
         while not self._ended:
             try:
                 batch = await self._read()
@@ -427,22 +428,24 @@ class RedisFeed:
                 return batch
         return None
 
-    async def _read(self) -> list[bytes] | None:
+    async def _read(self) -> Batch | None:
         found = await self._client.xread(
             {self._stream: event_id(self.position)}, count=READ_COUNT, block=BLOCK_MS
         )
         if not found:
             return await self._idle()
-        batch = []
+        batch: list[bytes] = []
+        first = 0
         for entry_id, fields in found[0][1]:
             if b"e" in fields:
                 self._ended = True
                 break
             batch.append(fields[b"d"])
             self.position = int(entry_id.split(b"-")[1])
-        return batch
+            first = first or self.position
+        return Batch(first, batch) if batch else None
 
-    async def _idle(self) -> list[bytes] | None:
+    async def _idle(self) -> Batch | None:
         """Nothing came for a while: has the stream ended before our position, or has the
         instance producing it stopped (its stream expired)?"""
         last = await self._client.xrevrange(self._stream, count=1)
@@ -452,11 +455,12 @@ class RedisFeed:
             self._ended = True  # asked to start after its last event
         return None
 
-    def _end(self, message: str) -> list[bytes]:
+    def _end(self, message: str) -> Batch:
         self._ended = True
+        first = self.position + 1
         self.position += 2
         error = error_body(message, "server_error", "generation_interrupted")
-        return [orjson.dumps(error), b"[DONE]"]
+        return Batch(first, [orjson.dumps(error), b"[DONE]"])
 
     async def close(self, *, disconnected: bool) -> None:
         """Nothing to undo: following through Redis holds no resources."""

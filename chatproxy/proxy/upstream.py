@@ -131,17 +131,19 @@ class Upstream:
         params: Any = None,
         request_id: str = "",
         retry: bool = True,
+        base: str | None = None,
     ) -> aiohttp.ClientResponse:
         """Open an upstream response with a 2xx/3xx status; errors raise :class:`UpstreamError`.
 
         ``path`` is appended to the base URL as it is, already encoded: nothing resolves its
         dot segments or re-encodes it on the way (the pass-through checked it).
         Connection errors, timeouts and 429/5xx statuses are retried (``retry``) with
-        exponential backoff and jitter, honouring the upstream's ``Retry-After``.
+        exponential backoff and jitter, honouring the upstream's ``Retry-After``. ``base``:
+        another upstream's base URL than the configured one (a plugin chose it).
         """
         if not path.startswith("/"):
             raise ValueError(f"an upstream path must start with '/', not {path!r}")
-        url = URL(self._base + path, encoded=True)
+        url = URL((self._base if base is None else str(URL(base))) + path, encoded=True)
         # The first attempt is made directly: most requests need no retry, and a retrying
         # controller per request costs more than the rest of opening the request.
         try:
