@@ -235,6 +235,7 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     store = Store(settings.storage.url, instance_id=instance_id(settings))
     store.observe_write = app[METRICS].store_writes.observe
     await store.open()
+    store.attach_plugins(app[PLUGINS], app[METRICS])
     interrupted = await store.recover_interrupted()
     if interrupted:
         logging.getLogger("chatproxy").warning(

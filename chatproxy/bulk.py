@@ -209,7 +209,9 @@ def _in_list(query: str, n: int) -> str:
 
 
 # The full-text indexes' insert triggers (migration 0008_search): table, indexed column.
-_FTS_TRIGGERS = (("messages", "text"), ("chats", "title"))
+# Each full-text index: its table, column, and the rows it holds (migration 0012: messages
+# once final).
+_FTS_TRIGGERS = (("messages", "text", "status != 'in_progress'"), ("chats", "title", "1"))
 
 
 def sqlite_ts(value: datetime | None) -> str | None:
@@ -228,7 +230,7 @@ def _fts_in_bulk(db: sqlite3.Connection) -> Iterator[None]:
     statement it writes them once, several times faster. The rows added are those past the
     table's largest rowid before the block (SQLite numbers new rows upwards)."""
     tables = []
-    for table, column in _FTS_TRIGGERS:
+    for table, column, held in _FTS_TRIGGERS:
         name = f"{table}_fts_insert"
         row = db.execute(
             "SELECT sql FROM sqlite_master WHERE type = 'trigger' AND name = ?", [name]
@@ -237,12 +239,12 @@ def _fts_in_bulk(db: sqlite3.Connection) -> Iterator[None]:
             continue
         last = db.execute(f"SELECT coalesce(max(rowid), 0) FROM {table}").fetchone()[0]
         db.execute(f"DROP TRIGGER {name}")
-        tables.append((table, column, row[0], last))
+        tables.append((table, column, held, row[0], last))
     yield
-    for table, column, create, last in tables:
+    for table, column, held, create, last in tables:
         db.execute(
             f"INSERT INTO {table}_fts(rowid, {column}) "
-            f"SELECT rowid, {column} FROM {table} WHERE rowid > ?",
+            f"SELECT rowid, {column} FROM {table} WHERE rowid > ? AND {held}",
             [last],
         )
         db.execute(create)

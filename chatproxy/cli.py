@@ -293,6 +293,7 @@ async def _with_store(settings: Settings, fn: Callable[[Any], Awaitable[T]]) -> 
     from chatproxy.store.store import Store
 
     store = Store(settings.storage.url, instance_id=instance_id(settings))
+    store.attach_plugins(_plugins(settings), deliver=False)
     await store.open()
     try:
         return await fn(store)

@@ -1,10 +1,12 @@
 """Identifiers: chats, messages, requests; and the one check of an id a client sends.
 
 Every id in a path, a query string, a header or a body goes through :func:`check_id`: an id
-is 1 to 128 of ``A-Z a-z 0-9 _ -`` (SPEC §3.2), whatever its kind, and a malformed one is
-``400`` with the code of its kind. A well-formed id that names nothing is the kind's "not
-found" (:func:`unknown_id`): ``404`` for a resource, ``400`` for a list cursor or a branch
-point, as the API documents them. Message ids are stored in a narrower column than chat ids
+is 1 to 128 of ``A-Z a-z 0-9 _ -`` (SPEC §3.2), whatever its kind; a malformed one is ``400``
+with the code of its kind and one wording (``'<param>' is not a valid <noun> id (...)``), a
+missing one (``None``) ``400 missing_required_parameter``. A well-formed id that names nothing
+is the kind's "not found" (:func:`unknown_id`): ``404`` for a resource, ``400`` for a list
+cursor or a branch point, as the API documents them. Who may see what an id names is
+:mod:`chatproxy.access`'s rule. Message ids are stored in a narrower column than chat ids
 (:data:`MESSAGE_ID_LENGTH`); a longer one cannot name a stored message, and the store answers
 "none" for it without asking the database (:func:`storable_message_id`).
 """
@@ -14,15 +16,18 @@ from __future__ import annotations
 import re
 import secrets
 from dataclasses import dataclass
+from typing import TypeGuard
 
 from chatproxy.errors import APIError, InvalidRequest, ResourceNotFound
 
 __all__ = [
     "CHAT_ID_LENGTH",
     "CHAT_ID_RE",
+    "KINDS",
     "MESSAGE_ID_LENGTH",
     "IdKind",
     "check_id",
+    "is_id",
     "new_chat_id",
     "new_message_id",
     "new_request_id",
@@ -58,12 +63,24 @@ KINDS = {
 }
 
 
+def is_id(value: object) -> TypeGuard[str]:
+    """Whether ``value`` is a well-formed id (of any kind)."""
+    return isinstance(value, str) and CHAT_ID_RE.fullmatch(value) is not None
+
+
 def check_id(value: object, *, what: str, param: str) -> str:
-    """``value`` if it is a well-formed id; otherwise :class:`InvalidRequest` with the code of
-    ``what`` (a key of :data:`KINDS`) naming ``param``. The value is not echoed."""
-    if isinstance(value, str) and CHAT_ID_RE.fullmatch(value):
+    """``value`` if it is a well-formed id; otherwise :class:`InvalidRequest` naming ``param``:
+    ``missing_required_parameter`` for ``None``, else the malformed code of ``what`` (a key of
+    :data:`KINDS`). The value is not echoed."""
+    if is_id(value):
         return value
     kind = KINDS[what]
+    if value is None:
+        raise InvalidRequest(
+            f"'{param}' (the {kind.noun} id) is required",
+            code="missing_required_parameter",
+            param=param,
+        )
     raise InvalidRequest(
         f"'{param}' is not a valid {kind.noun} id ({_RULE})", code=kind.invalid, param=param
     )

@@ -10,9 +10,10 @@ One stored completion per assistant message the proxy generated; its id is the m
 - ``POST /v1/chat/completions/{id}`` ``{"metadata": {...}}``: replaces its metadata.
 - ``DELETE /v1/chat/completions/{id}``: deletes it and everything that continues from it.
 
-Reading: the owner, and anyone for a chat whose visibility is ``public``; anyone else gets
-``404`` (the completion's existence is not revealed). Writing: the owner only; ``403`` for a
-public chat's completion, ``404`` otherwise.
+Access is :mod:`chatproxy.access`'s rule, of the completion's chat. Reading: the owner, and
+anyone for a chat whose visibility is ``public``; anyone else gets ``404`` (the completion's
+existence is not revealed). Writing: the owner only; ``403`` for a public chat's completion,
+``404`` otherwise.
 
 ``finish_reason``: the SDKs type it as one of ``stop | length | tool_calls | content_filter |
 function_call``. The upstream's value is returned as stored; when none was received, a
@@ -27,20 +28,22 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from chatproxy.appkeys import CALLER, CHAT_ID, STORE
-from chatproxy.errors import APIError, InvalidRequest, PermissionDenied, json_object
-from chatproxy.ids import check_id, unknown_id
+from chatproxy.access import (
+    Need,
+    completion_for,
+    metadata_filter,
+    metadata_value,
+    paging,
+    path_id,
+)
+from chatproxy.appkeys import CALLER, STORE
+from chatproxy.errors import APIError, InvalidRequest, json_object
+from chatproxy.ids import unknown_id
 from chatproxy.store import completions as stored
 from chatproxy.store.models import Chat, Message, refuse_nul
 from chatproxy.store.threading import message_text
 
 __all__ = ["add_routes"]
-
-MAX_LIMIT = 100
-DEFAULT_LIMIT = 20
-METADATA_MAX_KEYS = 16
-METADATA_MAX_KEY = 64
-METADATA_MAX_VALUE = 512
 
 
 def add_routes(router: web.UrlDispatcher) -> None:
@@ -57,34 +60,32 @@ def add_routes(router: web.UrlDispatcher) -> None:
 
 async def list_completions(request: web.Request) -> web.Response:
     query = request.query
-    limit, descending = _limit(query), _descending(query)
-    after = _after(query)
-    for name, value in query.items():
-        refuse_nul({name: value})
+    paged = paging(query, order="asc")
+    metadata = metadata_filter(query)
     try:
         page = await stored.list_completions(
             request.app[STORE],
             request[CALLER].user_id,
             model=query.get("model"),
-            metadata=_metadata_filter(query),
-            after=after,
-            limit=limit,
-            descending=descending,
+            metadata=metadata,
+            after=paged.after,
+            limit=paged.limit,
+            descending=paged.descending,
         )
     except stored.UnknownCursor:
-        raise _bad_cursor(after) from None
+        raise _bad_cursor(paged.after) from None
     return _list([completion_object(m) for m in page.items], page.has_more)
 
 
 async def retrieve_completion(request: web.Request) -> web.Response:
-    message, _ = await _completion(request, write=False)
+    message, _ = await _completion(request)
     return _json(completion_object(message))
 
 
 async def update_completion(request: web.Request) -> web.Response:
     _completion_id(request)  # a malformed id is reported before a malformed body
     metadata = _metadata_body(await _body(request))
-    message, _ = await _completion(request, write=True)
+    message, _ = await _completion(request, Need.WRITE)
     updated = await stored.update_metadata(
         request.app[STORE], message.id, request[CALLER].user_id, metadata
     )
@@ -94,27 +95,25 @@ async def update_completion(request: web.Request) -> web.Response:
 
 
 async def delete_completion(request: web.Request) -> web.Response:
-    message, _ = await _completion(request, write=True)
+    message, _ = await _completion(request, Need.WRITE)
     if not await stored.delete_completion(request.app[STORE], message.id, request[CALLER].user_id):
         raise _not_found(message.id)
     return _json({"id": message.id, "object": "chat.completion.deleted", "deleted": True})
 
 
 async def list_messages(request: web.Request) -> web.Response:
-    query = request.query
-    limit, descending = _limit(query), _descending(query)
-    message, _ = await _completion(request, write=False)
-    after = _after(query)
+    paged = paging(request.query, order="asc")
+    message, _ = await _completion(request)
     try:
         page = await stored.request_messages(
             request.app[STORE],
             message,
-            after=after,
-            limit=limit,
-            descending=descending,
+            after=paged.after,
+            limit=paged.limit,
+            descending=paged.descending,
         )
     except stored.UnknownCursor:
-        raise _bad_cursor(after) from None
+        raise _bad_cursor(paged.after) from None
     return _list([store_message(m) for m in page.items], page.has_more)
 
 
@@ -194,36 +193,17 @@ def _json(body: dict[str, Any]) -> web.Response:
 # -- access ----------------------------------------------------------------------------------
 
 
-async def _completion(request: web.Request, *, write: bool) -> tuple[Message, Chat]:
-    """The completion named in the path, if the caller may read it (or write it)."""
-    completion_id = _completion_id(request)
-    found = await stored.get_completion(request.app[STORE], completion_id)
-    if found is None:
-        raise _not_found(completion_id)
-    message, chat = found
-    request[CHAT_ID] = chat.id
-    if message.user_id != request[CALLER].user_id:
-        if chat.visibility != "public":
-            raise _not_found(completion_id)
-        if write:
-            raise PermissionDenied(
-                "this chat completion belongs to another user and is read only",
-                code="permission_denied",
-            )
-    return message, chat
+async def _completion(request: web.Request, need: Need = Need.READ) -> tuple[Message, Chat]:
+    """The completion named in the path, if the caller may use it as ``need``."""
+    return await completion_for(request, _completion_id(request), need)
 
 
 def _completion_id(request: web.Request) -> str:
-    return check_id(request.match_info["completion_id"], what="completion", param="completion_id")
+    return path_id(request, "completion_id", "completion")
 
 
 def _not_found(completion_id: str) -> APIError:
     return unknown_id(completion_id, what="completion", param="completion_id")
-
-
-def _after(query: Any) -> str | None:
-    after = query.get("after")
-    return None if after is None else check_id(after, what="cursor", param="after")
 
 
 def _bad_cursor(after: str | None) -> APIError:
@@ -231,33 +211,6 @@ def _bad_cursor(after: str | None) -> APIError:
 
 
 # -- input -----------------------------------------------------------------------------------
-
-
-def _limit(query: Any) -> int:
-    raw = query.get("limit")
-    if raw is None:
-        return DEFAULT_LIMIT
-    if raw.isascii() and raw.isdigit() and 1 <= int(raw) <= MAX_LIMIT:
-        return int(raw)
-    raise InvalidRequest(
-        f"'limit' must be an integer from 1 to {MAX_LIMIT}", code="invalid_value", param="limit"
-    )
-
-
-def _descending(query: Any) -> bool:
-    order = query.get("order", "asc")
-    if order not in ("asc", "desc"):
-        raise InvalidRequest("'order' must be 'asc' or 'desc'", code="invalid_value", param="order")
-    return bool(order == "desc")
-
-
-def _metadata_filter(query: Any) -> dict[str, str]:
-    """``metadata[key]=value`` pairs of the query string."""
-    pairs = {}
-    for name, value in query.items():
-        if name.startswith("metadata[") and name.endswith("]"):
-            pairs[name[len("metadata[") : -1]] = value
-    return pairs
 
 
 async def _body(request: web.Request) -> dict[str, Any]:
@@ -272,31 +225,4 @@ def _metadata_body(body: dict[str, Any]) -> dict[str, str]:
         raise InvalidRequest(
             "'metadata' is required", code="missing_required_parameter", param="metadata"
         )
-    metadata = body["metadata"]
-    if metadata is None:  # the SDK's type allows it: no metadata
-        return {}
-    if not isinstance(metadata, dict):
-        raise InvalidRequest(
-            "'metadata' must be an object of strings", code="invalid_type", param="metadata"
-        )
-    if len(metadata) > METADATA_MAX_KEYS:
-        raise InvalidRequest(
-            f"'metadata' may have at most {METADATA_MAX_KEYS} keys",
-            code="invalid_value",
-            param="metadata",
-        )
-    for key, value in metadata.items():
-        if not isinstance(value, str):
-            raise InvalidRequest(
-                f"metadata values must be strings ('{key[:METADATA_MAX_KEY]}' is not)",
-                code="invalid_type",
-                param="metadata",
-            )
-        if not key or len(key) > METADATA_MAX_KEY or len(value) > METADATA_MAX_VALUE:
-            raise InvalidRequest(
-                f"metadata keys must have 1 to {METADATA_MAX_KEY} characters and values at "
-                f"most {METADATA_MAX_VALUE}",
-                code="invalid_value",
-                param="metadata",
-            )
-    return metadata
+    return metadata_value(body["metadata"])  # null (the SDK's type allows it): no metadata

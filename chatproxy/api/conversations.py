@@ -3,11 +3,12 @@
 list (``GET /v1/conversations``), ``/messages`` (chat-completions format), ``/export`` (a
 download, as ``chatproxy export`` writes it) and votes.
 
-Access: the owner reads and writes. A ``public`` chat may be read by any authenticated user
-and voted on (a vote is feedback, not a change to the chat), but other writes by a non-owner
-are ``403 permission_denied``. Another user's ``private`` chat is ``404 chat_not_found`` on
-every endpoint, exactly like a chat that does not exist. Writes that change messages (adding
-or deleting items, deleting the chat) are ``409 chat_busy`` while an answer is generated.
+Access is :mod:`chatproxy.access`'s rule: the owner reads and writes; a ``public`` chat may
+be read by any authenticated user and voted on (a vote is feedback, :attr:`~Need.READ`), but
+other writes by a non-owner are ``403 permission_denied``; another user's ``private`` chat is
+``404 chat_not_found`` on every endpoint, exactly like a chat that does not exist. Writes that
+change messages (adding or deleting items, deleting the chat) are ``409 chat_busy`` while an
+answer is generated.
 
 Items are the active branch, one or more per stored message (:func:`message_items`). An
 item's id is its message's id; the k-th further item of one message (the tool calls of an
@@ -24,16 +25,20 @@ import orjson
 from aiohttp import web
 
 from chatproxy import export
-from chatproxy.appkeys import CALLER, CHAT_ID, GENERATIONS, SETTINGS, STORE
-from chatproxy.errors import (
-    APIError,
-    Conflict,
-    InvalidRequest,
-    NotFoundError,
-    PermissionDenied,
-    json_object,
+from chatproxy.access import (
+    VISIBILITIES,
+    Need,
+    chat_for,
+    choice,
+    metadata_filter,
+    metadata_value,
+    paging,
+    path_id,
+    require,
 )
-from chatproxy.ids import check_id, unknown_id
+from chatproxy.appkeys import CALLER, CHAT_ID, GENERATIONS, SETTINGS, STORE
+from chatproxy.errors import APIError, Conflict, InvalidRequest, NotFoundError, json_object
+from chatproxy.ids import unknown_id
 from chatproxy.store import history
 from chatproxy.store.history import ChatView, ItemError
 from chatproxy.store.models import TITLE_LENGTH_MAX, Chat, Message, refuse_nul
@@ -41,7 +46,6 @@ from chatproxy.store.threading import message_text
 
 __all__ = ["add_routes", "delete_chat", "ensure_not_busy", "message_items"]
 
-VISIBILITIES = ("private", "public")
 MAX_TITLE = TITLE_LENGTH_MAX  # the column's size
 MAX_QUERY = 1000
 # format: (Content-Type, file extension) of GET .../export
@@ -91,41 +95,12 @@ async def _body(request: web.Request, allowed: tuple[str, ...]) -> dict[str, Any
     return body
 
 
-def _path_id(request: web.Request, name: str, what: str) -> str:
-    return check_id(request.match_info[name], what=what, param=name)
-
-
-def _after(request: web.Request) -> str | None:
-    after = request.query.get("after") or None
-    return None if after is None else check_id(after, what="cursor", param="after")
-
-
-def _query(request: web.Request, name: str, choices: tuple[str, ...], default: str) -> str:
-    value = request.query.get(name, default)
-    if value not in choices:
-        raise _invalid(f"'{name}' must be one of {', '.join(choices)}", "invalid_value", name)
-    return value
-
-
-def _limit(request: web.Request) -> int:
-    value = request.query.get("limit", "20")
-    if not (value.isascii() and value.isdigit() and len(value) <= 3 and 1 <= int(value) <= 100):
-        raise _invalid("'limit' must be an integer from 1 to 100", "invalid_value", "limit")
-    return int(value)
-
-
 def _settings(body: dict[str, Any]) -> dict[str, Any]:
-    """The given ones of ``metadata`` (OpenAI's rules: at most 16 string pairs, keys up to 64
-    and values up to 512 characters; null clears it), ``title`` and ``visibility``, checked."""
+    """The given ones of ``metadata`` (:func:`~chatproxy.access.metadata_value`: null clears
+    it), ``title`` and ``visibility``, checked."""
     out: dict[str, Any] = {}
     if "metadata" in body:
-        md = body["metadata"] or {}
-        if not isinstance(md, dict) or not all(isinstance(v, str) for v in md.values()):
-            raise _invalid("'metadata' must be an object of strings", "invalid_type", "metadata")
-        if len(md) > 16 or any(len(k) > 64 or len(v) > 512 for k, v in md.items()):
-            what = "at most 16 pairs, keys up to 64 and values up to 512 characters"
-            raise _invalid(f"'metadata' holds {what}", "invalid_value", "metadata")
-        out["metadata"] = md
+        out["metadata"] = metadata_value(body["metadata"])
     if "title" in body:
         title = body["title"]
         if title is not None and not isinstance(title, str):
@@ -156,21 +131,9 @@ def _messages(body: dict[str, Any], *, required: bool) -> list[dict[str, Any]]:
 # -- access ----------------------------------------------------------------------------------
 
 
-async def _chat(request: web.Request, *, write: bool = False) -> Chat:
-    """The chat of the path, if the caller may read it (and change it, for ``write``)."""
-    chat_id = _path_id(request, "chat_id", "chat")
-    chat = await request.app[STORE].get_chat(chat_id)
-    user = request[CALLER].user_id
-    if chat is None or (chat.owner_id != user and chat.visibility != "public"):
-        # Another user's private chat does not exist, as far as this caller can tell.
-        raise _no_chat(chat_id)
-    if write and chat.owner_id != user:
-        raise PermissionDenied(
-            "this conversation belongs to another user: it is read-only for you",
-            code="permission_denied",
-        )
-    request[CHAT_ID] = chat_id
-    return chat
+async def _chat(request: web.Request, need: Need = Need.READ) -> Chat:
+    """The chat of the path, if the caller may use it as ``need``."""
+    return await chat_for(request, path_id(request, "chat_id", "chat"), need)
 
 
 def _no_chat(chat_id: str) -> APIError:
@@ -309,21 +272,14 @@ async def create_conversation(request: web.Request) -> web.Response:
 
 async def list_conversations(request: web.Request) -> web.Response:
     """``GET /v1/conversations``: the caller's own chats, newest first (extension)."""
-    limit = _limit(request)
-    after = _after(request)
+    page = paging(request.query, order=None)
     q = request.query.get("q") or None
     if q is not None and len(q) > MAX_QUERY:
         raise _invalid("'q' is longer than 1000 characters", "invalid_value", "q")
-    for name, value in request.query.items():
-        refuse_nul({name: value})
-    metadata = [
-        (key[len("metadata[") : -1], value)
-        for key, value in request.query.items()
-        if key.startswith("metadata[") and key.endswith("]")
-    ]
+    metadata = list(metadata_filter(request.query).items())
     user = request[CALLER].user_id
     views, has_more = await history.list_chats(
-        request.app[STORE], user, limit=limit, after=after, metadata=metadata, q=q
+        request.app[STORE], user, limit=page.limit, after=page.after, metadata=metadata, q=q
     )
     return _json(_list([_conversation(v) for v in views], has_more))
 
@@ -338,7 +294,7 @@ async def get_conversation(request: web.Request) -> web.Response:
 async def update_conversation(request: web.Request) -> web.Response:
     """``POST /v1/conversations/{id}``: ``metadata`` (replaced whole, as OpenAI does),
     ``title``, ``visibility``; what is left out stays as it is."""
-    chat = await _chat(request, write=True)
+    chat = await _chat(request, Need.WRITE)
     changes = _settings(await _body(request, ("metadata", "title", "visibility")))
     updated = await history.update_chat(request.app[STORE], chat.id, changes)
     if updated is None:
@@ -348,7 +304,7 @@ async def update_conversation(request: web.Request) -> web.Response:
 
 async def delete(request: web.Request) -> web.Response:
     """``DELETE /v1/conversations/{id}``: the chat, every message of every branch, votes."""
-    chat = await _chat(request, write=True)
+    chat = await _chat(request, Need.WRITE)
     await delete_chat(request, chat.id)
     return _json({"id": chat.id, "object": "conversation.deleted", "deleted": True})
 
@@ -359,23 +315,22 @@ async def delete(request: web.Request) -> web.Response:
 async def list_items(request: web.Request) -> web.Response:
     """``GET .../items``: the active branch, newest first unless ``order=asc``."""
     chat = await _chat(request)
-    limit = _limit(request)
-    order = _query(request, "order", ("asc", "desc"), "desc")
-    after = _after(request)
+    page = paging(request.query, order="desc")
     tree = await history.chat_tree(request.app[STORE], chat.id)
     items = [i for m in history.branch(tree, chat.head_id) for i in message_items(m)]
-    if order == "desc":
+    if page.descending:
         items.reverse()
     ids = [item["id"] for item in items]
-    if after is not None and after not in ids:
-        raise unknown_id(after, what="cursor", param="after")
-    start = ids.index(after) + 1 if after is not None else 0
-    return _json(_list(items[start : start + limit], start + limit < len(items)))
+    if page.after is not None and page.after not in ids:
+        raise unknown_id(page.after, what="cursor", param="after")
+    start = ids.index(page.after) + 1 if page.after is not None else 0
+    end = start + page.limit
+    return _json(_list(items[start:end], end < len(items)))
 
 
 async def create_items(request: web.Request) -> web.Response:
     """``POST .../items`` ``{items}``: appended to the active branch; answers the new items."""
-    chat = await _chat(request, write=True)
+    chat = await _chat(request, Need.WRITE)
     messages = _messages(await _body(request, ("items",)), required=True)
     await ensure_not_busy(request, chat.id)
     created = await history.append_messages(request.app[STORE], chat.id, messages)
@@ -386,7 +341,7 @@ async def create_items(request: web.Request) -> web.Response:
 
 async def _item(request: web.Request, chat_id: str) -> tuple[Message, dict[str, Any]]:
     """The item of the path (on any branch of the chat) and its message."""
-    item_id = _path_id(request, "item_id", "item")
+    item_id = path_id(request, "item_id", "item")
     suffixed = _ITEM_SUFFIX.fullmatch(item_id)
     for message_id in [item_id, suffixed.group(1)] if suffixed else [item_id]:
         m = await request.app[STORE].get_message(message_id)
@@ -404,7 +359,7 @@ async def get_item(request: web.Request) -> web.Response:
 async def delete_item(request: web.Request) -> web.Response:
     """``DELETE .../items/{item_id}``: the item's message and everything below it; answers the
     conversation, as OpenAI does."""
-    chat = await _chat(request, write=True)
+    chat = await _chat(request, Need.WRITE)
     m, item = await _item(request, chat.id)
     await ensure_not_busy(request, chat.id)
     updated = await history.delete_message(request.app[STORE], chat.id, m.id)
@@ -422,7 +377,7 @@ async def list_messages(request: web.Request) -> web.Response:
     before it said anything); ``?all=true``: every message of every branch, oldest first, as
     stored, with ``id``, ``parent_id``, ``status`` and, for a failed answer, ``error``."""
     chat = await _chat(request)
-    every = _query(request, "all", ("true", "false", "1", "0"), "false") in ("true", "1")
+    every = choice(request.query, "all", ("true", "false", "1", "0"), "false") in ("true", "1")
     tree = await history.chat_tree(request.app[STORE], chat.id)
     if every:
         data = [_stored(m) for m in tree]
@@ -446,14 +401,12 @@ async def export_conversation(request: web.Request) -> web.Response:
     download: ``json`` is lossless (every branch; ``chatproxy import`` reads it) and its owner's
     only, ``markdown`` the active branch, for anyone who may read the chat."""
     chat = await _chat(request)
-    fmt = _query(request, "format", tuple(EXPORTS), "json")
-    if fmt == "json" and chat.owner_id != request[CALLER].user_id:
+    fmt = choice(request.query, "format", tuple(EXPORTS), "json")
+    if fmt == "json":
         # The lossless file holds what only the owner sees (request parameters, metadata).
-        raise PermissionDenied(
-            "only the owner may export this conversation losslessly; format=markdown is "
-            "open to its readers",
-            code="permission_denied",
-        )
+        user = request[CALLER].user_id
+        hint = "; only its owner may export it as json, format=markdown is open to its readers"
+        require(user, chat.owner_id, chat.visibility, Need.WRITE, chat.id, hint=hint)
     try:
         body = await export.export_chat(request.app[STORE], chat.id, fmt)
     except NotFoundError:  # deleted meanwhile
@@ -469,7 +422,7 @@ async def vote(request: web.Request) -> web.Response:
     """``PUT .../messages/{message_id}/vote`` ``{"up": bool}``: the caller's vote, replacing
     an earlier one; anyone who may read the chat may vote."""
     chat = await _chat(request)
-    message_id = _path_id(request, "message_id", "message")
+    message_id = path_id(request, "message_id", "message")
     body = await _body(request, ("up",))
     if not isinstance(body.get("up"), bool):
         code = "missing_required_parameter" if body.get("up") is None else "invalid_type"

@@ -30,6 +30,7 @@ from chatproxy.store.models import (
     storable_json,
     storable_text,
 )
+from chatproxy.store.outbox import INSERT_ANSWER_EVENT, INSERT_EVENT
 
 __all__ = ["Answer", "Batch", "Dialect", "NewMessage", "Turn"]
 
@@ -139,6 +140,10 @@ class Batch:
     turns: list[Turn] = field(default_factory=list)
     checkpoints: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)
     finishes: list[tuple[str, str, Answer]] = field(default_factory=list)
+    # Outbox rows (chatproxy.store.outbox) of what the batch reports, when plugins take
+    # events: event_row()s and answer_event_row()s.
+    events: list[list[Any]] = field(default_factory=list)
+    answer_events: list[list[Any]] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return bool(self.turns or self.checkpoints or self.finishes)
@@ -156,6 +161,10 @@ class Batch:
             out.append((d.sql(FINISH), [_finish_row(a, mid, d) for mid, _, a in self.finishes]))
             times = [[d.ts(a.completed_at), chat_id] for _, chat_id, a in self.finishes]
             out.append((d.sql(UPDATE_CHAT_TIME), times))
+        if self.events:
+            out.append((d.sql(INSERT_EVENT), self.events))
+        if self.answer_events:
+            out.append((d.sql(INSERT_ANSWER_EVENT), self.answer_events))
         return out
 
     async def apply(self, conn: BaseDBAsyncClient, d: Dialect) -> None:

@@ -23,7 +23,7 @@ from datetime import timedelta
 from typing import Any
 
 from chatproxy.ids import new_chat_id, new_message_id, storable_message_id, unknown_id
-from chatproxy.store import metadata_index, search
+from chatproxy.store import metadata_index, outbox, search
 from chatproxy.store.batch import Dialect
 from chatproxy.store.models import Chat, Message, Vote
 from chatproxy.store.purge import purge_chats, purge_messages, subtree
@@ -230,6 +230,11 @@ async def create_chat(
     branch."""
     chat_id = new_chat_id()
     rows = _new_messages(chat_id, owner_id, None, "", messages)
+    if store.rewriter is not None:
+        for m in rows:
+            store.rewriter.stored(owner_id, chat_id, m)
+        if title is not None and title == default_title(messages):
+            title = default_title(m.data for m in rows)
 
     async def op() -> Chat:
         now = utcnow()
@@ -245,6 +250,12 @@ async def create_chat(
         )
         if rows:
             await Message.bulk_create(rows)
+        if store.events:
+            created = outbox.event_row(
+                "chat.created", owner_id, chat_id, None, {"title": title}, outbox.now_ms()
+            )
+            await outbox.write_events([created])
+            store.events_written()
         return chat
 
     return ChatView(await store.write(op), len(rows))
@@ -288,6 +299,9 @@ async def append_messages(
         head = await Message.get_or_none(id=chat.head_id) if chat.head_id else None
         parent_hash = await _head_hash(chat, head) if head is not None else ""
         rows = _new_messages(chat_id, chat.owner_id, head, parent_hash, messages)
+        if store.rewriter is not None:
+            for m in rows:
+                store.rewriter.stored(chat.owner_id, chat_id, m)
         if rows:
             await Message.bulk_create(rows)
             await Chat.filter(id=chat_id).update(head_id=rows[-1].id, updated_at=utcnow())

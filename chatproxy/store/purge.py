@@ -23,6 +23,7 @@ from functools import partial
 
 from chatproxy.store.db import WRITER_GAP
 from chatproxy.store.models import Chat, Message, Vote
+from chatproxy.store.outbox import chats_deleted
 from chatproxy.store.store import Store
 
 __all__ = ["PURGE_BATCH", "purge_chats", "purge_messages", "subtree"]
@@ -53,9 +54,10 @@ async def purge_messages(store: Store, ids: Sequence[str]) -> None:
         await store.write(partial(_delete, ids[i : i + PURGE_BATCH]))
 
 
-async def _chats_batch(chats: Sequence[str]) -> int | None:
+async def _chats_batch(store: Store, chats: Sequence[str]) -> int | None:
     """One batch of the chats' messages, newest first; once none is left, the chats
-    themselves (how many there were)."""
+    themselves (how many there were), with their ``chat.deleted`` events when plugins take
+    events."""
     ids = (
         await Message.filter(chat_id__in=chats)
         .order_by("-created_at")
@@ -68,6 +70,9 @@ async def _chats_batch(chats: Sequence[str]) -> int | None:
     await Vote.filter(chat_id__in=chats).delete()
     # Counted before: a delete's own count takes in what triggers (the search index) change.
     there = await Chat.filter(id__in=chats).count()
+    if store.events and there:
+        await chats_deleted(chats)
+        store.events_written()
     await Chat.filter(id__in=chats).delete()
     return there
 
@@ -77,7 +82,7 @@ async def purge_chats(store: Store, chat_ids: Sequence[str]) -> int:
     there were. A message added to one of them meanwhile goes with it."""
     deleted = 0
     for i in range(0, len(chat_ids), CHATS_PER_ROUND):
-        round_ = partial(_chats_batch, chat_ids[i : i + CHATS_PER_ROUND])
+        round_ = partial(_chats_batch, store, chat_ids[i : i + CHATS_PER_ROUND])
         while (n := await store.write(round_)) is None:
             await _gap()
         deleted += n

@@ -12,6 +12,11 @@ to aiosqlite's thread and back (which, on one core, also fights the loop for the
 connection never waits for a lock: if an ORM write holds it, the batch goes the asynchronous
 way instead. The ORM (management reads and writes, migrations) uses Tortoise's connection.
 
+Plugins (:meth:`Store.attach_plugins`) change what is written through ``before_store``
+(:mod:`chatproxy.store.records`) and learn of committed changes through ``on_event``, from
+an outbox written in the same transactions (:mod:`chatproxy.store.outbox`); with no plugin
+implementing either, nothing of this runs.
+
 An answer's final write is retried (:meth:`Store.finish`): the upstream has answered and the
 client has the answer, so a database that fails for a moment must not lose it. A write that
 keeps failing leaves the answer ``interrupted`` with its last checkpoint, as start-up recovery
@@ -29,7 +34,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 from tenacity import (
@@ -46,6 +51,7 @@ from tortoise.transactions import in_transaction
 
 from chatproxy.ids import storable_message_id
 from chatproxy.offload import LARGE_COUNT, offload
+from chatproxy.store import outbox
 from chatproxy.store.batch import Answer, Batch, Dialect, NewMessage, Turn
 from chatproxy.store.db import (
     WalCheckpointer,
@@ -56,6 +62,12 @@ from chatproxy.store.db import (
     sqlite_path,
 )
 from chatproxy.store.models import ApiKey, Chat, Instance, Message, Meta, User
+from chatproxy.store.records import Rewriter
+
+if TYPE_CHECKING:
+    from chatproxy.metrics import Metrics
+    from chatproxy.plugins.events import EventDelivery
+    from chatproxy.plugins.manager import Plugins
 
 __all__ = ["Answer", "BranchEntry", "NewMessage", "Store", "ThreadMatch", "Turn", "utcnow"]
 
@@ -142,6 +154,13 @@ class Store:
         self.observe_write: Callable[[float], object] | None = None
         # The wait between two attempts of an answer's final write (replaced in tests).
         self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+        # Plugins (attach_plugins): before_store's rewriter, the running answers' (chat, user)
+        # it needs, whether changes write outbox events, and their delivery.
+        self.rewriter: Rewriter | None = None
+        self._owners: dict[str, tuple[str, str]] = {}
+        self.events = False
+        self._delivery: EventDelivery | None = None
+        self._outbox_written = False
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -157,9 +176,41 @@ class Store:
             self._checkpointer.start()
         with self.active():
             self._writer = asyncio.create_task(self._write_loop(), name="chatproxy-store-writer")
+            if self._delivery is not None:
+                self._delivery.start()
+
+    def attach_plugins(
+        self, plugins: Plugins, metrics: Metrics | None = None, *, deliver: bool = True
+    ) -> None:
+        """Let ``plugins`` change what is written (``before_store``) and learn what was
+        committed (``on_event``, delivered by a task of this store unless ``deliver`` is false:
+        the CLI writes its events for the serving instances to deliver). Call it before the
+        first write (before :meth:`open`, or right after it)."""
+        self.rewriter = Rewriter(plugins) if plugins.implements("before_store") else None
+        self.events = plugins.implements("on_event")
+        if self.events and deliver and self._delivery is None:
+            from chatproxy.plugins.events import EventDelivery
+
+            self._delivery = EventDelivery(self, plugins, metrics)
+            if self._writer is not None:
+                with self.active():
+                    self._delivery.start()
+
+    @property
+    def delivery(self) -> EventDelivery | None:
+        """The task delivering this store's events, when it has one."""
+        return self._delivery
+
+    def events_written(self) -> None:
+        """Called by a :meth:`write` operation that wrote outbox rows: delivery is woken once
+        its transaction commits."""
+        self._outbox_written = True
 
     async def close(self) -> None:
-        """Flush pending writes, stop the writer, close the connection."""
+        """Stop event delivery, flush pending writes, stop the writer, close the
+        connection."""
+        if self._delivery is not None:
+            await self._delivery.stop()
         if self._writer is not None:
             await self._call(_noop)  # everything queued before this is written
             self._writer.cancel()
@@ -230,28 +281,45 @@ class Store:
         for kind, payload, _ in items:
             if kind == "turn":
                 batch.turns.append(payload)
+                if self.events and payload.chat_is_new:
+                    batch.events.append(_chat_created(payload))
             elif kind == "checkpoint":
                 fields = self._checkpoints.pop(payload, None)
                 if fields is not None:
+                    if self.rewriter is not None:
+                        owner = self._owners.get(payload, ("", ""))
+                        fields = self.rewriter.checkpoint(payload, owner, *fields)
                     batch.checkpoints[payload] = fields
             elif kind == "finish":
                 batch.checkpoints.pop(payload[0], None)
                 batch.finishes.append(payload)
+                if self.events:
+                    batch.answer_events.append(_answer_event(payload[0], payload[2]))
         if batch:
             started = time.perf_counter()
             await self._apply_batch(batch)
             if self.observe_write is not None:
                 self.observe_write(time.perf_counter() - started)
+            if batch.events or batch.answer_events:
+                self._wake_delivery()
         results = []
         for kind, payload, _ in items:
             if kind == "call":
+                self._outbox_written = False
                 async with in_transaction() as tx:
                     if self._dialect is not None and not self._dialect.postgres:
                         await _take_write_lock(tx)
                     results.append(await payload())
+                if self._outbox_written:
+                    self._wake_delivery()
             else:
                 results.append(None)
         return results
+
+    def _wake_delivery(self) -> None:
+        self._outbox_written = False
+        if self._delivery is not None:
+            self._delivery.wake()
 
     async def _apply_batch(self, batch: Batch) -> None:
         assert self._dialect is not None
@@ -302,6 +370,10 @@ class Store:
 
     async def begin_turn(self, turn: Turn) -> None:
         """Store the request's new messages and the assistant placeholder, together."""
+        if self.rewriter is not None:
+            self._owners[turn.assistant_id] = (turn.chat_id, turn.user_id)
+            large = len(turn.new_messages) > LARGE_COUNT
+            turn = await offload(large, self.rewriter.turn, turn)
         fut = self._put("turn", turn, True)
         assert fut is not None
         await fut
@@ -321,6 +393,9 @@ class Store:
         ``interrupted`` (its last checkpoint stays) if the database takes that, and the last
         error is raised for the caller to log."""
         self._checkpoints.pop(message_id, None)
+        if self.rewriter is not None:
+            owner = self._owners.pop(message_id, None) or (chat_id, "")
+            answer = self.rewriter.answer(message_id, owner, answer)
         try:
             # Directly: nearly every write succeeds, and a retrying controller per answer
             # would cost more than the write.
@@ -356,6 +431,10 @@ class Store:
     async def _give_up(self, message_id: str, at: datetime) -> None:
         # What start-up recovery would do later: the placeholder keeps its last checkpoint.
         async def op() -> None:
+            if self.events:
+                if await outbox.interrupt("id = ?", [message_id], at):
+                    self.events_written()
+                return
             await Message.filter(id=message_id, status="in_progress").update(
                 status="interrupted", completed_at=at
             )
@@ -424,6 +503,11 @@ class Store:
         """Mark this instance's ``in_progress`` messages ``interrupted`` (start-up)."""
 
         async def op() -> int:
+            if self.events:
+                count = await outbox.interrupt("instance_id = ?", [self.instance_id], utcnow())
+                if count:
+                    self.events_written()
+                return count
             return await Message.filter(status="in_progress", instance_id=self.instance_id).update(
                 status="interrupted", completed_at=utcnow()
             )
@@ -470,13 +554,20 @@ class Store:
             for owner, ids in taken.items():
                 # Counted by what this update changed: instances reaping in the same round
                 # do not count the same message twice.
-                count = await Message.filter(id__in=ids, status="in_progress").update(
-                    status="interrupted", completed_at=now
-                )
+                if self.events:
+                    count = await outbox.interrupt_ids(ids, now)
+                else:
+                    count = await Message.filter(id__in=ids, status="in_progress").update(
+                        status="interrupted", completed_at=now
+                    )
                 if count:
                     reaped[owner] = count
             if dead:
                 await Instance.filter(id__in=dead, heartbeat_at__lt=cutoff).delete()
+                if self.events:  # the events they had claimed: for another to deliver
+                    await outbox.release_owners(sorted(dead))
+            if self.events and (reaped or dead):
+                self.events_written()
             return reaped
 
         return dict(await self._call(op))
@@ -646,6 +737,17 @@ class Store:
 
 async def _noop() -> None:
     return None
+
+
+def _chat_created(turn: Turn) -> list[Any]:
+    data = {"title": turn.title}
+    at = outbox.ms(turn.created_at)
+    return outbox.event_row("chat.created", turn.user_id, turn.chat_id, None, data, at)
+
+
+def _answer_event(message_id: str, a: Answer) -> list[Any]:
+    data = outbox.answer_data(a.status, a.model, a.finish_reason, a.usage, a.error)
+    return outbox.answer_event_row(message_id, a.status, data, outbox.ms(a.completed_at))
 
 
 def _json_value(value: Any) -> Any:
