@@ -186,29 +186,30 @@ def _dialect(conn: BaseDBAsyncClient) -> Dialect:
 # -- writes that report themselves (inside a Store.write operation) -------------------------
 
 
-async def interrupt(where: str, params: Sequence[Any], at: datetime) -> int:
+async def interrupt(where: str, params: Sequence[Any], at: datetime, events: bool) -> int:
     """Mark ``interrupted`` the ``in_progress`` messages matching ``where`` (SQL on
-    ``messages`` with ``?`` placeholders) and write an ``answer.interrupted`` event for each;
-    how many there were."""
+    ``messages`` with ``?`` placeholders), with an ``answer.interrupted`` event for each when
+    ``events``; how many there were (counted from the rows changed: on SQLite a statement's
+    change count also takes in what its triggers changed, the search index)."""
     conn = _tx()
     d = _dialect(conn)
     query = _returning(d, _INTERRUPT.format(where))
     _, rows = await conn.execute_query(query, [d.ts(at), *params])
     when = ms(at)
-    events = [
+    found = [
         event_row("answer.interrupted", r[2], r[1], r[0], answer_data("interrupted", r[3]), when)
         for r in rows
     ]
-    if events:
-        await conn.execute_many(d.sql(INSERT_EVENT), events)
+    if events and found:
+        await conn.execute_many(d.sql(INSERT_EVENT), found)
     return len(rows)
 
 
-async def interrupt_ids(ids: Sequence[str], at: datetime) -> int:
+async def interrupt_ids(ids: Sequence[str], at: datetime, events: bool) -> int:
     """:func:`interrupt` for the messages ``ids``."""
     count = 0
     for chunk in _chunks(ids):
-        count += await interrupt(f"id IN ({_marks(len(chunk))})", chunk, at)
+        count += await interrupt(f"id IN ({_marks(len(chunk))})", chunk, at, events)
     return count
 
 

@@ -431,13 +431,8 @@ class Store:
     async def _give_up(self, message_id: str, at: datetime) -> None:
         # What start-up recovery would do later: the placeholder keeps its last checkpoint.
         async def op() -> None:
-            if self.events:
-                if await outbox.interrupt("id = ?", [message_id], at):
-                    self.events_written()
-                return
-            await Message.filter(id=message_id, status="in_progress").update(
-                status="interrupted", completed_at=at
-            )
+            if await outbox.interrupt("id = ?", [message_id], at, self.events) and self.events:
+                self.events_written()
 
         await self._call(op)
 
@@ -503,14 +498,11 @@ class Store:
         """Mark this instance's ``in_progress`` messages ``interrupted`` (start-up)."""
 
         async def op() -> int:
-            if self.events:
-                count = await outbox.interrupt("instance_id = ?", [self.instance_id], utcnow())
-                if count:
-                    self.events_written()
-                return count
-            return await Message.filter(status="in_progress", instance_id=self.instance_id).update(
-                status="interrupted", completed_at=utcnow()
-            )
+            mine = [self.instance_id]
+            count = await outbox.interrupt("instance_id = ?", mine, utcnow(), self.events)
+            if count and self.events:
+                self.events_written()
+            return count
 
         return int(await self._call(op))
 
@@ -554,12 +546,7 @@ class Store:
             for owner, ids in taken.items():
                 # Counted by what this update changed: instances reaping in the same round
                 # do not count the same message twice.
-                if self.events:
-                    count = await outbox.interrupt_ids(ids, now)
-                else:
-                    count = await Message.filter(id__in=ids, status="in_progress").update(
-                        status="interrupted", completed_at=now
-                    )
+                count = await outbox.interrupt_ids(ids, now, self.events)
                 if count:
                     reaped[owner] = count
             if dead:
