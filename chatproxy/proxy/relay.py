@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
 
 from aiohttp import web
@@ -40,7 +41,7 @@ _RESETS = (ConnectionResetError, ClientConnectionResetError)
 EVENT_STREAM_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
 
 
-class Rendering:
+class Rendering(ABC):
     """How a face writes a generation's events to its client (the defaults: an event stream
     that adds nothing before or after the events)."""
 
@@ -59,9 +60,9 @@ class Rendering:
         """What goes before the first event."""
         return b""
 
+    @abstractmethod
     def render(self, batch: Batch) -> bytes:
         """The bytes of these events."""
-        raise NotImplementedError
 
     async def end(self) -> bytes:
         """What goes after the last event."""
