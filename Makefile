@@ -17,7 +17,6 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[dev,postgres]"
-	$(BIN)/python -m pip install --quiet -e examples/chatproxy-plugin-example
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -12,9 +12,6 @@ import aiohttp
 from aiohttp import web
 
 from chatproxy import logfilter
-from chatproxy.aisdk import routes as aisdk
-from chatproxy.api import completions, conversations, ui
-from chatproxy.api.health import healthz, readyz
 from chatproxy.appkeys import (
     AUTH,
     CALLER,
@@ -38,22 +35,26 @@ from chatproxy.appkeys import (
 )
 from chatproxy.auth import Authenticator
 from chatproxy.cors import Cors
+from chatproxy.engine.registry import Generations
+from chatproxy.engine.shared import SharedGenerations
+from chatproxy.engine.titles import Titler
 from chatproxy.errors import APIError, InvalidRequest, PayloadTooLarge, error_response
+from chatproxy.faces import ui
+from chatproxy.faces.aisdk import routes as aisdk
+from chatproxy.faces.chat_completions import handle_chat_completions
+from chatproxy.faces.health import healthz, readyz
+from chatproxy.faces.history import completions, conversations
+from chatproxy.faces.history.resume import handle_resume
+from chatproxy.faces.passthrough import handle_passthrough
 from chatproxy.heartbeat import Heartbeat
 from chatproxy.ids import new_request_id
 from chatproxy.limits.buckets import Buckets, LocalBuckets, RedisBuckets
 from chatproxy.limits.policy import Limits
 from chatproxy.metrics import Metrics, metrics_handler
 from chatproxy.plugins.manager import PluginFailed, PluginLoadError, Plugins, load_plugins
-from chatproxy.proxy.chat_completions import handle_chat_completions
-from chatproxy.proxy.passthrough import handle_passthrough
-from chatproxy.proxy.registry import Generations
-from chatproxy.proxy.resume import handle_resume
-from chatproxy.proxy.shared import SharedGenerations
-from chatproxy.proxy.upstream import Upstream
 from chatproxy.settings import Settings
 from chatproxy.store.store import Store
-from chatproxy.titles import Titler
+from chatproxy.upstream.client import Upstream
 
 __all__ = ["create_app", "instance_id"]
 

@@ -7,14 +7,14 @@ from aiohttp import web
 
 from chatproxy.auth import Authenticator, Caller
 from chatproxy.cors import Cors
+from chatproxy.engine.registry import Generations
+from chatproxy.engine.titles import Titler
 from chatproxy.limits.policy import Limits, LimitState
 from chatproxy.metrics import Metrics
 from chatproxy.plugins.manager import Plugins
-from chatproxy.proxy.registry import Generations
-from chatproxy.proxy.upstream import Upstream
 from chatproxy.settings import Settings
 from chatproxy.store.store import Store
-from chatproxy.titles import Titler
+from chatproxy.upstream.client import Upstream
 
 __all__ = [
     "AUTH",

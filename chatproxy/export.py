@@ -36,6 +36,7 @@ from chatproxy.store.models import (
     MESSAGE_STATUSES,
     Chat,
     Message,
+    Status,
     Vote,
 )
 from chatproxy.store.store import Store
@@ -161,7 +162,7 @@ def _markdown(doc: dict[str, Any]) -> str:
         heading = entry["role"].capitalize()
         if entry["role"] == "assistant":
             heading += f" · {entry['model']}" if entry.get("model") else ""
-            if entry["status"] != "completed":
+            if entry["status"] != Status.COMPLETED:
                 heading += f" · *{entry['status']}*"
         if entry["role"] == "tool" and message.get("tool_call_id"):
             heading += f" · `{message['tool_call_id']}`"
@@ -586,7 +587,7 @@ _MISSING = object()
 _MESSAGE_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _HASH_RE = re.compile(r"(?:[0-9a-f]{32})?")
 _INT_MAX = 2**31 - 1  # the token and timing columns are 32-bit on PostgreSQL
-_UNHASHED = ("in_progress", "interrupted")  # answers the proxy has not finished hashing
+_UNHASHED = (Status.IN_PROGRESS, Status.INTERRUPTED)  # answers the proxy has not finished hashing
 _TOKEN_FIELDS = ("prompt_tokens", "completion_tokens", "total_tokens")
 
 
@@ -856,7 +857,7 @@ class DocumentReader:
         role = get("role") or data.get("role", _MISSING)
         if not isinstance(role, str) or not 0 < len(role) <= 16:
             self.fail(f"messages[{i}].role", "a role such as user or assistant", role)
-        status = get("status") or "completed"
+        status = get("status") or Status.COMPLETED
         if status not in MESSAGE_STATUSES:
             self.fail(f"messages[{i}].status", f"one of {', '.join(MESSAGE_STATUSES)}", status)
         (

@@ -20,6 +20,7 @@ from chatproxy.settings import Settings, load_settings
 from chatproxy.store.store import Store
 from chatproxy.testing import FakeUpstream
 from tests.browser import browser, chromium  # noqa: F401 (fixtures for the browser tests)
+from tests.plugin_util import example_plugin, example_plugin_dir  # noqa: F401 (fixtures)
 
 StartProxy = Callable[..., Awaitable[ProxyServer]]
 

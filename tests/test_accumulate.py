@@ -6,7 +6,7 @@ from typing import Any
 
 import orjson
 
-from chatproxy.proxy.accumulate import Accumulator, is_usage_only
+from chatproxy.engine.accumulate import Accumulator, is_usage_only
 
 USAGE = {"prompt_tokens": 12, "completion_tokens": 5, "total_tokens": 17}
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import aiohttp
 
-from chatproxy.aisdk.stream import UIMessageStream
+from chatproxy.faces.aisdk.stream import UIMessageStream
 from chatproxy.server import ProxyServer
 from chatproxy.testing import FakeUpstream, Reply, ToolCall
 from tests.aisdk import full, post_chat, user

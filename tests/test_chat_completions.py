@@ -11,7 +11,7 @@ import openai
 import orjson
 import pytest
 
-from chatproxy.proxy.generation import Generation
+from chatproxy.engine.generation import Generation
 from chatproxy.server import ProxyServer
 from chatproxy.store.store import Store
 from chatproxy.testing import FakeUpstream, Reply, ToolCall

@@ -12,16 +12,16 @@ import orjson
 import pytest
 
 from chatproxy.auth import Caller
+from chatproxy.engine.feed import LocalFeed, following
+from chatproxy.engine.planning import plan_client_history
+from chatproxy.engine.registry import Generations
+from chatproxy.engine.start import ChatRequest, Engine, Work, start_generation
 from chatproxy.errors import Conflict
 from chatproxy.ids import new_message_id
-from chatproxy.proxy.engine import ChatRequest, Engine, Work, start_generation
-from chatproxy.proxy.feed import LocalFeed, following
-from chatproxy.proxy.planning import plan_client_history
-from chatproxy.proxy.registry import Generations
-from chatproxy.proxy.upstream import Upstream
 from chatproxy.settings import Settings
 from chatproxy.store.store import Store
 from chatproxy.testing import FakeUpstream, Reply
+from chatproxy.upstream.client import Upstream
 
 CALLER = Caller(user_id="ada", name="Ada")
 

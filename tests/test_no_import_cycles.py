@@ -117,8 +117,8 @@ def import_graph() -> dict[str, set[str]]:
 
 def test_the_import_graph_sees_the_package() -> None:
     graph = import_graph()
-    assert "chatproxy.app" in graph and "chatproxy.proxy.upstream" in graph
-    assert "chatproxy.proxy.upstream" in graph["chatproxy.app"]
+    assert "chatproxy.app" in graph and "chatproxy.upstream.client" in graph
+    assert "chatproxy.upstream.client" in graph["chatproxy.app"]
 
 
 def test_no_module_of_chatproxy_imports_itself_through_others() -> None:

@@ -1,5 +1,5 @@
-"""The example third-party plugin (examples/chatproxy-plugin-example, installed by
-``make install``) end to end, and plugin routes in general: behind the proxy's authentication
+"""The example third-party plugin (examples/chatproxy-plugin-example, installed by pip in
+these tests) end to end, and plugin routes in general: behind the proxy's authentication
 and limits, ahead of the ``/v1`` pass-through, a crash answered as a clean 500."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
+import openai
 import pytest
 from click.testing import CliRunner
 
@@ -25,6 +26,7 @@ from chatproxy.testing import FakeUpstream
 from tests.plugin_util import write_plugin
 
 StartProxy = Callable[..., Awaitable[ProxyServer]]
+pytestmark = pytest.mark.usefixtures("example_plugin")
 
 
 def no_chatproxy_env() -> dict[str, str | None]:
@@ -92,6 +94,35 @@ async def test_a_plugin_route_wins_over_the_pass_through_for_its_path_only(
     assert [r.path for r in upstream.requests] == ["/v1/models"]
     async with http.get(f"{base(proxy)}/metrics") as resp:
         assert 'route="/v1/example/whoami",status="200"' in await resp.text()
+
+
+async def test_the_example_rule_refuses_a_denied_model_through_the_proxy_storing_nothing(
+    start_proxy: StartProxy, http: aiohttp.ClientSession, upstream: FakeUpstream
+) -> None:
+    keys_proxy = await start_proxy(**{"auth.mode": "keys", "plugin.example.deny_models": ["gpt-4"]})
+    key = await make_key(keys_proxy, "alice")
+    client = openai.AsyncOpenAI(base_url=keys_proxy.url, api_key=key, max_retries=0)
+    messages = [{"role": "user", "content": "hi"}]
+    for stream in (False, True):
+        with pytest.raises(openai.BadRequestError) as info:
+            await client.chat.completions.create(model="gpt-4", messages=messages, stream=stream)
+        assert info.value.status_code == 400
+        assert info.value.body == {
+            "message": "the model 'gpt-4' is not allowed on this proxy",
+            "type": "invalid_request_error",
+            "param": "model",
+            "code": "model_not_allowed",
+        }
+    assert upstream.chat_requests == []
+    headers = {"Authorization": f"Bearer {key}"}
+    async with http.get(f"{keys_proxy.url}/conversations", headers=headers) as resp:
+        assert (await resp.json())["data"] == []
+    answer = await client.chat.completions.create(model="gpt-4o-mini", messages=messages)
+    assert answer.choices[0].message.content
+    assert len(upstream.chat_requests) == 1
+    async with http.get(f"{keys_proxy.url}/conversations", headers=headers) as resp:
+        assert len((await resp.json())["data"]) == 1
+    await client.close()
 
 
 def test_the_example_command_prints_its_configured_policy(tmp_path: Path) -> None:

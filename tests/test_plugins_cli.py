@@ -65,6 +65,8 @@ def register_exporters():
     return [Exporter("csv", render, extension="csv", description="role and status per message")]
 """
 
+pytestmark = pytest.mark.usefixtures("example_plugin")
+
 
 def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str | None]:
     env: dict[str, str | None] = {k: None for k in os.environ if k.startswith("CHATPROXY_")}

@@ -18,7 +18,9 @@ from chatproxy.plugins.hookspecs import hookimpl
 from chatproxy.settings import Settings, load_settings
 from tests.plugin_util import write_plugin
 
-EXAMPLE = "example"  # examples/chatproxy-plugin-example, installed by `make install`
+EXAMPLE = "example"  # examples/chatproxy-plugin-example, installed by the example_plugin fixture
+
+pytestmark = pytest.mark.usefixtures("example_plugin")
 
 
 def settings(**overrides: Any) -> Settings:
@@ -37,7 +39,7 @@ def test_hookimpl_is_importable_from_the_package_as_llm_plugins_do() -> None:
 
 def test_an_installed_package_with_an_entry_point_loads_by_itself() -> None:
     plugins = load_plugins(Settings())
-    assert EXAMPLE in plugins.names, "run `make install`: it installs the example plugin"
+    assert EXAMPLE in plugins.names, "the example_plugin fixture installs it"
     assert plugins.origin(EXAMPLE) == "chatproxy-plugin-example 0.1.0"
     # Without deny_models the example has no rule, so it implements no before_upstream.
     assert plugins.hooks(EXAMPLE) == ["register_commands", "register_routes"]

@@ -171,8 +171,8 @@ async def test_a_second_post_on_a_busy_chat_is_409_and_stores_nothing(
 async def test_finished_replays_stay_within_their_memory_budget() -> None:
     from types import SimpleNamespace
 
-    from chatproxy.proxy.eventlog import EventLog
-    from chatproxy.proxy.registry import Generations
+    from chatproxy.engine.eventlog import EventLog
+    from chatproxy.engine.registry import Generations
 
     generations = Generations(grace=30, budget=3000)
     for i in range(5):

@@ -8,9 +8,9 @@ import pytest
 
 from chatproxy.appkeys import METRICS, STORE
 from chatproxy.errors import UpstreamError
-from chatproxy.proxy.upstream import Upstream
 from chatproxy.settings import UpstreamSettings
 from chatproxy.testing import FakeUpstream, Reply
+from chatproxy.upstream.client import Upstream
 from tests.util import eventually, message
 
 USER = {"role": "user", "content": "hello"}

@@ -12,7 +12,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from chatproxy.appkeys import GENERATIONS, SETTINGS, STORE
-from chatproxy.proxy.registry import Generations
+from chatproxy.engine.registry import Generations
 from chatproxy.server import ProxyServer
 from chatproxy.store.batch import Turn
 from chatproxy.store.models import Chat, Instance, Message, User

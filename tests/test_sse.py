@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from chatproxy.proxy.sse import SSEEvent, SSEParser
+from chatproxy.engine.sse import SSEEvent, SSEParser
 
 Event = tuple[bytes, str | None, str | None]
 

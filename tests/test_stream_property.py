@@ -9,8 +9,8 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chatproxy.proxy.accumulate import Accumulator
-from chatproxy.proxy.sse import SSEParser
+from chatproxy.engine.accumulate import Accumulator
+from chatproxy.engine.sse import SSEParser
 
 text = st.text(
     alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=12

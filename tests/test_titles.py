@@ -8,8 +8,8 @@ import aiohttp
 import pytest
 
 from chatproxy.appkeys import STORE
+from chatproxy.engine.titles import TITLE_PROMPT, clean_title
 from chatproxy.testing import FakeUpstream, Reply
-from chatproxy.titles import TITLE_PROMPT, clean_title
 from tests.util import all_chats, eventually
 
 QUESTION = "   What is the capital of France,\n and why is it that one? " + "blah " * 30

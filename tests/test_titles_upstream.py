@@ -11,9 +11,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from chatproxy.appkeys import STORE, TITLER
 from chatproxy.auth import new_api_key
+from chatproxy.engine.titles import TITLE_PROMPT
 from chatproxy.server import ProxyServer
 from chatproxy.testing import FakeUpstream, Reply
-from chatproxy.titles import TITLE_PROMPT
 from tests.util import all_chats, eventually
 
 QUESTION = "What is the capital of France?"
@@ -122,14 +122,14 @@ async def test_a_title_that_fails_after_its_retries_leaves_the_first_message_tit
 ) -> None:
     proxy = await start_proxy(**RETRYING)
     upstream.enqueue(Reply(content="Paris."), Reply(status=503), Reply(status=500))
-    caplog.set_level(logging.INFO, logger="chatproxy.titles")
+    caplog.set_level(logging.INFO, logger="chatproxy.engine.titles")
 
     stream = await ask(http, proxy, {})
     assert await eventually(lambda: _asked(upstream, 3))
     await proxy.app[TITLER].close()  # returns once the title request has ended
 
     assert stream.endswith("data: [DONE]\n\n") and "error" not in stream
-    assert [r.getMessage() for r in caplog.records if r.name == "chatproxy.titles"] == [
+    assert [r.getMessage() for r in caplog.records if r.name == "chatproxy.engine.titles"] == [
         f"no title from the upstream for {(await all_chats(proxy.app[STORE]))[0].id} "
         "(upstream_error)"
     ]

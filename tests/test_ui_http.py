@@ -9,7 +9,7 @@ import re
 import aiohttp
 import pytest
 
-from chatproxy.api.ui import STATIC_DIR
+from chatproxy.faces.ui import STATIC_DIR
 from chatproxy.server import ProxyServer
 
 CSP_DIRECTIVES = {

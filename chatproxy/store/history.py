@@ -1,6 +1,6 @@
 """The management API's queries and writes (SPEC §4): chats, their branches, votes.
 
-Used by the HTTP endpoints (:mod:`chatproxy.api.conversations`) and by the CLI. Reads run
+Used by the HTTP endpoints (:mod:`chatproxy.faces.history.conversations`) and by the CLI. Reads run
 through :meth:`Store.read`; every write is one :meth:`Store.write` call, so it runs in the
 writer task, after every write queued before it, in one transaction. A write re-reads what it
 depends on (the chat's head, the message tree) inside that transaction, and answers ``None``
@@ -25,7 +25,7 @@ from typing import Any
 from chatproxy.ids import new_chat_id, new_message_id, storable_message_id, unknown_id
 from chatproxy.store import metadata_index, outbox, search
 from chatproxy.store.batch import Dialect
-from chatproxy.store.models import Chat, Message, Vote
+from chatproxy.store.models import Chat, Message, Status, Vote
 from chatproxy.store.purge import purge_chats, purge_messages, subtree
 from chatproxy.store.store import Store, utcnow
 from chatproxy.store.threading import (
@@ -207,7 +207,7 @@ def _new_messages(
             data=data,
             prefix_hash=h,
             depth=depth + i + 1,
-            status="completed",
+            status=Status.COMPLETED,
             # One microsecond apart, so that "oldest first" keeps their order.
             created_at=now + timedelta(microseconds=i),
             completed_at=now,

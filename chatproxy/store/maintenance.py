@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 
 from tortoise.functions import Count, Sum
 
-from chatproxy.store.models import Chat, Message
+from chatproxy.store.models import Chat, Message, Status
 from chatproxy.store.purge import purge_chats
 from chatproxy.store.store import Store, utcnow
 
@@ -62,7 +62,7 @@ async def usage(store: Store, since: datetime, user_id: str | None = None) -> li
             .values("user_id", "model", "n", "prompt", "completion")
         )
         failed = (
-            await query.filter(status="failed")
+            await query.filter(status=Status.FAILED)
             .annotate(n=Count("id"))
             .group_by("user_id", "model")
             .values("user_id", "model", "n")

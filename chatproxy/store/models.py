@@ -25,6 +25,7 @@ token count is held to the range of an integer column (:func:`storable_int`).
 from __future__ import annotations
 
 import re
+from enum import StrEnum
 from typing import Any
 
 from tortoise import fields
@@ -45,6 +46,7 @@ __all__ = [
     "Instance",
     "Message",
     "Meta",
+    "Status",
     "User",
     "Vote",
     "refuse_nul",
@@ -53,7 +55,19 @@ __all__ = [
     "storable_text",
 ]
 
-MESSAGE_STATUSES = ("in_progress", "completed", "incomplete", "failed", "cancelled", "interrupted")
+
+class Status(StrEnum):
+    """A message's status (SPEC §4): users' messages are always ``completed``."""
+
+    IN_PROGRESS = "in_progress"
+    COMPLETED = "completed"
+    INCOMPLETE = "incomplete"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    INTERRUPTED = "interrupted"
+
+
+MESSAGE_STATUSES = tuple(Status)
 MODEL_LENGTH = 256  # Message.model
 TITLE_LENGTH_MAX = 256  # Chat.title
 UPSTREAM_ID_LENGTH = 256  # Message.upstream_id and system_fingerprint
@@ -233,7 +247,7 @@ class Message(Model):
     depth = fields.IntField(default=0, db_default=0)
     data = fields.JSONField()
     prefix_hash = fields.CharField(max_length=32)
-    status = fields.CharField(max_length=16, default="completed")
+    status = fields.CharField(max_length=16, default=Status.COMPLETED)
     error = fields.JSONField(null=True)
     model = fields.CharField(max_length=MODEL_LENGTH, null=True)
     finish_reason = fields.CharField(max_length=FINISH_REASON_LENGTH, null=True)

@@ -26,6 +26,7 @@ import orjson
 
 from chatproxy.plugins.hookspecs import StoreRecord
 from chatproxy.store.batch import Answer, NewMessage, Turn
+from chatproxy.store.models import Status
 from chatproxy.store.threading import default_title
 
 if TYPE_CHECKING:
@@ -154,7 +155,7 @@ class Rewriter:
             "code": "plugin_error",
         }
         return dataclasses.replace(
-            answer, status="failed", text="", data=withheld(answer.data), error=error
+            answer, status=Status.FAILED, text="", data=withheld(answer.data), error=error
         )
 
     def stored(self, user_id: str, chat_id: str, message: Any) -> None:

@@ -61,7 +61,7 @@ from chatproxy.store.db import (
     reclaim_sqlite_space,
     sqlite_path,
 )
-from chatproxy.store.models import ApiKey, Chat, Instance, Message, Meta, User
+from chatproxy.store.models import ApiKey, Chat, Instance, Message, Meta, Status, User
 from chatproxy.store.records import Rewriter
 
 if TYPE_CHECKING:
@@ -534,7 +534,7 @@ class Store:
             live_ids = {i for i, at in beats if at >= cutoff} | {self.instance_id}
             dead = {i for i, at in beats if at < cutoff} - {self.instance_id}
             stuck = (
-                await Message.filter(status="in_progress")
+                await Message.filter(status=Status.IN_PROGRESS)
                 .exclude(instance_id__in=live_ids)
                 .values_list("id", "instance_id", "created_at")
             )

@@ -25,6 +25,8 @@ from typing import Any
 
 import orjson
 
+from chatproxy.store.models import Status
+
 __all__ = [
     "CANONICAL_VERSION",
     "ROOT_HASH",
@@ -140,7 +142,7 @@ def default_title(messages: Iterable[Mapping[str, Any]]) -> str | None:
 def replayable(role: str, status: str, message: Mapping[str, Any]) -> bool:
     """Whether a stored message belongs in history sent back upstream: not an answer that
     failed (or was cut off) before it produced anything."""
-    if role != "assistant" or status == "completed":
+    if role != "assistant" or status == Status.COMPLETED:
         return True
     return bool(message.get("content") or message.get("tool_calls"))
 

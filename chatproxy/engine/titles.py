@@ -2,7 +2,7 @@
 
 A new chat gets its first-message title at once. With ``title = "upstream"``, once its first
 answer has finished the proxy asks the upstream for a short title and replaces it. The request
-goes through the proxy's one upstream client (:class:`~chatproxy.proxy.upstream.Upstream`),
+goes through the proxy's one upstream client (:class:`~chatproxy.upstream.client.Upstream`),
 like the answer: the same credential, timeouts and retries, counted in the same metric. It
 never touches the user's stream, and on any failure the first-message title stays.
 """
@@ -18,11 +18,11 @@ from chatproxy.store.models import TITLE_LENGTH_MAX, Chat, storable_text
 from chatproxy.store.store import Store
 
 if TYPE_CHECKING:
-    from chatproxy.proxy.upstream import Upstream
+    from chatproxy.upstream.client import Upstream
 
 __all__ = ["TITLE_PROMPT", "Titler"]
 
-log = logging.getLogger("chatproxy.titles")
+log = logging.getLogger("chatproxy.engine.titles")
 
 TITLE_PROMPT = (
     "Write a title of at most six words for a conversation that starts with the user's "

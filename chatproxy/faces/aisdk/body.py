@@ -18,8 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from chatproxy.aisdk.messages import UIConverted, to_chat
 from chatproxy.errors import InvalidRequest, json_object
+from chatproxy.faces.aisdk.messages import UIConverted, to_chat
 from chatproxy.ids import check_id
 from chatproxy.store.models import MODEL_LENGTH, refuse_nul
 

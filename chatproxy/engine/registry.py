@@ -15,9 +15,9 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from chatproxy.proxy.eventlog import EventLog, Subscriber
-from chatproxy.proxy.generation import Generation
-from chatproxy.proxy.shared import SharedGenerations
+from chatproxy.engine.eventlog import EventLog, Subscriber
+from chatproxy.engine.generation import Generation
+from chatproxy.engine.shared import SharedGenerations
 from chatproxy.store.batch import Turn
 
 __all__ = ["REPLAY_BUDGET_BYTES", "Generations", "Replay"]

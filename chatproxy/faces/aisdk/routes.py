@@ -1,8 +1,8 @@
 """``/api/chat``: chatproxy as the chat route of Vercel AI SDK (``useChat``) apps.
 
-- ``POST /api/chat``: thread the body's messages (:mod:`chatproxy.proxy.planning`), start the
-  generation (:func:`~chatproxy.proxy.chat_completions.launch`, as the OpenAI endpoint does),
-  and answer its events as the UI message stream (:mod:`chatproxy.aisdk.stream`).
+- ``POST /api/chat``: thread the body's messages (:mod:`chatproxy.engine.planning`), start the
+  generation (:func:`~chatproxy.faces.chat_completions.launch`, as the OpenAI endpoint does),
+  and answer its events as the UI message stream (:mod:`chatproxy.faces.aisdk.stream`).
 - ``GET /api/chat/{id}/messages``: the chat's active branch as ``UIMessage[]``.
 - ``GET /api/chat/{id}/stream``: the running (or just finished) answer again, from its start,
   in the UI message stream; ``204`` when there is none (``useChat({ resume: true })``).
@@ -24,8 +24,14 @@ import orjson
 from aiohttp import web
 
 from chatproxy.access import Need, chat_for, chat_state, chat_state_for
-from chatproxy.aisdk.body import ChatBody, parse_body
-from chatproxy.aisdk.messages import (
+from chatproxy.appkeys import CALLER, CHAT_ID, SETTINGS, STORE
+from chatproxy.engine.feed import Feed, LocalFeed
+from chatproxy.engine.planning import Plan, plan_client_history, plan_server_history
+from chatproxy.engine.relay import write_feed
+from chatproxy.engine.start import ChatRequest
+from chatproxy.errors import InvalidRequest, ResourceNotFound
+from chatproxy.faces.aisdk.body import ChatBody, parse_body
+from chatproxy.faces.aisdk.messages import (
     UI_ID,
     answer_start,
     earlier_steps,
@@ -33,17 +39,11 @@ from chatproxy.aisdk.messages import (
     stored_ui_id,
     to_ui,
 )
-from chatproxy.aisdk.stream import UIMessageStream, UIParts
-from chatproxy.api.conversations import delete_chat as delete_idle_chat
-from chatproxy.appkeys import CALLER, CHAT_ID, SETTINGS, STORE
-from chatproxy.errors import InvalidRequest, ResourceNotFound
+from chatproxy.faces.aisdk.stream import UIMessageStream, UIParts
+from chatproxy.faces.chat_completions import check_daily_quota, launch
+from chatproxy.faces.history.conversations import delete_chat as delete_idle_chat
+from chatproxy.faces.history.resume import find_feed
 from chatproxy.ids import check_id
-from chatproxy.proxy.chat_completions import check_daily_quota, launch
-from chatproxy.proxy.engine import ChatRequest
-from chatproxy.proxy.feed import Feed, LocalFeed
-from chatproxy.proxy.planning import Plan, plan_client_history, plan_server_history
-from chatproxy.proxy.relay import write_feed
-from chatproxy.proxy.resume import find_feed
 from chatproxy.store import history
 from chatproxy.store.history import update_chat
 from chatproxy.store.models import Message

@@ -2,10 +2,10 @@
 
 The generation is a task of its own. It writes the request's turn to the store while it opens
 the upstream response, publishes the upstream's events in its numbered log
-(:mod:`chatproxy.proxy.eventlog`: each event's data with the upstream's own bytes, unmodified;
+(:mod:`chatproxy.engine.eventlog`: each event's data with the upstream's own bytes, unmodified;
 the usage-only chunk a client did not ask for is left out), accumulates the assistant message,
 queues a checkpoint every ``checkpoint_interval`` while the content grows, and stores the final
-state. HTTP handlers only follow the log (:mod:`chatproxy.proxy.relay`): a client that leaves
+state. HTTP handlers only follow the log (:mod:`chatproxy.engine.relay`): a client that leaves
 is a subscriber leaving, and the answer is finished and stored all the same (policy
 ``finish``) or cancelled (policy ``abort``).
 """
@@ -23,16 +23,17 @@ import aiohttp
 import orjson
 from multidict import CIMultiDict
 
+from chatproxy.engine.accumulate import Accumulator, is_usage_only
+from chatproxy.engine.eventlog import EventLog, Subscriber
+from chatproxy.engine.sse import SSEEvent, SSEParser
+from chatproxy.engine.watchdog import Watchdog
 from chatproxy.errors import APIError, UpstreamError, error_body, normalize_upstream_error
 from chatproxy.metrics import Metrics
-from chatproxy.proxy.accumulate import Accumulator, is_usage_only
-from chatproxy.proxy.eventlog import EventLog, Subscriber
-from chatproxy.proxy.sse import SSEEvent, SSEParser
-from chatproxy.proxy.upstream import HOP_BY_HOP, Upstream
-from chatproxy.proxy.watchdog import Watchdog
 from chatproxy.settings import Settings
+from chatproxy.store.models import Status
 from chatproxy.store.store import Answer, Store, Turn, utcnow
 from chatproxy.store.threading import prefix_hashes
+from chatproxy.upstream.client import HOP_BY_HOP, Upstream
 
 __all__ = ["DONE_EVENT", "Generation", "Head"]
 
@@ -91,7 +92,7 @@ class Generation:
         self.stream = stream
         # The answer's events, numbered: their data, and the upstream's bytes of each.
         self.events = EventLog()
-        self.status = "in_progress"
+        self.status = Status.IN_PROGRESS
         self.error: dict[str, Any] | None = None
         self.client_disconnected = False
         # Resolved only here; subscribers wait through :meth:`wait_head`, which shields it, so a
@@ -201,12 +202,12 @@ class Generation:
                 await self._pump_sse(resp)
             else:
                 await self._pump_body(resp)
-            self.status = "completed"
+            self.status = Status.COMPLETED
         except asyncio.CancelledError:
             if self._aborted:
-                self.status = "cancelled"
+                self.status = Status.CANCELLED
             else:  # stopped by the shutdown's drain timeout: the stream ends as any other cut
-                self.status = "interrupted"
+                self.status = Status.INTERRUPTED
                 self._cut(
                     error_body(
                         "the proxy shut down before the answer was complete",
@@ -215,7 +216,7 @@ class Generation:
                     )["error"]
                 )
         except UpstreamError as exc:  # before the first byte
-            self.status, self.error, head_error = "failed", exc.body()["error"], exc
+            self.status, self.error, head_error = Status.FAILED, exc.body()["error"], exc
             # The requesting client gets an HTTP error; a resuming one, the same in-band.
             self._hold(orjson.dumps(exc.body()))
             self._hold(b"[DONE]", DONE_EVENT)
@@ -226,7 +227,7 @@ class Generation:
             head_error = APIError("could not store the request", code="store_unavailable")
         except Exception:
             log.exception("generation failed request_id=%s", self.request_id)
-            self.status = "failed"
+            self.status = Status.FAILED
             self.error = error_body("internal error in the proxy", "server_error")["error"]
         finally:
             if resp is not None:
@@ -316,7 +317,7 @@ class Generation:
             self._final[1][-1] += tail
         if not saw_done and self.acc.finish_reason is None:
             raise _StreamBroken(
-                "failed",
+                Status.FAILED,
                 error_body(
                     "the upstream stream ended before it was complete",
                     "upstream_error",
@@ -332,7 +333,7 @@ class Generation:
             chunk = orjson.loads(data)
         except orjson.JSONDecodeError:
             raise _StreamBroken(
-                "failed",
+                Status.FAILED,
                 error_body("the upstream sent invalid data", "upstream_error", "upstream_invalid")[
                     "error"
                 ],
@@ -340,7 +341,7 @@ class Generation:
         if not isinstance(chunk, dict):
             return True
         if "error" in chunk or chunk.get("object") == "error":
-            raise _StreamBroken("failed", normalize_upstream_error(502, data)["error"])
+            raise _StreamBroken(Status.FAILED, normalize_upstream_error(502, data)["error"])
         self.acc.add_chunk(chunk)
         return not (self._hide_usage and is_usage_only(chunk))
 
@@ -361,7 +362,7 @@ class Generation:
             body = orjson.loads(b"".join(parts))
         except orjson.JSONDecodeError:
             raise _StreamBroken(
-                "failed",
+                Status.FAILED,
                 error_body("the upstream sent invalid JSON", "upstream_error", "upstream_invalid")[
                     "error"
                 ],
@@ -392,7 +393,7 @@ class Generation:
                 raise
             if watch.fired == "deadline":
                 raise _StreamBroken(
-                    "incomplete",
+                    Status.INCOMPLETE,
                     error_body(
                         f"the answer took longer than max_duration ({up.max_duration:g} s)",
                         "upstream_error",
@@ -400,7 +401,7 @@ class Generation:
                     )["error"],
                 ) from None
             raise _StreamBroken(
-                "failed",
+                Status.FAILED,
                 error_body(
                     f"the upstream sent nothing for {up.idle_timeout:g} s",
                     "upstream_error",
@@ -415,7 +416,7 @@ class Generation:
                 if leftover:
                     on_data(leftover)
             raise _StreamBroken(
-                "failed",
+                Status.FAILED,
                 error_body(
                     f"the upstream connection failed mid-stream ({type(exc).__name__})",
                     "upstream_error",

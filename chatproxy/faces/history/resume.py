@@ -11,9 +11,9 @@ from aiohttp import web
 
 from chatproxy.access import chat_state_for, path_id
 from chatproxy.appkeys import GENERATIONS
+from chatproxy.engine.feed import Feed, LocalFeed
+from chatproxy.engine.relay import NumberedEvents, write_feed
 from chatproxy.errors import InvalidRequest
-from chatproxy.proxy.feed import Feed, LocalFeed
-from chatproxy.proxy.relay import NumberedEvents, write_feed
 
 __all__ = ["find_feed", "handle_resume"]
 

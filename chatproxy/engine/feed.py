@@ -4,7 +4,7 @@
 A feed hands out the generation's events in order, in batches, from a given event number on,
 and ``None`` once the stream has ended. :class:`LocalFeed` follows a generation of this process
 (or its replay within the grace period), with the upstream's bytes of each event; a feed over
-Redis follows one running on another instance (:mod:`chatproxy.proxy.shared`), with their data
+Redis follows one running on another instance (:mod:`chatproxy.engine.shared`), with their data
 only.
 """
 
@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from aiohttp.client_exceptions import ClientConnectionResetError
 
-from chatproxy.proxy.eventlog import Subscriber
+from chatproxy.engine.eventlog import Subscriber
 
 if TYPE_CHECKING:
-    from chatproxy.proxy.generation import Generation
-    from chatproxy.proxy.registry import Replay
+    from chatproxy.engine.generation import Generation
+    from chatproxy.engine.registry import Replay
 
 __all__ = ["DISCONNECTS", "Batch", "Feed", "LocalFeed", "following"]
 

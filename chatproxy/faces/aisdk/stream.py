@@ -19,7 +19,7 @@ client's tool outputs, the client's own assistant message (as the AI SDK's serve
 that the client continues it instead of adding a second one. A resumed stream is a replay that
 the client starts afresh (AI SDK 6 and 7 reset the message on its ``start``): for such an
 answer it first replays the steps stored before it, the client's tool outputs as
-``tool-output-available`` (:func:`chatproxy.aisdk.messages.earlier_steps`).
+``tool-output-available`` (:func:`chatproxy.faces.aisdk.messages.earlier_steps`).
 
 Parts of the protocol (AI SDK 6 and 7) that are never produced, because a chat-completions
 upstream says nothing they would carry: ``tool-output-error`` / ``-denied`` and
@@ -45,9 +45,10 @@ from typing import Any
 
 import orjson
 
-from chatproxy.proxy.accumulate import Accumulator, pick_choice
-from chatproxy.proxy.feed import Batch
-from chatproxy.proxy.relay import Rendering
+from chatproxy.engine.accumulate import Accumulator, pick_choice
+from chatproxy.engine.feed import Batch
+from chatproxy.engine.relay import Rendering
+from chatproxy.store.models import Status
 
 __all__ = [
     "ABORTED",
@@ -364,4 +365,4 @@ class UIParts(Rendering):
         ui = self._ui
         if ui.finished:
             return b""
-        return ui.abort() if await self._status() == "cancelled" else ui.end()
+        return ui.abort() if await self._status() == Status.CANCELLED else ui.end()

@@ -1,9 +1,9 @@
 """Starting a generation: the one entry every API face calls.
 
 A face (chat completions, ``/api/chat``, later ``/v1/responses``) parses its request, plans
-where the turn goes (:mod:`chatproxy.proxy.planning`), describes the work as a :class:`Work`
+where the turn goes (:mod:`chatproxy.engine.planning`), describes the work as a :class:`Work`
 (no HTTP request in it) and calls :func:`start_generation`, then writes the generation's event
-log to its client in its own rendering (:func:`chatproxy.proxy.relay.write_feed`).
+log to its client in its own rendering (:func:`chatproxy.engine.relay.write_feed`).
 :func:`start_generation` runs the ``before_upstream`` plugins, claims the chat (one running
 answer per chat and branch), builds the upstream request, starts the generation and registers
 it, and asks for the chat's title once its first answer is complete.
@@ -20,15 +20,16 @@ from aiohttp import web
 
 from chatproxy.appkeys import GENERATIONS, METRICS, PLUGINS, SETTINGS, STORE, TITLER, UPSTREAM
 from chatproxy.auth import Caller
+from chatproxy.engine.generation import Generation
+from chatproxy.engine.registry import Generations
+from chatproxy.engine.titles import Titler
 from chatproxy.errors import APIError, Conflict
 from chatproxy.metrics import Metrics
 from chatproxy.plugins import NO_PLUGINS, PluginFailed, Plugins, UpstreamCall
-from chatproxy.proxy.generation import Generation
-from chatproxy.proxy.registry import Generations
-from chatproxy.proxy.upstream import Upstream
 from chatproxy.settings import Settings
+from chatproxy.store.models import Status
 from chatproxy.store.store import Store, Turn
-from chatproxy.titles import Titler
+from chatproxy.upstream.client import Upstream
 
 __all__ = ["ChatRequest", "Engine", "Face", "Work", "start_generation", "upstream_body"]
 
@@ -211,7 +212,7 @@ def _title_when_answered(titler: Titler, gen: Generation, turn: Turn, caller: Ca
         return
 
     def done(_: object) -> None:
-        if gen.status == "completed":
+        if gen.status == Status.COMPLETED:
             titler.schedule(turn.chat_id, first, turn.model, caller.upstream_authorization)
 
     gen.task.add_done_callback(done)

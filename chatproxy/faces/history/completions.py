@@ -40,7 +40,7 @@ from chatproxy.appkeys import CALLER, STORE
 from chatproxy.errors import APIError, InvalidRequest, json_object
 from chatproxy.ids import unknown_id
 from chatproxy.store import completions as stored
-from chatproxy.store.models import Chat, Message, refuse_nul
+from chatproxy.store.models import Chat, Message, Status, refuse_nul
 from chatproxy.store.threading import message_text
 
 __all__ = ["add_routes"]
@@ -124,7 +124,9 @@ def completion_object(message: Message) -> dict[str, Any]:
     """The stored assistant message as a ``chat.completion``."""
     data = message.data if isinstance(message.data, dict) else {}
     choice_message = {**data, "role": "assistant", "content": data.get("content")}
-    finish_reason = message.finish_reason or ("stop" if message.status == "completed" else "length")
+    finish_reason = message.finish_reason or (
+        "stop" if message.status == Status.COMPLETED else "length"
+    )
     return {
         "id": message.id,
         "object": "chat.completion",

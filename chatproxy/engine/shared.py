@@ -34,11 +34,11 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
+from chatproxy.engine.feed import Batch
 from chatproxy.errors import error_body
-from chatproxy.proxy.feed import Batch
 
 if TYPE_CHECKING:
-    from chatproxy.proxy.generation import Generation
+    from chatproxy.engine.generation import Generation
 
 __all__ = ["RedisFeed", "SharedGenerations"]
 
@@ -408,7 +408,7 @@ class _Mirrored:
 
 
 class RedisFeed:
-    """Follows an answer's Redis stream; see :class:`chatproxy.proxy.feed.Feed`."""
+    """Follows an answer's Redis stream; see :class:`chatproxy.engine.feed.Feed`."""
 
     def __init__(self, client: Redis, stream: str, message_id: str, after: int) -> None:
         self.message_id = message_id

@@ -26,14 +26,14 @@ from typing import Any, Protocol
 
 import orjson
 
-from chatproxy.aisdk.stream import (
+from chatproxy.errors import InvalidRequest
+from chatproxy.faces.aisdk.stream import (
     INVALID_ARGUMENTS,
     PROVIDER,
     answer_metadata,
     frame,
     tool_input,
 )
-from chatproxy.errors import InvalidRequest
 from chatproxy.store.models import Message
 from chatproxy.store.threading import message_text, without_reasoning
 

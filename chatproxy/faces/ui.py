@@ -20,7 +20,7 @@ from aiohttp import web
 
 __all__ = ["CONTENT_SECURITY_POLICY", "STATIC_DIR", "add_routes"]
 
-STATIC_DIR = Path(__file__).resolve().parent.parent / "ui" / "static"
+STATIC_DIR = Path(__file__).resolve().parents[1] / "ui" / "static"
 
 CONTENT_SECURITY_POLICY = "; ".join(
     [

@@ -41,7 +41,7 @@ from chatproxy.errors import APIError, Conflict, InvalidRequest, NotFoundError, 
 from chatproxy.ids import unknown_id
 from chatproxy.store import history
 from chatproxy.store.history import ChatView, ItemError
-from chatproxy.store.models import TITLE_LENGTH_MAX, Chat, Message, refuse_nul
+from chatproxy.store.models import TITLE_LENGTH_MAX, Chat, Message, Status, refuse_nul
 from chatproxy.store.threading import message_text
 
 __all__ = ["add_routes", "delete_chat", "ensure_not_busy", "message_items"]
@@ -212,7 +212,7 @@ def _input_parts(content: Any) -> list[dict[str, Any]]:
 def _answer_items(data: Mapping[str, Any], status: str) -> list[dict[str, Any]]:
     # OpenAI's items know in_progress, completed and incomplete: a failed, cancelled or
     # interrupted answer is an incomplete one.
-    status = status if status in ("in_progress", "completed") else "incomplete"
+    status = status if status in (Status.IN_PROGRESS, Status.COMPLETED) else Status.INCOMPLETE
     text, refusal = message_text(data.get("content")), data.get("refusal")
     calls = [c for c in data.get("tool_calls") or [] if isinstance(c, dict)]
     parts: list[dict[str, Any]] = []

@@ -22,15 +22,15 @@ from chatproxy.appkeys import (
     SETTINGS,
     STORE,
 )
+from chatproxy.engine.feed import Batch, LocalFeed
+from chatproxy.engine.generation import Generation
+from chatproxy.engine.planning import plan_client_history, plan_server_history
+from chatproxy.engine.relay import Rendering, write_feed
+from chatproxy.engine.start import ChatRequest, Engine, Face, Work, start_generation
 from chatproxy.errors import APIError, InvalidRequest, json_object
 from chatproxy.ids import check_id
 from chatproxy.limits.policy import tightest
 from chatproxy.offload import LARGE_BODY, offload
-from chatproxy.proxy.engine import ChatRequest, Engine, Face, Work, start_generation
-from chatproxy.proxy.feed import Batch, LocalFeed
-from chatproxy.proxy.generation import Generation
-from chatproxy.proxy.planning import plan_client_history, plan_server_history
-from chatproxy.proxy.relay import Rendering, write_feed
 from chatproxy.store.models import MODEL_LENGTH, refuse_nul
 from chatproxy.store.store import Turn
 
@@ -246,7 +246,7 @@ async def launch(
     face: Face = "chat.completions",
 ) -> Generation:
     """Start the generation of ``turn`` (``None``: not stored) for the client of ``request``
-    (:func:`~chatproxy.proxy.engine.start_generation`)."""
+    (:func:`~chatproxy.engine.start.start_generation`)."""
     work = Work(
         face=face,
         caller=request[CALLER],

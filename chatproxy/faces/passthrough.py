@@ -22,7 +22,7 @@ from aiohttp.client_exceptions import ClientError
 
 from chatproxy.appkeys import CALLER, REQUEST_ID, UPSTREAM
 from chatproxy.errors import ResourceNotFound
-from chatproxy.proxy.upstream import HOP_BY_HOP
+from chatproxy.upstream.client import HOP_BY_HOP
 
 __all__ = ["handle_passthrough", "upstream_path"]
 

@@ -1,6 +1,6 @@
 """The one loop that writes a generation's events to an HTTP client.
 
-Every face follows a :class:`~chatproxy.proxy.feed.Feed` and supplies a :class:`Rendering`:
+Every face follows a :class:`~chatproxy.engine.feed.Feed` and supplies a :class:`Rendering`:
 the response head, and the bytes of each batch of events (the chat-completions face forwards
 the upstream's own bytes; a resuming client gets numbered events; the AI SDK face, UI message
 parts). :func:`write_feed` races "write the next events" against "the client went away": with
@@ -9,7 +9,7 @@ that leaves during a write makes the write fail. Either way the reader just leav
 generation, which goes on (or is aborted, by policy) on its own.
 
 While the client keeps up, a local generation's events are written straight to its socket by
-the publishing call (:meth:`~chatproxy.proxy.feed.LocalFeed.write_directly`), which saves a
+the publishing call (:meth:`~chatproxy.engine.feed.LocalFeed.write_directly`), which saves a
 task switch per chunk; a client whose socket buffer fills up is served by the handler's own
 awaited writes, with back-pressure.
 """
@@ -25,7 +25,7 @@ from aiohttp import web
 from aiohttp.client_exceptions import ClientConnectionResetError
 
 from chatproxy.appkeys import LEFT_EARLY
-from chatproxy.proxy.feed import Batch, Feed, LocalFeed, following
+from chatproxy.engine.feed import Batch, Feed, LocalFeed, following
 
 __all__ = [
     "EVENT_STREAM_HEADERS",
