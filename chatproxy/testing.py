@@ -8,8 +8,17 @@
         ...
         assert fake.chat_requests[0].json["messages"][0]["role"] == "user"
 
-It speaks the Chat Completions wire format closely enough for the ``openai`` SDK to parse, and
-misbehaves on demand: slow or fragmented streams, dropped connections, bad events, error statuses.
+It speaks the Chat Completions and the Responses wire formats closely enough for the ``openai``
+SDK to parse, and misbehaves on demand: slow or fragmented streams, dropped connections, bad
+events, failures mid-stream, error statuses.
+
+``POST /v1/responses`` answers from the same queue. A reply's reasoning becomes a ``reasoning``
+item (its summary), its content and refusal a ``message`` item, its tool calls ``function_call``
+items; ``finish_reason="length"`` (or a ``max_output_tokens`` below the reply's piece count, which
+cuts it there) makes it ``incomplete``. ``responses="stateful"`` (the default) remembers what it
+answered, as OpenAI does, and resolves ``previous_response_id`` itself (what the model saw is
+``RecordedRequest.model_input``); ``"stateless"`` remembers nothing, as vLLM, Ollama and
+llama.cpp do; ``"none"`` answers 404 there, as an upstream without that API does.
 
 With ``auto`` (``FakeUpstream(auto=True)`` for every unscripted answer, ``Reply(auto=True)`` for
 one; ``demo`` implies it) it answers in kind, as an agent framework expects a model to:
@@ -19,8 +28,9 @@ one; ``demo`` implies it) it answers in kind, as an agent framework expects a mo
   (required properties only: strings ``"Paris"``, numbers ``1``, booleans ``true``), spelled
   compact as OpenAI sends them (``{"city":"Paris"}``) or, with ``spaced_arguments``, as
   Python's ``json.dumps`` does (``{"city": "Paris"}``), and streamed in fragments;
-- ``response_format`` asks for JSON: a JSON document (``json_schema``: one with the schema's
-  required properties; ``json_object``: ``{"answer": <the reply's text>}``);
+- ``response_format`` (Responses: ``text.format``) asks for JSON: a JSON document
+  (``json_schema``: one with the schema's required properties; ``json_object``:
+  ``{"answer": <the reply's text>}``);
 - the last message is a tool result: text quoting it (``The tool said: ...``).
 """
 
@@ -35,8 +45,9 @@ import secrets
 import struct
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 import orjson
 from aiohttp import web
@@ -76,7 +87,7 @@ class ToolCall:
 
 @dataclass
 class Reply:
-    """One scripted answer to a ``/chat/completions`` request.
+    """One scripted answer to a ``/chat/completions`` or ``/responses`` request.
 
     When ``tool_calls`` or ``refusal`` is set and ``content`` is left at its default (and
     ``chunks`` is None), the answer carries no content.
@@ -101,6 +112,9 @@ class Reply:
     split_writes: bool = False  # write each event in several separate small writes
     coalesce: bool = False  # write all events at once
     garbage_after: int | None = None  # insert an invalid ``data: {not json`` event here
+    # Replace the stream from this event on with an in-band failure: chat, a ``data: {"error":
+    # ...}`` event; responses, ``response.failed``. The final event is replaced at the latest.
+    fail_after: int | None = None
     auto: bool = False  # answer in kind: a tool call, a JSON document (see the module doc)
     spaced_arguments: bool = False  # auto tool-call arguments as ``{"city": "Paris"}``
 
@@ -133,6 +147,8 @@ class RecordedRequest:
     json: Any
     disconnected: asyncio.Event = field(default_factory=asyncio.Event)
     completed: asyncio.Event = field(default_factory=asyncio.Event)
+    # ``/responses``: the input items the model saw (``previous_response_id``'s chain, then input)
+    model_input: list[Any] | None = None
 
 
 @dataclass
@@ -352,6 +368,36 @@ async def _drop(request: web.Request) -> None:
     transport.abort()
 
 
+def _misbehave(reply: Reply, events: list[bytes], failure: Callable[[int], bytes]) -> list[bytes]:
+    """``events`` as ``reply`` asks: failing in-band (``failure(n)`` is the event that replaces
+    the ``n``-th), with an invalid event inserted, cut short before a dropped connection."""
+    if reply.fail_after is not None and events:
+        at = min(max(reply.fail_after, 0), len(events) - 1)
+        events = [*events[:at], failure(at)]
+    if reply.garbage_after is not None:
+        events.insert(reply.garbage_after, _GARBAGE)
+    if reply.drop_after is not None:
+        events = events[: reply.drop_after]
+    return events
+
+
+def _error_response(reply: Reply) -> web.Response:
+    """The error a reply with a status other than 200 answers, before any stream."""
+    error = reply.error_body
+    if error is None:
+        error = _error_body(reply.status, f"Fake upstream error {reply.status}")
+    return _json_response(reply.status, error, reply.headers)
+
+
+def _stream_response(reply: Reply) -> web.StreamResponse:
+    headers = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+    return web.StreamResponse(headers={**headers, **reply.headers})
+
+
+_FAILURE_MESSAGE = "The fake upstream failed mid-stream."
+_CHAT_FAILURE = _sse(_error_body(500, _FAILURE_MESSAGE))
+
+
 PLACEHOLDER_TEXT = "Paris"
 _SCHEMA_DEPTH = 12
 
@@ -473,15 +519,320 @@ def _demo_reply(body: dict[str, Any]) -> Reply:
     return Reply(content=content, chunk_delay=DEMO_CHUNK_DELAY, auto=True)
 
 
-class FakeUpstream:
-    """A fake OpenAI-compatible server whose ``/chat/completions`` answers are scripted.
+# -- Responses API ----------------------------------------------------------------------------
 
-    ``enqueue`` replies (FIFO, one per chat request); an empty queue answers with ``default``,
+ResponsesMode = Literal["stateful", "stateless", "none"]
+_RESPONSES_MODES = ("stateful", "stateless", "none")
+# A finish reason that leaves a response incomplete, and the reason OpenAI gives for it.
+_INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"}
+
+
+@dataclass
+class _Stored:
+    """A response the fake remembers: what its model saw, and what it answered."""
+
+    input: list[Any]
+    output: list[dict[str, Any]]
+
+
+def _item_id(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_hex(24)}"
+
+
+def _invalid(message: str, param: str | None, code: str | None = None) -> dict[str, Any]:
+    return {
+        "error": {"message": message, "type": "invalid_request_error", "param": param, "code": code}
+    }
+
+
+def _given(body: dict[str, Any], key: str, default: Any) -> Any:
+    value = body.get(key)
+    return default if value is None else value
+
+
+def _input_items(value: Any) -> list[Any]:
+    if isinstance(value, str):
+        return [{"role": "user", "content": value}]
+    return list(value) if isinstance(value, list) else []
+
+
+def _chat_view(body: dict[str, Any], items: list[Any]) -> dict[str, Any]:
+    """A Responses request as the Chat Completions logic shared by both paths reads it
+    (``messages``, ``tools``, ``tool_choice``, ``response_format``); ``items`` is its input."""
+    messages: list[dict[str, Any]] = []
+    instructions = body.get("instructions")
+    if isinstance(instructions, str) and instructions:
+        messages.append({"role": "system", "content": instructions})
+    elif isinstance(instructions, list):
+        items = [*instructions, *items]
+    for item in items:
+        if not isinstance(item, dict):
+            continue
+        kind = item.get("type", "message")
+        if kind == "message":
+            messages.append({"role": item.get("role"), "content": item.get("content")})
+        elif kind == "function_call":
+            function = {"name": item.get("name"), "arguments": item.get("arguments")}
+            call = {"id": item.get("call_id"), "type": "function", "function": function}
+            messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
+        elif kind == "function_call_output":
+            result = {"tool_call_id": item.get("call_id"), "content": item.get("output")}
+            messages.append({"role": "tool", **result})
+    tools = body.get("tools")
+    keys = ("name", "description", "parameters")
+    functions = [
+        {"type": "function", "function": {k: t[k] for k in keys if k in t}}
+        for t in (tools if isinstance(tools, list) else [])
+        if isinstance(t, dict) and t.get("type") == "function"
+    ]
+    view: dict[str, Any] = {
+        "model": body.get("model"),
+        "messages": messages,
+        "tools": functions,
+        "tool_choice": body.get("tool_choice"),
+    }
+    text = body.get("text")
+    form = text.get("format") if isinstance(text, dict) else None
+    kind = form.get("type") if isinstance(form, dict) else None
+    if kind == "json_schema" and isinstance(form, dict):
+        spec = {"name": form.get("name"), "schema": form.get("schema")}
+        view["response_format"] = {"type": "json_schema", "json_schema": spec}
+    elif kind == "json_object":
+        view["response_format"] = {"type": "json_object"}
+    return view
+
+
+def _pieces_count(answer: _Answer) -> int:
+    calls = sum(len(frags) for _, _, frags in answer.tool_calls)
+    return len(answer.reasoning) + len(answer.content) + len(answer.refusal) + calls
+
+
+def _cut(answer: _Answer, limit: int) -> _Answer:
+    """``answer`` cut after ``limit`` pieces, as a ``max_output_tokens`` limit cuts a model."""
+    left = max(limit, 0)
+
+    def take(pieces: list[str]) -> list[str]:
+        nonlocal left
+        kept = pieces[:left]
+        left -= len(kept)
+        return kept
+
+    reasoning, content, refusal = take(answer.reasoning), take(answer.content), take(answer.refusal)
+    calls = []
+    for call_id, name, frags in answer.tool_calls:
+        if not left:
+            break
+        calls.append((call_id, name, take(frags)))
+    return replace(
+        answer,
+        reasoning=reasoning,
+        content=content,
+        refusal=refusal,
+        tool_calls=calls,
+        finish_reason="length",
+    )
+
+
+def _responses_usage(answer: _Answer, view: dict[str, Any]) -> dict[str, Any]:
+    """Usage in the Responses shape: a reply's own (either shape) or counted pieces."""
+    given = answer.reply.usage
+    if given is not None and "input_tokens" in given:
+        return given
+    if given is None:
+        prompt, output = _prompt_tokens(view), _pieces_count(answer)
+        cached, reasoning = 0, len(answer.reasoning)
+    else:
+        prompt = int(given.get("prompt_tokens") or 0)
+        output = int(given.get("completion_tokens") or 0)
+        cached = int((given.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)
+        reasoning = int((given.get("completion_tokens_details") or {}).get("reasoning_tokens") or 0)
+    return {
+        "input_tokens": prompt,
+        "input_tokens_details": {"cached_tokens": cached, "cache_write_tokens": 0},
+        "output_tokens": output,
+        "output_tokens_details": {"reasoning_tokens": reasoning},
+        "total_tokens": prompt + output,
+    }
+
+
+def _output_items(answer: _Answer) -> list[dict[str, Any]]:
+    """The finished output items: reasoning, then the message, then the function calls."""
+    items: list[dict[str, Any]] = []
+    if answer.reasoning:
+        summary = [{"type": "summary_text", "text": "".join(answer.reasoning)}]
+        items.append({"id": _item_id("rs"), "type": "reasoning", "summary": summary})
+    if answer.content or answer.refusal or not (answer.tool_calls or answer.reasoning):
+        parts: list[dict[str, Any]] = []
+        if answer.content or not answer.refusal:
+            text = "".join(answer.content)
+            parts.append({"type": "output_text", "annotations": [], "logprobs": [], "text": text})
+        if answer.refusal:
+            parts.append({"type": "refusal", "refusal": "".join(answer.refusal)})
+        message = {"id": _item_id("msg"), "type": "message", "status": "completed"}
+        items.append({**message, "content": parts, "role": "assistant"})
+    for call_id, name, frags in answer.tool_calls:
+        call = {"id": _item_id("fc"), "type": "function_call", "status": "completed"}
+        items.append({**call, "arguments": "".join(frags), "call_id": call_id, "name": name})
+    if answer.finish_reason in _INCOMPLETE and items and "status" in items[-1]:
+        items[-1]["status"] = "incomplete"
+    return items
+
+
+def _in_progress(item: dict[str, Any]) -> dict[str, Any]:
+    """``item`` as ``response.output_item.added`` shows it, before any of its content."""
+    if item["type"] == "reasoning":
+        return {**item, "summary": []}
+    if item["type"] == "message":
+        return {**item, "status": "in_progress", "content": []}
+    return {**item, "status": "in_progress", "arguments": ""}
+
+
+def _item_events(
+    item: dict[str, Any], index: int, answer: _Answer, frags: list[str]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """One output item's events, without sequence numbers: opening, deltas, closing."""
+    ref = {"item_id": item["id"], "output_index": index}
+    added = {"type": "response.output_item.added", "output_index": index}
+    opening = [{**added, "item": _in_progress(item)}]
+    middle: list[dict[str, Any]] = []
+    closing = [{"type": "response.output_item.done", "output_index": index, "item": item}]
+    if item["type"] == "reasoning":
+        text = item["summary"][0]["text"]
+        at = {**ref, "summary_index": 0}
+        empty, full = {"type": "summary_text", "text": ""}, {"type": "summary_text", "text": text}
+        middle.append({"type": "response.reasoning_summary_part.added", **at, "part": empty})
+        middle += [
+            {"type": "response.reasoning_summary_text.delta", **at, "delta": p}
+            for p in answer.reasoning
+        ]
+        middle.append({"type": "response.reasoning_summary_text.done", **at, "text": text})
+        middle.append({"type": "response.reasoning_summary_part.done", **at, "part": full})
+    elif item["type"] == "message":
+        for content_index, part in enumerate(item["content"]):
+            at = {**ref, "content_index": content_index}
+            if part["type"] == "output_text":
+                start = {**part, "text": ""}
+                deltas = [
+                    {"type": "response.output_text.delta", **at, "delta": p, "logprobs": []}
+                    for p in answer.content
+                ]
+                done = {"type": "response.output_text.done", **at, "text": part["text"]}
+                done["logprobs"] = []
+            else:
+                start = {**part, "refusal": ""}
+                deltas = [
+                    {"type": "response.refusal.delta", **at, "delta": p} for p in answer.refusal
+                ]
+                done = {"type": "response.refusal.done", **at, "refusal": part["refusal"]}
+            middle.append({"type": "response.content_part.added", **at, "part": start})
+            middle += [*deltas, done]
+            middle.append({"type": "response.content_part.done", **at, "part": part})
+    else:
+        middle += [
+            {"type": "response.function_call_arguments.delta", **ref, "delta": f} for f in frags
+        ]
+        done = {"type": "response.function_call_arguments.done", **ref}
+        closing.insert(0, {**done, "arguments": item["arguments"]})
+    return opening, middle, closing
+
+
+def _output_events(answer: _Answer, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every output item's events in order; function calls round-robin when the reply says."""
+    frags = iter(f for _, _, f in answer.tool_calls)
+    per_item = [
+        _item_events(item, i, answer, next(frags) if item["type"] == "function_call" else [])
+        for i, item in enumerate(items)
+    ]
+    calls = [e for e, item in zip(per_item, items, strict=True) if item["type"] == "function_call"]
+    if not (answer.reply.interleave_tool_calls and len(calls) > 1):
+        return [event for parts in per_item for part in parts for event in part]
+    others = [e for e, item in zip(per_item, items, strict=True) if item["type"] != "function_call"]
+    events = [event for parts in others for part in parts for event in part]
+    events += [event for opening, _, _ in calls for event in opening]
+    longest = max(len(middle) for _, middle, _ in calls)
+    events += [m[i] for i in range(longest) for _, m, _ in calls if i < len(m)]
+    events += [event for _, _, closing in calls for event in closing]
+    return events
+
+
+def _echo_tool(tool: Any) -> Any:
+    if isinstance(tool, dict) and tool.get("type") == "function":
+        return {"description": None, "strict": True, **tool}
+    return tool
+
+
+def _response_object(
+    rid: str,
+    created: int,
+    body: dict[str, Any],
+    model: str,
+    status: str,
+    output: list[dict[str, Any]],
+    usage: dict[str, Any] | None,
+    *,
+    error: dict[str, Any] | None = None,
+    incomplete: str | None = None,
+) -> dict[str, Any]:
+    """A ``response`` object as OpenAI returns it, the request's parameters echoed."""
+    tools = body.get("tools")
+    reasoning, text = body.get("reasoning"), body.get("text")
+    reasoning = reasoning if isinstance(reasoning, dict) else {}
+    text = text if isinstance(text, dict) else {}
+    return {
+        "id": rid,
+        "object": "response",
+        "created_at": created,
+        "status": status,
+        "background": bool(body.get("background")),
+        "completed_at": int(time.time()) if status == "completed" else None,
+        "error": error,
+        "incomplete_details": {"reason": incomplete} if incomplete else None,
+        "instructions": body.get("instructions"),
+        "max_output_tokens": body.get("max_output_tokens"),
+        "max_tool_calls": body.get("max_tool_calls"),
+        "model": model,
+        "output": output,
+        "parallel_tool_calls": _given(body, "parallel_tool_calls", True),
+        "previous_response_id": body.get("previous_response_id"),
+        "prompt_cache_key": body.get("prompt_cache_key"),
+        "reasoning": {"effort": None, "summary": None, **reasoning},
+        "safety_identifier": body.get("safety_identifier"),
+        "service_tier": "default",
+        "store": _given(body, "store", True),
+        "temperature": _given(body, "temperature", 1.0),
+        "text": {"format": {"type": "text"}, "verbosity": "medium", **text},
+        "tool_choice": _given(body, "tool_choice", "auto"),
+        "tools": [_echo_tool(t) for t in (tools if isinstance(tools, list) else [])],
+        "top_logprobs": _given(body, "top_logprobs", 0),
+        "top_p": _given(body, "top_p", 1.0),
+        "truncation": _given(body, "truncation", "disabled"),
+        "usage": usage,
+        "user": body.get("user"),
+        "metadata": _given(body, "metadata", {}),
+    }
+
+
+def _named_sse(event: dict[str, Any]) -> bytes:
+    return b"event: " + event["type"].encode() + b"\ndata: " + orjson.dumps(event) + b"\n\n"
+
+
+def _numbered(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{"type": e["type"], "sequence_number": n, **e} for n, e in enumerate(events)]
+
+
+class FakeUpstream:
+    """A fake OpenAI-compatible server whose ``/chat/completions`` and ``/responses`` answers
+    are scripted.
+
+    ``enqueue`` replies (FIFO, one per chat or responses request); an empty queue answers with
+    ``default``,
     else a demo echo when ``demo``, else ``Reply()``. ``fast`` caches the encoded stream of that
     fallback (20 pieces unless ``default`` is given) for benchmarks. ``auto`` (and
     ``spaced_arguments``) make that fallback answer in kind (tool calls, JSON documents: see the
     module docstring), as the demo's does. Headers ``X-Fake-Chunks: <n>`` and
-    ``X-Fake-Chunk-Delay: <seconds>`` override any reply.
+    ``X-Fake-Chunk-Delay: <seconds>`` override any reply. ``responses`` says how it serves the
+    Responses API: ``"stateful"`` (remembers responses, as OpenAI), ``"stateless"`` (every
+    ``previous_response_id`` is unknown), ``"none"`` (404, no such API).
     """
 
     def __init__(
@@ -492,8 +843,13 @@ class FakeUpstream:
         fast: bool = False,
         auto: bool = False,
         spaced_arguments: bool = False,
+        responses: ResponsesMode = "stateful",
     ):
+        if responses not in _RESPONSES_MODES:
+            raise ValueError(f"responses must be one of {', '.join(_RESPONSES_MODES)}")
         self.requests: list[RecordedRequest] = []
+        self._responses_mode = responses
+        self._stored: dict[str, _Stored] = {}
         self._queue: deque[Reply] = deque()
         self._demo = demo
         self._fast = fast
@@ -511,12 +867,13 @@ class FakeUpstream:
         self._url: str | None = None
         self.app = web.Application(client_max_size=64 * 1024 * 1024)
         self.app.router.add_post("/v1/chat/completions", self._chat)
+        self.app.router.add_post("/v1/responses", self._responses)
         self.app.router.add_get("/v1/models", self._models)
         self.app.router.add_post("/v1/embeddings", self._embeddings)
         self.app.router.add_route("*", "/{tail:.*}", self._not_found)
 
     def enqueue(self, *replies: Reply) -> None:
-        """Queue replies for the next chat requests, in order."""
+        """Queue replies for the next chat or responses requests, in order."""
         self._queue.extend(replies)
 
     @property
@@ -525,6 +882,11 @@ class FakeUpstream:
         return [
             r for r in self.requests if r.method == "POST" and r.path.endswith("/chat/completions")
         ]
+
+    @property
+    def responses_requests(self) -> list[RecordedRequest]:
+        """The recorded ``POST .../responses`` requests."""
+        return [r for r in self.requests if r.method == "POST" and r.path.endswith("/responses")]
 
     @property
     def url(self) -> str:
@@ -646,6 +1008,24 @@ class FakeUpstream:
         payload = {"object": "list", "data": data, "model": model, "usage": usage}
         return await self._respond(request, record, _json_response(200, payload))
 
+    def _scripted(
+        self, request: web.Request, body: dict[str, Any]
+    ) -> tuple[Reply, bool, float | None]:
+        """The reply for this chat-shaped request, the ``X-Fake-*`` headers and ``auto``
+        applied; whether its encoding may be cached; the ``X-Fake-Chunks`` count."""
+        reply, cacheable = self._next_reply(body)
+        n_chunks = _header_number(request, "X-Fake-Chunks")
+        if n_chunks is not None:
+            reply = replace(reply, content=_filler(int(n_chunks)), chunks=None)
+        chunk_delay = _header_number(request, "X-Fake-Chunk-Delay")
+        if chunk_delay is not None:
+            reply = replace(reply, chunk_delay=chunk_delay)
+        if reply.auto:
+            answered = _in_kind(reply, body)
+            cacheable = cacheable and answered is reply
+            reply = answered
+        return reply, cacheable, n_chunks
+
     def _next_reply(self, body: dict[str, Any]) -> tuple[Reply, bool]:
         """The reply to use, and whether its encoding may be cached (fast mode)."""
         if self._queue:
@@ -664,24 +1044,9 @@ class FakeUpstream:
             return await self._respond(
                 request, record, _json_response(400, _error_body(400, message))
             )
-        reply, cacheable = self._next_reply(body)
-        n_chunks = _header_number(request, "X-Fake-Chunks")
-        if n_chunks is not None:
-            reply = replace(reply, content=_filler(int(n_chunks)), chunks=None)
-        chunk_delay = _header_number(request, "X-Fake-Chunk-Delay")
-        if chunk_delay is not None:
-            reply = replace(reply, chunk_delay=chunk_delay)
-        if reply.auto:
-            answered = _in_kind(reply, body)
-            cacheable = cacheable and answered is reply
-            reply = answered
-
+        reply, cacheable, n_chunks = self._scripted(request, body)
         if reply.status != 200:
-            error = reply.error_body
-            if error is None:
-                error = _error_body(reply.status, f"Fake upstream error {reply.status}")
-            resp = _json_response(reply.status, error, reply.headers)
-            return await self._respond(request, record, resp, reply)
+            return await self._respond(request, record, _error_response(reply), reply)
 
         cid = f"chatcmpl-{secrets.token_hex(12)}"
         created = int(time.time())
@@ -714,10 +1079,96 @@ class FakeUpstream:
         if include_usage:
             events.append(_usage_event(answer, cid, created))
         events.append(_DONE)
-        if reply.garbage_after is not None:
-            events.insert(reply.garbage_after, _GARBAGE)
-        if reply.drop_after is not None:
-            events = events[: reply.drop_after]
-        headers = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
-        resp = web.StreamResponse(headers={**headers, **reply.headers})
+        events = _misbehave(reply, events, lambda _: _CHAT_FAILURE)
+        resp = _stream_response(reply)
+        return await self._respond(request, record, resp, reply, events, reply.coalesce)
+
+    def _model_input(self, body: dict[str, Any]) -> list[Any] | dict[str, Any]:
+        """What the model sees (the ``previous_response_id`` chain, then the input), or the
+        error OpenAI answers when that chain, or a tool call an output answers, is unknown."""
+        items = _input_items(body.get("input"))
+        previous = body.get("previous_response_id")
+        if previous is not None:
+            stored = self._stored.get(previous) if isinstance(previous, str) else None
+            if stored is None:
+                message = f"Previous response with id '{previous}' not found."
+                return _invalid(message, "previous_response_id", "previous_response_not_found")
+            items = [*stored.input, *stored.output, *items]
+        if self._responses_mode == "stateful":
+            typed = [i for i in items if isinstance(i, dict)]
+            called = {i.get("call_id") for i in typed if i.get("type") == "function_call"}
+            for item in typed:
+                if item.get("type") == "function_call_output" and item.get("call_id") not in called:
+                    message = (
+                        "No tool call found for function call output with call_id "
+                        f"{item.get('call_id')}."
+                    )
+                    return _invalid(message, "input")
+        return items
+
+    async def _responses(self, request: web.Request) -> web.StreamResponse:
+        if self._responses_mode == "none":
+            return await self._not_found(request)
+        record = await self._record(request)
+        body = record.json
+        if not isinstance(body, dict):
+            message = "We could not parse the JSON body of your request."
+            return await self._respond(
+                request, record, _json_response(400, _error_body(400, message))
+            )
+        if body.get("input") is not None and not isinstance(body["input"], str | list):
+            message = (
+                "Invalid type for 'input': expected one of a string or array of input items, "
+                f"but got {type(body['input']).__name__} instead."
+            )
+            error = _json_response(400, _invalid(message, "input"))
+            return await self._respond(request, record, error)
+        seen = self._model_input(body)
+        if isinstance(seen, dict):
+            return await self._respond(request, record, _json_response(400, seen))
+        record.model_input = seen
+        view = _chat_view(body, seen)
+        reply, _, _ = self._scripted(request, view)
+        if reply.status != 200:
+            return await self._respond(request, record, _error_response(reply), reply)
+
+        answer = _resolve(reply, view)
+        limit = body.get("max_output_tokens")
+        if isinstance(limit, int) and not isinstance(limit, bool) and limit < _pieces_count(answer):
+            answer = _cut(answer, limit)
+        rid, created = _item_id("resp"), int(time.time())
+        items = _output_items(answer)
+        usage = _responses_usage(answer, view)
+        incomplete = _INCOMPLETE.get(answer.finish_reason)
+        status = "incomplete" if incomplete else "completed"
+        final = _response_object(
+            rid, created, body, answer.model, status, items, usage, incomplete=incomplete
+        )
+        stored = _Stored(seen, items)
+        if self._responses_mode == "stateful" and body.get("store") is not False:
+            self._stored[rid] = stored
+        if not body.get("stream"):
+            return await self._respond(request, record, _json_response(200, final, reply.headers))
+
+        start = _response_object(rid, created, body, answer.model, "in_progress", [], None)
+        steps = [
+            {"type": "response.created", "response": start},
+            {"type": "response.in_progress", "response": start},
+            *_output_events(answer, items),
+            {"type": f"response.{status}", "response": final},
+        ]
+        steps = _numbered(steps)
+
+        def failure(at: int) -> bytes:
+            done = [e["item"] for e in steps[:at] if e["type"] == "response.output_item.done"]
+            stored.output = done
+            error = {"code": "server_error", "message": _FAILURE_MESSAGE}
+            failed = _response_object(
+                rid, created, body, answer.model, "failed", done, None, error=error
+            )
+            event = {"type": "response.failed", "sequence_number": at, "response": failed}
+            return _named_sse(event)
+
+        events = _misbehave(reply, [_named_sse(e) for e in steps], failure)
+        resp = _stream_response(reply)
         return await self._respond(request, record, resp, reply, events, reply.coalesce)
