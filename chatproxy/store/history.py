@@ -39,7 +39,6 @@ from chatproxy.store.threading import replayable as _replayable
 __all__ = [
     "TITLE_LENGTH",
     "ChatView",
-    "ItemError",
     "append_messages",
     "branch",
     "chat_tree",
@@ -48,7 +47,6 @@ __all__ = [
     "default_title",
     "delete_chat",
     "delete_message",
-    "items_to_messages",
     "list_chats",
     "message_count",
     "replayable",
@@ -361,99 +359,3 @@ async def set_vote(store: Store, chat_id: str, message_id: str, user_id: str, up
         return True
 
     return bool(await store.write(op))
-
-
-# -- OpenAI input items ---------------------------------------------------------------------
-
-_ITEM_ROLES = ("user", "system", "developer", "assistant")
-_TEXT_PARTS = ("input_text", "output_text", "text")
-
-
-class ItemError(ValueError):
-    """An input item that cannot be stored; ``args`` is ``(code, param, message)``."""
-
-    def __init__(self, code: str, param: str, what: str) -> None:
-        super().__init__(code, param, f"'{param}' {what}")
-
-
-def _str_field(item: Mapping[str, Any], key: str, param: str) -> str:
-    value = item.get(key)
-    if not isinstance(value, str):
-        code = "missing_required_parameter" if value is None else "invalid_type"
-        raise ItemError(code, f"{param}.{key}", "is required and must be a string")
-    return value
-
-
-def _content(value: Any, param: str) -> Any:
-    """Chat-completions content for an item's ``content``: a string when it is all text."""
-    if isinstance(value, str):
-        return value
-    if not isinstance(value, list):
-        code = "missing_required_parameter" if value is None else "invalid_type"
-        raise ItemError(code, param, "must be a string or an array of content parts")
-    parts: list[dict[str, Any]] = []
-    for i, part in enumerate(value):
-        p = f"{param}[{i}]"
-        kind = part.get("type") if isinstance(part, dict) else None
-        if kind in _TEXT_PARTS:
-            parts.append({"type": "text", "text": _str_field(part, "text", p)})
-        elif kind == "input_image":
-            image = {
-                "url": _str_field(part, "image_url", p),
-                "detail": part.get("detail") or "auto",
-            }
-            parts.append({"type": "image_url", "image_url": image})
-        else:
-            raise ItemError("invalid_value", f"{p}.type", "must be input_text or input_image")
-    if all(part["type"] == "text" for part in parts):
-        return "".join(part["text"] for part in parts)
-    return parts
-
-
-def items_to_messages(
-    items: Any, param: str = "items", at_most: int = 1000
-) -> list[dict[str, Any]]:
-    """OpenAI input items as chat-completions messages. ``function_call`` items join the
-    assistant message just before them (or start one), as a chat-completions answer carries
-    its tool calls. Raises :class:`ItemError`."""
-    if not isinstance(items, list) or len(items) > at_most:
-        code = "invalid_type" if not isinstance(items, list) else "invalid_value"
-        raise ItemError(code, param, f"must be an array of at most {at_most} items")
-    out: list[dict[str, Any]] = []
-    extendable = False  # out[-1] is an assistant message that tool calls may join
-    for i, item in enumerate(items):
-        p = f"{param}[{i}]"
-        if not isinstance(item, dict):
-            raise ItemError("invalid_type", p, "must be an object")
-        kind = item.get("type", "message")
-        if kind == "message":
-            role = item.get("role")
-            if role not in _ITEM_ROLES:
-                raise ItemError(
-                    "invalid_value", f"{p}.role", f"must be one of {', '.join(_ITEM_ROLES)}"
-                )
-            out.append({"role": role, "content": _content(item.get("content"), f"{p}.content")})
-            extendable = role == "assistant"
-        elif kind == "function_call":
-            fn = {
-                "name": _str_field(item, "name", p),
-                "arguments": _str_field(item, "arguments", p),
-            }
-            call = {"id": _str_field(item, "call_id", p), "type": "function", "function": fn}
-            if not extendable:
-                out.append({"role": "assistant", "content": None})
-                extendable = True
-            out[-1].setdefault("tool_calls", []).append(call)
-        elif kind == "function_call_output":
-            output = item.get("output")
-            output = message_text(output) if isinstance(output, list) else output
-            if not isinstance(output, str):
-                raise ItemError("invalid_type", f"{p}.output", "must be a string")
-            out.append(
-                {"role": "tool", "tool_call_id": _str_field(item, "call_id", p), "content": output}
-            )
-            extendable = False
-        else:
-            what = "must be message, function_call or function_call_output"
-            raise ItemError("invalid_value", f"{p}.type", what)
-    return out

@@ -10,15 +10,15 @@ other writes by a non-owner are ``403 permission_denied``; another user's ``priv
 change messages (adding or deleting items, deleting the chat) are ``409 chat_busy`` while an
 answer is generated.
 
-Items are the active branch, one or more per stored message (:func:`message_items`). An
-item's id is its message's id; the k-th further item of one message (the tool calls of an
-answer with text, say) is ``{message_id}_{k}``. Deleting any item deletes its message.
+Items are the active branch, one or more per stored message
+(:func:`chatproxy.faces.items.message_items`). An item's id is its message's id; the k-th
+further item of one message (the tool calls of an answer with text, say) is
+``{message_id}_{k}``. Deleting any item deletes its message.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -38,13 +38,13 @@ from chatproxy.access import (
 )
 from chatproxy.appkeys import CALLER, CHAT_ID, GENERATIONS, SETTINGS, STORE
 from chatproxy.errors import APIError, Conflict, InvalidRequest, NotFoundError, json_object
+from chatproxy.faces.items import ItemError, items_to_messages, message_items
 from chatproxy.ids import unknown_id
 from chatproxy.store import history
-from chatproxy.store.history import ChatView, ItemError
-from chatproxy.store.models import TITLE_LENGTH_MAX, Chat, Message, Status, refuse_nul
-from chatproxy.store.threading import message_text
+from chatproxy.store.history import ChatView
+from chatproxy.store.models import TITLE_LENGTH_MAX, Chat, Message, refuse_nul
 
-__all__ = ["add_routes", "delete_chat", "ensure_not_busy", "message_items"]
+__all__ = ["add_routes", "delete_chat", "ensure_not_busy"]
 
 MAX_TITLE = TITLE_LENGTH_MAX  # the column's size
 MAX_QUERY = 1000
@@ -122,7 +122,7 @@ def _messages(body: dict[str, Any], *, required: bool) -> list[dict[str, Any]]:
     if body.get("items") is None and required:
         raise _invalid("'items' is required", "missing_required_parameter", "items")
     try:
-        return history.items_to_messages(body.get("items") or [])
+        return items_to_messages(body.get("items") or [])
     except ItemError as exc:
         code, param, message = exc.args
         raise _invalid(message, code, param) from None
@@ -192,59 +192,6 @@ def _list(data: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
         "last_id": last,
         "has_more": has_more,
     }
-
-
-def _input_parts(content: Any) -> list[dict[str, Any]]:
-    if isinstance(content, str):
-        return [{"type": "input_text", "text": content}]
-    parts: list[dict[str, Any]] = []
-    for part in content if isinstance(content, list) else []:
-        kind = part.get("type") if isinstance(part, dict) else None
-        if kind in ("text", "input_text", "output_text") and isinstance(part.get("text"), str):
-            parts.append({"type": "input_text", "text": part["text"]})
-        elif kind == "image_url":
-            image = part["image_url"] if isinstance(part.get("image_url"), dict) else {}
-            detail = image.get("detail") or "auto"
-            parts.append({"type": "input_image", "image_url": image.get("url"), "detail": detail})
-    return parts
-
-
-def _answer_items(data: Mapping[str, Any], status: str) -> list[dict[str, Any]]:
-    # OpenAI's items know in_progress, completed and incomplete: a failed, cancelled or
-    # interrupted answer is an incomplete one.
-    status = status if status in (Status.IN_PROGRESS, Status.COMPLETED) else Status.INCOMPLETE
-    text, refusal = message_text(data.get("content")), data.get("refusal")
-    calls = [c for c in data.get("tool_calls") or [] if isinstance(c, dict)]
-    parts: list[dict[str, Any]] = []
-    if text or not (calls or refusal):
-        parts.append({"type": "output_text", "text": text, "annotations": []})
-    if refusal and isinstance(refusal, str):
-        parts.append({"type": "refusal", "refusal": refusal})
-    items = [{"type": "message", "role": "assistant", "status": status, "content": parts}]
-    for call in calls:
-        fn = call["function"] if isinstance(call.get("function"), dict) else {}
-        item = {"type": "function_call", "call_id": str(call.get("id") or "")}
-        item |= {"name": str(fn.get("name") or ""), "arguments": str(fn.get("arguments") or "")}
-        items.append(item | {"status": status})
-    return items if parts else items[1:]
-
-
-def message_items(m: Message) -> list[dict[str, Any]]:
-    """A stored message as OpenAI conversation items: a ``message`` (``input_text`` parts, or
-    ``output_text`` for an answer), then one ``function_call`` per tool call; a tool result is
-    one ``function_call_output``."""
-    data = m.data if isinstance(m.data, dict) else {}
-    if m.role in ("tool", "function"):
-        call_id, output = data.get("tool_call_id") or data.get("name") or "", data.get("content")
-        item = {"type": "function_call_output", "call_id": call_id, "status": "completed"}
-        items = [item | {"output": message_text(output)}]
-    elif m.role == "assistant":
-        items = _answer_items(data, m.status)
-    else:
-        role = m.role if m.role in ("user", "system", "developer") else "unknown"
-        parts = _input_parts(data.get("content"))
-        items = [{"type": "message", "role": role, "status": "completed", "content": parts}]
-    return [{"id": m.id if k == 0 else f"{m.id}_{k}", **item} for k, item in enumerate(items)]
 
 
 # -- conversations ---------------------------------------------------------------------------
