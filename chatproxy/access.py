@@ -197,23 +197,22 @@ async def chat_state(
 
 
 async def completion(
-    store: Store, user_id: str, completion_id: str, need: Need = Need.READ
+    store: Store,
+    user_id: str,
+    completion_id: str,
+    need: Need = Need.READ,
+    *,
+    what: str = "completion",
+    param: str = "completion_id",
 ) -> tuple[Message, Chat]:
-    """The stored completion and its chat, if ``user_id`` may use them as ``need`` (the rule
-    of the chat); an id no completion has is the completion's 404."""
+    """The stored completion (an answer; ``what`` names its kind in errors: a ``response``
+    of /v1/responses is one too) and its chat, if ``user_id`` may use them as ``need`` (the
+    rule of the chat); an id no answer has is the kind's 404."""
     found = await stored.get_completion(store, completion_id)
     if found is None:
-        raise unknown_id(completion_id, what="completion", param="completion_id")
+        raise unknown_id(completion_id, what=what, param=param)
     message, owner = found
-    require(
-        user_id,
-        owner.owner_id,
-        owner.visibility,
-        need,
-        completion_id,
-        what="completion",
-        param="completion_id",
-    )
+    require(user_id, owner.owner_id, owner.visibility, need, completion_id, what=what, param=param)
     return message, owner
 
 
@@ -236,11 +235,16 @@ async def chat_state_for(
 
 
 async def completion_for(
-    request: web.Request, completion_id: str, need: Need = Need.READ
+    request: web.Request,
+    completion_id: str,
+    need: Need = Need.READ,
+    *,
+    what: str = "completion",
+    param: str = "completion_id",
 ) -> tuple[Message, Chat]:
     """:func:`completion` for the request's caller; its chat is named in the access log."""
     message, owner = await completion(
-        request.app[STORE], request[CALLER].user_id, completion_id, need
+        request.app[STORE], request[CALLER].user_id, completion_id, need, what=what, param=param
     )
     request[CHAT_ID] = owner.id
     return message, owner

@@ -56,6 +56,7 @@ KINDS = {
     "message": IdKind("message", "invalid_message_id", "message_not_found"),
     "item": IdKind("item", "invalid_item_id", "item_not_found"),
     "completion": IdKind("chat completion", "invalid_id", "not_found"),
+    "response": IdKind("response", "invalid_response_id", "response_not_found"),
     # A branch point (X-Chat-Parent) and a list cursor (after=) are parameters, not resources:
     # one that names nothing is a bad request.
     "parent": IdKind("message", "invalid_parent", "invalid_parent", 400),

@@ -178,6 +178,9 @@ class UpstreamSettings:
     retries: int = field(default=2, metadata=_meta(_check_non_negative))
     backoff_initial: float = field(default=0.5, metadata=_meta(_check_non_negative))
     backoff_max: float = field(default=8.0, metadata=_meta(_check_non_negative))
+    # How /v1/responses reaches the upstream: its own /v1/responses ("native"), chat
+    # completions converted both ways ("translate"), or whichever it answers ("auto").
+    responses: Literal["auto", "native", "translate"] = "auto"
 
     @property
     def base_url(self) -> str:
