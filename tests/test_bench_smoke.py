@@ -27,6 +27,8 @@ async def test_benchmark_runs_on_a_tiny_load_and_loses_no_row(tmp_path: Path) ->
     result = orjson.loads(out.read_bytes())
     assert result["store_ok"] is True, result["store"]
     names = [f["name"] for f in result["figures"]]
-    assert len(names) == 9
+    assert len(names) == 11
+    assert "throughput, 50 clients, streamed, X-Chat-Id" in names
+    assert "proxy CPU per streamed request, X-Chat-Id" in names
     assert all(f["proxy"] > 0 for f in result["figures"])
     assert b"store check: ok" in output
