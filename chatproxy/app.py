@@ -46,6 +46,7 @@ from chatproxy.faces.health import healthz, readyz
 from chatproxy.faces.history import completions, conversations
 from chatproxy.faces.history.resume import handle_resume
 from chatproxy.faces.passthrough import handle_passthrough
+from chatproxy.faces.responses import routes as responses
 from chatproxy.heartbeat import Heartbeat
 from chatproxy.ids import new_request_id
 from chatproxy.limits.buckets import Buckets, LocalBuckets, RedisBuckets
@@ -208,6 +209,7 @@ def create_app(settings: Settings) -> web.Application:
     completions.add_routes(app.router)
     ui.add_routes(app.router)
     aisdk.add_routes(app.router)
+    responses.add_routes(app.router)
     # Before the /v1 catch-all, after the built-in routes: a built-in route wins over a
     # plugin's on the same path and method, a plugin's wins over the pass-through.
     app[PLUGIN_ROUTES] = _plugin_routes(app.router, app[PLUGINS])

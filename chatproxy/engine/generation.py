@@ -23,11 +23,12 @@ import aiohttp
 import orjson
 from multidict import CIMultiDict
 
-from chatproxy.engine.accumulate import Accumulator, is_usage_only
+from chatproxy.engine.accumulate import is_usage_only
+from chatproxy.engine.dialect import CHAT_COMPLETIONS, Dialect
 from chatproxy.engine.eventlog import EventLog, Subscriber
 from chatproxy.engine.sse import SSEEvent, SSEParser
 from chatproxy.engine.watchdog import Watchdog
-from chatproxy.errors import APIError, UpstreamError, error_body, normalize_upstream_error
+from chatproxy.errors import APIError, UpstreamError, error_body
 from chatproxy.metrics import Metrics
 from chatproxy.settings import Settings
 from chatproxy.store.models import Status
@@ -83,6 +84,7 @@ class Generation:
         metrics: Metrics | None = None,
         upstream_url: str | None = None,
         failure: APIError | None = None,
+        dialect: Dialect = CHAT_COMPLETIONS,
     ) -> None:
         # No turn and no store: an incognito request (X-Chat-Store: false), forwarded only.
         self.turn = turn
@@ -104,7 +106,8 @@ class Generation:
         # the chat there, so a client that saw the end can post the next turn at once).
         # (A function of the generation, not a closure over it: no reference cycle per answer.)
         self.before_end: Callable[[Generation], Awaitable[None]] | None = None
-        self.acc = Accumulator()
+        self.dialect = dialect
+        self.acc = dialect.accumulator()
         self._parent_hash = parent_hash
         self._body = body
         self._upstream_headers = upstream_headers
@@ -202,7 +205,9 @@ class Generation:
                 await self._pump_sse(resp)
             else:
                 await self._pump_body(resp)
-            self.status = Status.COMPLETED
+            self.status, error = self.dialect.outcome(self.acc)
+            if error is not None:
+                self.error = error
         except asyncio.CancelledError:
             if self._aborted:
                 self.status = Status.CANCELLED
@@ -273,7 +278,7 @@ class Generation:
             raise UpstreamError(self._failure.status, self._failure.body())
         resp = await self._upstream.open(
             "POST",
-            "/chat/completions",
+            self.dialect.path,
             headers=self._upstream_headers,
             data=self._body,
             request_id=self.request_id,
@@ -301,7 +306,7 @@ class Generation:
                     if self._take_event(ev.data):  # raises on a broken event
                         data.append(ev.data)
                         kept.append(raw)
-                    saw_done = saw_done or ev.data == b"[DONE]"
+                    saw_done = saw_done or self.dialect.ends(ev.data, self.acc)
             finally:  # what came before a broken event is still published
                 if saw_done:  # published once stored
                     self._final[0].extend(data)
@@ -340,8 +345,9 @@ class Generation:
             ) from None
         if not isinstance(chunk, dict):
             return True
-        if "error" in chunk or chunk.get("object") == "error":
-            raise _StreamBroken(Status.FAILED, normalize_upstream_error(502, data)["error"])
+        error = self.dialect.error(data, chunk)
+        if error is not None:
+            raise _StreamBroken(Status.FAILED, error)
         self.acc.add_chunk(chunk)
         return not (self._hide_usage and is_usage_only(chunk))
 

@@ -20,6 +20,7 @@ from aiohttp import web
 
 from chatproxy.appkeys import GENERATIONS, METRICS, PLUGINS, SETTINGS, STORE, TITLER, UPSTREAM
 from chatproxy.auth import Caller
+from chatproxy.engine.dialect import CHAT_COMPLETIONS, Dialect
 from chatproxy.engine.generation import Generation
 from chatproxy.engine.registry import Generations
 from chatproxy.engine.titles import Titler
@@ -60,6 +61,9 @@ class Work:
     branch_from: str | None = None  # the branch point named by the client, if any
     request_id: str = ""
     headers: Mapping[str, str] = field(default_factory=dict)  # client headers passed on
+    # How the upstream is asked: ``request`` is in this dialect (a face that speaks another
+    # one has converted it, and renders the upstream's events back).
+    dialect: Dialect = CHAT_COMPLETIONS
 
 
 @dataclass(slots=True, frozen=True)
@@ -88,23 +92,25 @@ class Engine:
         )
 
 
-def upstream_body(req: ChatRequest, history: list[dict[str, Any]]) -> tuple[bytes, bool]:
+def upstream_body(
+    req: ChatRequest, history: list[dict[str, Any]], dialect: Dialect = CHAT_COMPLETIONS
+) -> tuple[bytes, bool]:
     """The body to send upstream, and whether the usage-only chunk must be hidden.
 
     Stored history (server-side history) goes before the request's messages. Streams ask for
     usage (to store it); a client that did not ask is not shown it. Otherwise the client's
     bytes are sent as they came.
     """
-    body, hide_usage = _upstream_body(req, history)
+    body, hide_usage = _upstream_body(req, history, dialect)
     return (req.raw if body is None else orjson.dumps(body)), hide_usage
 
 
 def _upstream_body(
-    req: ChatRequest, history: list[dict[str, Any]]
+    req: ChatRequest, history: list[dict[str, Any]], dialect: Dialect
 ) -> tuple[dict[str, Any] | None, bool]:
     """The body to send when it differs from the client's (``None``: the client's bytes)."""
     options = req.body.get("stream_options") or {}
-    add_usage = req.stream and options.get("include_usage") is not True
+    add_usage = dialect.asks_usage and req.stream and options.get("include_usage") is not True
     if not history and not add_usage:
         return None, False
     body = dict(req.body)
@@ -134,7 +140,7 @@ async def start_generation(engine: Engine, work: Work) -> Generation:
             engine.plugins, work, headers, upstream.base_url
         )
     else:
-        body, hide_usage = upstream_body(work.request, work.history)
+        body, hide_usage = upstream_body(work.request, work.history, work.dialect)
     generations = engine.generations
     if turn is not None and not await generations.claim(turn, work.branch_from):
         raise Conflict(
@@ -156,6 +162,7 @@ async def start_generation(engine: Engine, work: Work) -> Generation:
         metrics=engine.metrics,
         upstream_url=url,
         failure=failure,
+        dialect=work.dialect,
     )
     if turn is None:
         gen.start()
@@ -178,14 +185,14 @@ async def _before_upstream(
     the body to send, whether to hide the usage-only chunk, the upstream to send it to
     (``None``: the configured one), and the failure to answer with (a plugin that failed)."""
     req = work.request
-    body, hide_usage = _upstream_body(req, work.history)
+    body, hide_usage = _upstream_body(req, work.history, work.dialect)
     call = UpstreamCall(
         face=work.face,
         user_id=work.caller.user_id,
         tier=work.caller.tier,
         chat_id=work.turn.chat_id if work.turn is not None else None,
         model=req.model,
-        path="/chat/completions",
+        path=work.dialect.path,
         # A copy of its own: a plugin may change anything in it, nested values included,
         # and what is stored (the client's messages) must not change with it.
         body=orjson.loads(req.raw if body is None else orjson.dumps(body)),
@@ -201,7 +208,7 @@ async def _before_upstream(
         headers.update(call.headers)
     url = None if call.upstream_url == base_url else call.upstream_url
     if call.body == (req.body if body is None else body):  # unchanged by the plugins
-        return upstream_body(req, work.history)[0], hide_usage, url, None
+        return upstream_body(req, work.history, work.dialect)[0], hide_usage, url, None
     return orjson.dumps(call.body), hide_usage, url, None
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from aiohttp import web
@@ -22,9 +22,10 @@ from chatproxy.appkeys import (
     SETTINGS,
     STORE,
 )
+from chatproxy.engine.dialect import CHAT_COMPLETIONS, Dialect
 from chatproxy.engine.feed import Batch, LocalFeed
 from chatproxy.engine.generation import Generation
-from chatproxy.engine.planning import plan_client_history, plan_server_history
+from chatproxy.engine.planning import Plan, plan_client_history, plan_server_history
 from chatproxy.engine.relay import Rendering, write_feed
 from chatproxy.engine.start import ChatRequest, Engine, Face, Work, start_generation
 from chatproxy.errors import APIError, InvalidRequest, json_object
@@ -39,6 +40,7 @@ __all__ = [
     "check_daily_quota",
     "handle_chat_completions",
     "launch",
+    "launch_threaded",
     "parse_chat_request",
 ]
 
@@ -162,32 +164,18 @@ async def handle_chat_completions(request: web.Request) -> web.StreamResponse:
             turn = None
         gen = await launch(request, req, turn, parent_hash, history, branch_from)
     elif stored:
-        # The same request sent twice at once threads as if sent one after the other: the
-        # second is planned once the first one's turn is written.
-        gen = None
-        generations = app[GENERATIONS]
-        try:
-            key = _request_key(caller.user_id, chat_id, req.raw)
-            async with contextlib.AsyncExitStack() as held:
-                await held.enter_async_context(generations.one_at_a_time(key))
-                plan = await plan_client_history(
-                    store, settings, caller, req.body, req.messages, chat_id
-                )
-                if chat_id is None and plan[0].chat_is_new:
-                    # A new chat: another instance may be planning the same request. Plan
-                    # again under the lock they share (it may have been stored meanwhile).
-                    await held.enter_async_context(generations.across_instances(key))
-                    if generations.shared is not None:
-                        plan = await plan_client_history(
-                            store, settings, caller, req.body, req.messages, chat_id
-                        )
-                turn, parent_hash, history = plan
-                gen = await launch(request, req, turn, parent_hash, history, branch_from)
-                await gen.begun()
-        except asyncio.CancelledError:  # the client left before it could subscribe
-            if gen is not None:
-                gen.client_left()
-            raise
+
+        async def plan() -> Plan:
+            return await plan_client_history(
+                store, settings, caller, req.body, req.messages, chat_id
+            )
+
+        async def start(plan: Plan) -> Generation:
+            turn, parent_hash, history = plan
+            return await launch(request, req, turn, parent_hash, history, branch_from)
+
+        gen = await launch_threaded(request, chat_id, req.raw, plan, start)
+        turn = gen.turn
     else:  # incognito with the client's own history: nothing to look up
         turn = None
         gen = await launch(request, req, None, "", [], branch_from)
@@ -219,6 +207,38 @@ class UpstreamBytes(Rendering):
         return raw[0] if len(raw) == 1 else b"".join(raw)
 
 
+async def launch_threaded(
+    request: web.Request,
+    chat_id: str | None,
+    raw: bytes,
+    plan: Callable[[], Awaitable[Plan]],
+    start: Callable[[Plan], Awaitable[Generation]],
+) -> Generation:
+    """Plan a client-history turn and start its generation, one request at a time: the same
+    request (``raw``, for the same caller and ``chat_id``) sent twice at once threads as if
+    sent one after the other, the second planned once the first one's turn is written."""
+    gen = None
+    generations = request.app[GENERATIONS]
+    try:
+        key = _request_key(request[CALLER].user_id, chat_id, raw)
+        async with contextlib.AsyncExitStack() as held:
+            await held.enter_async_context(generations.one_at_a_time(key))
+            planned = await plan()
+            if chat_id is None and planned[0].chat_is_new:
+                # A new chat: another instance may be planning the same request. Plan
+                # again under the lock they share (it may have been stored meanwhile).
+                await held.enter_async_context(generations.across_instances(key))
+                if generations.shared is not None:
+                    planned = await plan()
+            gen = await start(planned)
+            await gen.begun()
+    except asyncio.CancelledError:  # the client left before it could subscribe
+        if gen is not None:
+            gen.client_left()
+        raise
+    return gen
+
+
 def _request_key(user_id: str, chat_id: str | None, raw: bytes) -> str:
     """What makes two requests the same for threading: caller, chat header, body."""
     h = hashlib.blake2b(digest_size=16)
@@ -244,6 +264,7 @@ async def launch(
     history: list[dict[str, Any]],
     branch_from: str | None,
     face: Face = "chat.completions",
+    dialect: Dialect = CHAT_COMPLETIONS,
 ) -> Generation:
     """Start the generation of ``turn`` (``None``: not stored) for the client of ``request``
     (:func:`~chatproxy.engine.start.start_generation`)."""
@@ -259,6 +280,7 @@ async def launch(
         headers={
             name: request.headers[name] for name in FORWARDED_HEADERS if name in request.headers
         },
+        dialect=dialect,
     )
     gen = await start_generation(Engine.of(request.app), work)
     if turn is not None:
