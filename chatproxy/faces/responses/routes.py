@@ -197,11 +197,19 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     if background and body.get("stream") is not True:
         await gen.begun()
         return _json(_queued(ctx), headers)
-    feed = LocalFeed(gen)
+    # A background answer runs on whatever its client does; another one, as on_disconnect says.
+    feed = _Detached(gen) if background else LocalFeed(gen)
     if body.get("stream") is not True:
         return await write_feed(request, feed, WholeResponse(headers, ctx, native, gen))
     rendering = NativeEvents if native else TranslatedEvents
     return await write_feed(request, feed, rendering(headers, ctx, _outcome_of(gen)))
+
+
+class _Detached(LocalFeed):
+    """A feed whose reader leaving is never its client's leaving."""
+
+    async def close(self, *, disconnected: bool) -> None:
+        await super().close(disconnected=False)
 
 
 def _upstream_request(
@@ -271,7 +279,7 @@ def _request_params(m: Message) -> dict[str, Any]:
 def stored_response(m: Message) -> dict[str, Any]:
     """A stored answer as the response object OpenAI returns for it."""
     params = _request_params(m)
-    status = response_status(m.status)
+    status = Status.IN_PROGRESS if m.status == Status.IN_PROGRESS else response_status(m.status)
     incomplete = None
     if m.status == Status.INCOMPLETE or m.finish_reason == "length":
         status, incomplete = Status.INCOMPLETE, {"reason": "max_output_tokens"}
