@@ -250,3 +250,75 @@ async def test_store_false_stores_nothing_and_asks_the_upstream_not_to(
         assert upstream.responses_requests[0].json["store"] is False
     else:
         assert "store" not in upstream.chat_requests[0].json
+
+
+async def test_reasoning_and_refusal_come_out_as_items_and_are_stored(
+    rclient: openai.AsyncOpenAI,
+    rproxy: ProxyServer,
+    upstream: FakeUpstream,
+    http: aiohttp.ClientSession,
+) -> None:
+    upstream.enqueue(
+        Reply(content="42.", reasoning="Six times seven."), Reply(refusal="I cannot help.")
+    )
+    thought = await rclient.responses.create(model="fake-reasoner", input="6*7?")
+    kinds = [item.type for item in thought.output]
+    assert kinds == ["reasoning", "message"]
+    reasoning = thought.output[0]
+    assert reasoning.type == "reasoning"
+    assert "".join(s.text for s in reasoning.summary) == "Six times seven."
+    assert thought.output_text == "42."
+    refused = await rclient.responses.create(model="fake-model", input="something bad")
+    message = refused.output[0]
+    assert message.type == "message"
+    assert [(p.type, getattr(p, "refusal", None)) for p in message.content] == [
+        ("refusal", "I cannot help.")
+    ]
+    assert thought.conversation is not None and refused.conversation is not None
+    stored = await stored_messages(http, rproxy, thought.conversation.id)
+    assert stored[1]["reasoning_content"] == "Six times seven." and stored[1]["content"] == "42."
+    stored = await stored_messages(http, rproxy, refused.conversation.id)
+    assert stored[1]["refusal"] == "I cannot help."
+    again = await rclient.responses.retrieve(thought.id)
+    assert [item.type for item in again.output] == ["reasoning", "message"]
+
+
+async def test_an_answer_cut_by_length_is_incomplete(
+    rclient: openai.AsyncOpenAI, rproxy: ProxyServer, upstream: FakeUpstream
+) -> None:
+    upstream.enqueue(*[Reply(content="a b c", finish_reason="length") for _ in range(2)])
+    cut = await rclient.responses.create(model="fake-model", input="long")
+    assert cut.status == "incomplete"
+    assert cut.incomplete_details is not None
+    assert cut.incomplete_details.reason == "max_output_tokens"
+    async with rclient.responses.stream(model="fake-model", input="long") as stream:
+        events = [event.type async for event in stream]
+    assert events[-1] == "response.incomplete"
+    stored = await rclient.responses.retrieve(cut.id)
+    assert stored.status == "incomplete" and stored.output_text == "a b c"
+
+
+async def test_upstream_failures_are_openai_errors_and_stored_as_failed(
+    rclient: openai.AsyncOpenAI,
+    rproxy: ProxyServer,
+    upstream: FakeUpstream,
+    http: aiohttp.ClientSession,
+) -> None:
+    upstream.enqueue(Reply(status=500))
+    with pytest.raises(openai.InternalServerError) as info:
+        await rclient.responses.create(model="fake-model", input="first")
+    assert info.value.status_code == 500
+    assert set(info.value.body) >= {"message", "type", "code"}
+    upstream.enqueue(Reply(chunks=[f"w{i} " for i in range(10)], drop_after=4))
+    events = []
+    stream = await rclient.responses.create(model="fake-model", input="second", stream=True)
+    async for event in stream:
+        events.append(event)
+    assert events[-1].type == "response.failed"
+    failed = events[-1].response
+    assert failed.status == "failed" and failed.error is not None
+    got = await rclient.responses.retrieve(failed.id)
+    assert got.status == "failed" and got.error is not None
+    async with http.get(f"{rproxy.url}/conversations") as resp:
+        chats = (await resp.json())["data"]
+    assert len(chats) == 2  # both turns are kept, with their failed answers
