@@ -47,6 +47,7 @@ from chatproxy.faces.history import completions, conversations
 from chatproxy.faces.history.resume import handle_resume
 from chatproxy.faces.passthrough import handle_passthrough
 from chatproxy.faces.responses import routes as responses
+from chatproxy.faces.responses.dialect import UPSTREAM_DIALECT, UpstreamDialect
 from chatproxy.heartbeat import Heartbeat
 from chatproxy.ids import new_request_id
 from chatproxy.limits.buckets import Buckets, LocalBuckets, RedisBuckets
@@ -194,6 +195,7 @@ def create_app(settings: Settings) -> web.Application:
         middlewares=[request_context], client_max_size=settings.server.max_body_bytes
     )
     app[SETTINGS] = settings
+    app[UPSTREAM_DIALECT] = UpstreamDialect(settings.upstream.responses)
     app[METRICS] = Metrics(instance_id(settings))
     app[PLUGINS] = load_plugins(settings, app[METRICS])
     if settings.server.cors_origins:

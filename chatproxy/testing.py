@@ -845,10 +845,8 @@ class FakeUpstream:
         spaced_arguments: bool = False,
         responses: ResponsesMode = "stateful",
     ):
-        if responses not in _RESPONSES_MODES:
-            raise ValueError(f"responses must be one of {', '.join(_RESPONSES_MODES)}")
         self.requests: list[RecordedRequest] = []
-        self._responses_mode = responses
+        self.responses = responses
         self._stored: dict[str, _Stored] = {}
         self._queue: deque[Reply] = deque()
         self._demo = demo
@@ -882,6 +880,18 @@ class FakeUpstream:
         return [
             r for r in self.requests if r.method == "POST" and r.path.endswith("/chat/completions")
         ]
+
+    @property
+    def responses(self) -> ResponsesMode:
+        """How ``/v1/responses`` is answered: ``stateful`` (``previous_response_id`` resolved),
+        ``stateless`` (never), ``none`` (404, as an upstream without the API)."""
+        return self._responses_mode
+
+    @responses.setter
+    def responses(self, mode: ResponsesMode) -> None:
+        if mode not in _RESPONSES_MODES:
+            raise ValueError(f"responses must be one of {', '.join(_RESPONSES_MODES)}")
+        self._responses_mode = mode
 
     @property
     def responses_requests(self) -> list[RecordedRequest]:
@@ -1116,6 +1126,11 @@ class FakeUpstream:
             return await self._respond(
                 request, record, _json_response(400, _error_body(400, message))
             )
+        if not isinstance(body.get("model"), str):  # as OpenAI: before anything is answered
+            missing = _invalid(
+                "Missing required parameter: 'model'.", "model", "missing_required_parameter"
+            )
+            return await self._respond(request, record, _json_response(400, missing))
         if body.get("input") is not None and not isinstance(body["input"], str | list):
             message = (
                 "Invalid type for 'input': expected one of a string or array of input items, "

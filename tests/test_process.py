@@ -200,3 +200,40 @@ async def test_json_logs_have_one_access_line_per_request_with_its_fields(tmp_pa
     assert (access["user"], access["chat"]) == ("local", chat_id)
     assert access["ms"] >= 0 and access["level"] == "info"
     assert all({"time", "level", "logger", "message"} <= set(line) for line in lines)
+
+
+async def test_serve_demo_answers_the_responses_api_and_the_cli_shows_what_it_stored(
+    tmp_path: Path,
+) -> None:
+    db = f"sqlite://{tmp_path / 'responses.db'}"
+    server = Serve("--demo", "--log-format", "json", db=db)
+    await server.start(stderr=asyncio.subprocess.PIPE)
+    try:
+        client = openai.AsyncOpenAI(base_url=f"{server.base}/v1", api_key="anything")
+        async with client:
+            async with client.responses.stream(model="demo", input="Hello responses") as stream:
+                final = await stream.get_final_response()
+            second = await client.responses.create(
+                model="demo", input="And again", previous_response_id=final.id
+            )
+        assert 'You said: "Hello responses"' in final.output_text
+        assert second.conversation is not None and final.conversation is not None
+        chat_id = final.conversation.id
+        assert second.conversation.id == chat_id
+    finally:
+        assert await server.stop() == 0
+    assert server.proc is not None and server.proc.stderr is not None
+    lines = [orjson.loads(line) for line in (await server.proc.stderr.read()).splitlines()]
+    found = [line["message"] for line in lines if line["logger"] == "chatproxy.responses"]
+    assert found == ["upstream /v1/responses: native"]  # the demo upstream has the API
+
+    code, out, err = await run_cli("export", chat_id, "--db", db, "-f", "json")
+    assert code == 0, err
+    doc = orjson.loads(out)
+    assert [m["role"] for m in doc["messages"]] == ["user", "assistant", "user", "assistant"]
+    assert doc["messages"][1]["id"] == final.id
+    assert doc["messages"][1]["message"]["content"] == final.output_text
+    code, out, err = await run_cli("stats", "--db", db, "--json")
+    assert code == 0, err
+    (row,) = [orjson.loads(line) for line in out.splitlines()]
+    assert (row["model"], row["messages"]) == ("demo", 2)

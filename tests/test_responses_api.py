@@ -6,6 +6,7 @@ asserting what was stored, not only what came back."""
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -322,3 +323,29 @@ async def test_upstream_failures_are_openai_errors_and_stored_as_failed(
     async with http.get(f"{rproxy.url}/conversations") as resp:
         chats = (await resp.json())["data"]
     assert len(chats) == 2  # both turns are kept, with their failed answers
+
+
+@pytest.mark.parametrize(("fake", "native"), [("none", False), ("stateless", True)])
+async def test_auto_asks_the_upstream_once_and_says_which_it_uses(
+    start_proxy: StartProxy,
+    upstream: FakeUpstream,
+    caplog: pytest.LogCaptureFixture,
+    fake: str,
+    native: bool,
+) -> None:
+    upstream.responses = fake
+    proxy = await start_proxy()  # [upstream] responses = "auto", the default
+    caplog.set_level(logging.INFO, logger="chatproxy.responses")
+    async with openai.AsyncOpenAI(base_url=proxy.url, api_key="k", max_retries=0) as client:
+        for i in range(3):
+            upstream.enqueue(Reply(content=f"answer {i}"))
+            got = await client.responses.create(model="fake-model", input=f"q{i}")
+            assert got.output_text == f"answer {i}"
+    probes = [r for r in upstream.requests if r.path == "/v1/responses" and r.json == {}]
+    assert len(probes) == 1
+    answered = [r for r in upstream.responses_requests if r.json != {}]
+    assert (len(answered), len(upstream.chat_requests)) == ((3, 0) if native else (0, 3))
+    how = "native" if native else "translate (chat completions)"
+    assert [r.getMessage() for r in caplog.records if r.name == "chatproxy.responses"] == [
+        f"upstream /v1/responses: {how}"
+    ]

@@ -13,46 +13,54 @@ import logging
 
 from aiohttp import web
 
-from chatproxy.appkeys import SETTINGS, UPSTREAM
+from chatproxy.appkeys import UPSTREAM
 from chatproxy.auth import Caller
 from chatproxy.engine.dialect import CHAT_COMPLETIONS, RESPONSES, Dialect
 from chatproxy.errors import UpstreamError
+from chatproxy.upstream.client import Upstream
 
-__all__ = ["upstream_dialect"]
+__all__ = ["UPSTREAM_DIALECT", "UpstreamDialect", "upstream_dialect"]
 
 log = logging.getLogger("chatproxy.responses")
 
 # What an upstream without the API answers for its path.
 _MISSING = frozenset({404, 405, 501})
-_FOUND = web.AppKey("responses_dialect", Dialect)
-_LOCK = web.AppKey("responses_dialect_lock", asyncio.Lock)
+
+
+class UpstreamDialect:
+    """The dialect ``[upstream] responses`` names, or (``auto``) the one found."""
+
+    def __init__(self, mode: str) -> None:
+        self._found: Dialect | None = None
+        if mode != "auto":
+            self._found = RESPONSES if mode == "native" else CHAT_COMPLETIONS
+        self._lock = asyncio.Lock()
+
+    async def get(self, upstream: Upstream, caller: Caller) -> Dialect:
+        """The dialect to ask ``upstream`` in, for a request of ``caller``."""
+        if self._found is not None:
+            return self._found
+        async with self._lock:
+            if self._found is None:
+                found = await _probe(upstream, caller)
+                if found is None:
+                    return CHAT_COMPLETIONS  # ask again next time
+                self._found = found
+                how = "native" if found is RESPONSES else "translate (chat completions)"
+                log.info("upstream /v1/responses: %s", how)
+        return self._found
+
+
+UPSTREAM_DIALECT = web.AppKey("upstream_dialect", UpstreamDialect)
 
 
 async def upstream_dialect(app: web.Application, caller: Caller) -> Dialect:
-    """The dialect to ask the upstream in, for a request of ``caller``."""
-    mode = app[SETTINGS].upstream.responses
-    if mode != "auto":
-        return RESPONSES if mode == "native" else CHAT_COMPLETIONS
-    found = app.get(_FOUND)
-    if found is not None:
-        return found
-    lock = app.get(_LOCK)
-    if lock is None:
-        lock = app[_LOCK] = asyncio.Lock()
-    async with lock:
-        found = app.get(_FOUND)
-        if found is None:
-            found = await _probe(app, caller)
-            if found is not None:
-                app[_FOUND] = found
-                how = "native" if found is RESPONSES else "translate (chat completions)"
-                log.info("upstream /v1/responses: %s", how)
-    return found if found is not None else CHAT_COMPLETIONS
+    """The dialect the running application asks its upstream in, for ``caller``."""
+    return await app[UPSTREAM_DIALECT].get(app[UPSTREAM], caller)
 
 
-async def _probe(app: web.Application, caller: Caller) -> Dialect | None:
+async def _probe(upstream: Upstream, caller: Caller) -> Dialect | None:
     """Ask the upstream whether it has ``/responses``; ``None``: it could not say."""
-    upstream = app[UPSTREAM]
     headers = {"Content-Type": "application/json", "Accept-Encoding": "identity"}
     headers.update(upstream.auth_headers(caller.upstream_authorization))
     try:
