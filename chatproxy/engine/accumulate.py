@@ -11,7 +11,15 @@ from typing import Any
 
 import orjson
 
-__all__ = ["Accumulator", "is_usage_only", "pick_choice"]
+__all__ = [
+    "Accumulator",
+    "as_text",
+    "assistant_message",
+    "content_text",
+    "is_usage_only",
+    "joined",
+    "pick_choice",
+]
 
 
 def is_usage_only(chunk: Any) -> bool:
@@ -50,7 +58,7 @@ class _ToolCall:
             if isinstance(name, str) and name and name != self.name:
                 self.name += name
                 changed = True
-            args = _as_text(function.get("arguments"))
+            args = as_text(function.get("arguments"))
             if args:
                 self.args.append(args)
                 changed = True
@@ -67,7 +75,24 @@ class _ToolCall:
         }
 
 
-def _as_text(value: Any) -> str | None:
+def assistant_message(
+    content: str, refusal: str | None, reasoning: str | None, tool_calls: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """The assistant message in OpenAI chat format (content ``None`` when it is only calls)."""
+    message: dict[str, Any] = {
+        "role": "assistant",
+        "content": (content or None) if tool_calls else content,
+    }
+    if refusal is not None:
+        message["refusal"] = refusal
+    if reasoning is not None:
+        message["reasoning_content"] = reasoning
+    if tool_calls:
+        message["tool_calls"] = tool_calls
+    return message
+
+
+def as_text(value: Any) -> str | None:
     """Tool-call arguments as text: strings as-is, objects (sent by a few upstreams) as JSON."""
     if isinstance(value, str):
         return value
@@ -79,7 +104,7 @@ def _as_text(value: Any) -> str | None:
     return None
 
 
-def _content_text(value: Any) -> str | None:
+def content_text(value: Any) -> str | None:
     """Message content as text; a list of content parts is reduced to its text parts."""
     if isinstance(value, str):
         return value
@@ -141,17 +166,17 @@ class Accumulator:
     @property
     def content(self) -> str:
         """The text so far (``""`` if none)."""
-        return _joined(self._content)
+        return joined(self._content)
 
     @property
     def reasoning(self) -> str | None:
         """Reasoning text so far, or None if the upstream sent none."""
-        return None if self._reasoning is None else _joined(self._reasoning)
+        return None if self._reasoning is None else joined(self._reasoning)
 
     @property
     def refusal(self) -> str | None:
         """Refusal text so far, or None if the upstream sent none."""
-        return None if self._refusal is None else _joined(self._refusal)
+        return None if self._refusal is None else joined(self._refusal)
 
     @property
     def tool_calls(self) -> list[dict[str, Any]]:
@@ -188,20 +213,7 @@ class Accumulator:
 
     def message(self) -> dict[str, Any]:
         """The assistant message in OpenAI chat format."""
-        tool_calls = self.tool_calls
-        content: str | None = self.content
-        if tool_calls and not content:
-            content = None
-        message: dict[str, Any] = {"role": "assistant", "content": content}
-        refusal = self.refusal
-        if refusal is not None:
-            message["refusal"] = refusal
-        reasoning = self.reasoning
-        if reasoning is not None:
-            message["reasoning_content"] = reasoning
-        if tool_calls:
-            message["tool_calls"] = tool_calls
-        return message
+        return assistant_message(self.content, self.refusal, self.reasoning, self.tool_calls)
 
     def _take_envelope(self, obj: dict[str, Any]) -> None:
         get = obj.get
@@ -227,7 +239,7 @@ class Accumulator:
         changed = False
         text = delta.get("content")
         if not isinstance(text, str):
-            text = _content_text(text)
+            text = content_text(text)
         if text:
             self._content.append(text)
             changed = True
@@ -282,7 +294,7 @@ class Accumulator:
         return call
 
 
-def _joined(pieces: list[str]) -> str:
+def joined(pieces: list[str]) -> str:
     """Join ``pieces`` and keep the result as the single piece, so later reads stay cheap."""
     if not pieces:
         return ""

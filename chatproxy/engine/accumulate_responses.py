@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from chatproxy.engine.accumulate import _as_text, _joined
+from chatproxy.engine.accumulate import as_text, assistant_message, joined
 
 __all__ = ["ResponsesAccumulator", "chat_usage"]
 
@@ -75,7 +75,7 @@ class _Item:
 
     def texts(self, part_type: str) -> list[str]:
         content = self.content
-        return [_joined(content[i][1]) for i in sorted(content) if content[i][0] == part_type]
+        return [joined(content[i][1]) for i in sorted(content) if content[i][0] == part_type]
 
     def part(self, index: int, part_type: str) -> list[str]:
         """The pieces of content part ``index`` (opened as ``part_type`` if new)."""
@@ -97,7 +97,7 @@ class _Item:
             name = item.get("name")
             if isinstance(name, str) and name:
                 self.name = name
-            args = _as_text(item.get("arguments"))
+            args = as_text(item.get("arguments"))
             if args:
                 self.args = [args]
         elif self.kind == "message":
@@ -124,9 +124,9 @@ class _Item:
         return (
             self.call_id,
             self.name,
-            _joined(self.args),
-            tuple((k, _joined(p)) for k, p in self.content.values()),
-            tuple(_joined(p) for p in self.summary.values()),
+            joined(self.args),
+            tuple((k, joined(p)) for k, p in self.content.values()),
+            tuple(joined(p) for p in self.summary.values()),
         )
 
 
@@ -217,7 +217,7 @@ class ResponsesAccumulator:
         pieces: list[str] = []
         for item in self._ordered("reasoning"):
             texts = item.texts("reasoning_text") or [
-                _joined(item.summary[i]) for i in sorted(item.summary)
+                joined(item.summary[i]) for i in sorted(item.summary)
             ]
             pieces.extend(t for t in texts if t)
         return "\n\n".join(pieces) or None
@@ -229,29 +229,16 @@ class ResponsesAccumulator:
             {
                 "id": item.call_id or item.id,
                 "type": "function",
-                "function": {"name": item.name, "arguments": _joined(item.args)},
+                "function": {"name": item.name, "arguments": joined(item.args)},
             }
             for item in self._ordered("function_call")
             # A junk event can open a call that never gets an id, a name or arguments.
-            if item.call_id or item.id or item.name or _joined(item.args)
+            if item.call_id or item.id or item.name or joined(item.args)
         ]
 
     def message(self) -> dict[str, Any]:
         """The assistant message in OpenAI chat format."""
-        tool_calls = self.tool_calls
-        content: str | None = self.content
-        if tool_calls and not content:
-            content = None
-        message: dict[str, Any] = {"role": "assistant", "content": content}
-        refusal = self.refusal
-        if refusal is not None:
-            message["refusal"] = refusal
-        reasoning = self.reasoning
-        if reasoning is not None:
-            message["reasoning_content"] = reasoning
-        if tool_calls:
-            message["tool_calls"] = tool_calls
-        return message
+        return assistant_message(self.content, self.refusal, self.reasoning, self.tool_calls)
 
     # -- feeding ---------------------------------------------------------------------------
 
@@ -406,7 +393,7 @@ def _put(pieces: list[str], value: str, kind: str) -> bool:
             return False
         pieces.append(value)
         return True
-    if not value or _joined(pieces) == value:
+    if not value or joined(pieces) == value:
         return False
     pieces[:] = [value]
     return True

@@ -29,6 +29,7 @@ from chatproxy.engine.planning import Plan, plan_client_history, plan_server_his
 from chatproxy.engine.relay import Rendering, write_feed
 from chatproxy.engine.start import ChatRequest, Engine, Face, Work, start_generation
 from chatproxy.errors import APIError, InvalidRequest, json_object
+from chatproxy.faces.http import chat_id_header, flag_header
 from chatproxy.ids import check_id
 from chatproxy.limits.policy import tightest
 from chatproxy.offload import LARGE_BODY, offload
@@ -110,36 +111,13 @@ def parse_chat_request(raw: bytes, *, allow_empty: bool = False) -> ChatRequest:
     return ChatRequest(raw, body, messages, bool(stream), model)
 
 
-def header_value(request: web.Request, names: list[str]) -> str | None:
-    """The first of ``names`` present in the request headers."""
-    for name in names:
-        value = request.headers.get(name)
-        if value is not None:
-            return value
-    return None
-
-
-def _flag(request: web.Request, name: str, default: bool) -> bool:
-    value = request.headers.get(name)
-    if value is None:
-        return default
-    lowered = value.strip().lower()
-    if lowered in ("true", "1", "yes"):
-        return True
-    if lowered in ("false", "0", "no"):
-        return False
-    raise _invalid(f"{name} must be true or false", "invalid_value", name)
-
-
 async def handle_chat_completions(request: web.Request) -> web.StreamResponse:
     """Proxy and persist one chat completion (streaming or not)."""
     app = request.app
     settings = app[SETTINGS]
     store = app[STORE]
     caller = request[CALLER]
-    chat_id = header_value(request, settings.headers.chat_id)
-    if chat_id is not None:
-        chat_id = check_id(chat_id, what="chat", param="X-Chat-Id")
+    chat_id = chat_id_header(request, settings)
     history_mode = request.headers.get("X-Chat-History", settings.chats.history).strip().lower()
     if history_mode not in ("client", "server"):
         raise _invalid("X-Chat-History must be client or server", "invalid_value", "X-Chat-History")
@@ -150,7 +128,7 @@ async def handle_chat_completions(request: web.Request) -> web.StreamResponse:
                 "X-Chat-Parent goes with X-Chat-History: server", "invalid_request", "X-Chat-Parent"
             )
         branch_from = check_id(branch_from, what="parent", param="X-Chat-Parent")
-    stored = _flag(request, "X-Chat-Store", True)
+    stored = flag_header(request, "X-Chat-Store", True)
     raw = await request.read()
     req = await offload(
         len(raw) > LARGE_BODY, parse_chat_request, raw, allow_empty=history_mode == "server"

@@ -22,13 +22,14 @@ is logged with the plugin's name, counted in ``chatproxy_plugin_errors`` and rai
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.metadata
 import inspect
 import logging
 import re
 import types
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -198,11 +199,9 @@ class Plugins:
         self.failed(plugin, hook, exc)
         return PluginFailed(plugin, hook)
 
-    async def run(self, hook: str, **kwargs: Any) -> list[Any]:
-        """Call every implementation of ``hook`` in order (awaiting the async ones): their
-        answers that are not ``None``. An ``APIError`` (a refusal) propagates as it is; any
-        other exception is recorded (:meth:`failed`) and raised as :class:`PluginFailed`."""
-        answers = []
+    async def _answers(self, hook: str, kwargs: dict[str, Any]) -> AsyncIterator[tuple[str, Any]]:
+        """Each implementation of ``hook`` called in order (the async ones awaited), with its
+        answer; the errors handled as :meth:`run` says."""
         for name, call in self._impls.get(hook, ()):
             try:
                 answer = call(**kwargs)
@@ -212,9 +211,13 @@ class Plugins:
                 raise
             except Exception as exc:
                 raise self._fail(name, hook, exc) from exc
-            if answer is not None:
-                answers.append(answer)
-        return answers
+            yield name, answer
+
+    async def run(self, hook: str, **kwargs: Any) -> list[Any]:
+        """Call every implementation of ``hook`` in order (awaiting the async ones): their
+        answers that are not ``None``. An ``APIError`` (a refusal) propagates as it is; any
+        other exception is recorded (:meth:`failed`) and raised as :class:`PluginFailed`."""
+        return [answer async for _, answer in self._answers(hook, kwargs) if answer is not None]
 
     def run_sync(self, hook: str, **kwargs: Any) -> list[Any]:
         """:meth:`run` for hooks called where nothing can be awaited (an ``async``
@@ -237,17 +240,10 @@ class Plugins:
     async def first_answer(self, hook: str, **kwargs: Any) -> tuple[str, Any] | None:
         """The first answer of ``hook`` that is not ``None``, with the plugin that gave it;
         the implementations after it are not called."""
-        for name, call in self._impls.get(hook, ()):
-            try:
-                answer = call(**kwargs)
-                if inspect.isawaitable(answer):
-                    answer = await answer
-            except APIError:
-                raise
-            except Exception as exc:
-                raise self._fail(name, hook, exc) from exc
-            if answer is not None:
-                return name, answer
+        async with contextlib.aclosing(self._answers(hook, kwargs)) as answers:
+            async for name, answer in answers:
+                if answer is not None:
+                    return name, answer
         return None
 
     async def first(self, hook: str, **kwargs: Any) -> Any:

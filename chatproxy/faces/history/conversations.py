@@ -38,6 +38,7 @@ from chatproxy.access import (
 )
 from chatproxy.appkeys import CALLER, CHAT_ID, GENERATIONS, SETTINGS, STORE
 from chatproxy.errors import APIError, Conflict, InvalidRequest, NotFoundError, json_object
+from chatproxy.faces.http import Handler, add_route_table
 from chatproxy.faces.items import ItemError, items_to_messages, message_items
 from chatproxy.ids import unknown_id
 from chatproxy.store import history
@@ -56,7 +57,7 @@ _ITEM_SUFFIX = re.compile(r"(.+)_([1-9][0-9]{0,3})")
 def add_routes(router: web.UrlDispatcher) -> None:
     """Register this module's routes (before the pass-through catch-all)."""
     chat = "/v1/conversations/{chat_id}"
-    routes: dict[str, dict[str, Any]] = {
+    routes: dict[str, dict[str, Handler]] = {
         "/v1/conversations": {"POST": create_conversation, "GET": list_conversations},
         chat: {"GET": get_conversation, "POST": update_conversation, "DELETE": delete},
         chat + "/items": {"GET": list_items, "POST": create_items},
@@ -65,15 +66,7 @@ def add_routes(router: web.UrlDispatcher) -> None:
         chat + "/export": {"GET": export_conversation},
         chat + "/messages/{message_id}/vote": {"PUT": vote},
     }
-    for path, handlers in routes.items():
-        for method, handler in handlers.items():
-            router.add_route(method, path, handler)
-        # Another method is refused here, not forwarded upstream by the catch-all.
-        router.add_route("*", path, _method_not_allowed)
-
-
-async def _method_not_allowed(request: web.Request) -> web.Response:
-    raise web.HTTPMethodNotAllowed(request.method, [])
+    add_route_table(router, routes)
 
 
 # -- requests --------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from typing import Any
 
 import orjson
 
-from chatproxy.engine.accumulate import Accumulator, _content_text, pick_choice
+from chatproxy.engine.accumulate import Accumulator, content_text, pick_choice
 
 __all__ = [
     "ChatToResponses",
@@ -254,7 +254,7 @@ def _delta_texts(delta: dict[str, Any]) -> tuple[str, str, str]:
     else ``reasoning``; content parts reduced to their text)."""
     text = delta.get("content")
     if not isinstance(text, str):
-        text = _content_text(text) or ""
+        text = content_text(text) or ""
     reasoning = delta.get("reasoning_content")
     if not (isinstance(reasoning, str) and reasoning):
         reasoning = delta.get("reasoning")

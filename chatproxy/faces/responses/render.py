@@ -60,18 +60,22 @@ class ResponseContext:
     previous_response_id: str | None = None
     background: bool = False
 
+    def skeleton(self) -> dict[str, Any]:
+        """What a translator or a translated completion is made with."""
+        return {
+            "id": self.id,
+            "created_at": self.created_at,
+            "model": self.model,
+            "params": self.params,
+            "previous_response_id": self.previous_response_id,
+            "conversation": self.chat_id,
+            "background": self.background,
+            "item_base": self.id,
+        }
+
     def translator(self) -> ChatToResponses:
         """A translator of chat-completions chunks into this response's events."""
-        return ChatToResponses(
-            id=self.id,
-            created_at=self.created_at,
-            model=self.model,
-            params=self.params,
-            previous_response_id=self.previous_response_id,
-            conversation=self.chat_id,
-            background=self.background,
-            item_base=self.id,
-        )
+        return ChatToResponses(**self.skeleton())
 
     def own(self, response: dict[str, Any]) -> dict[str, Any]:
         """An upstream's response object, as this response (its id, chain and chat)."""
@@ -242,17 +246,7 @@ class WholeResponse(Rendering):
             return orjson.dumps(tr.response())
         if self._native:
             return orjson.dumps(ctx.own(body))
-        return orjson.dumps(
-            completion_to_response(
-                body,
-                id=ctx.id,
-                created_at=ctx.created_at,
-                params=ctx.params,
-                previous_response_id=ctx.previous_response_id,
-                conversation=ctx.chat_id,
-                item_base=ctx.id,
-            )
-        )
+        return orjson.dumps(completion_to_response(body, **ctx.skeleton()))
 
 
 def _error(error: Any) -> dict[str, Any]:

@@ -30,15 +30,10 @@ from chatproxy.engine.registry import Replay
 from chatproxy.engine.relay import write_feed
 from chatproxy.engine.start import ChatRequest
 from chatproxy.errors import Conflict, InvalidRequest, json_object
-from chatproxy.faces.chat_completions import (
-    _flag,
-    check_daily_quota,
-    header_value,
-    launch,
-    launch_threaded,
-)
+from chatproxy.faces.chat_completions import check_daily_quota, launch, launch_threaded
 from chatproxy.faces.history.conversations import ensure_not_busy
 from chatproxy.faces.history.resume import find_feed
+from chatproxy.faces.http import Handler, add_route_table, chat_id_header, flag_header
 from chatproxy.faces.items import (
     ItemError,
     answer_items,
@@ -73,20 +68,13 @@ _OWN_KEYS = ("previous_response_id", "conversation", "background")
 def add_routes(router: web.UrlDispatcher) -> None:
     """Register the routes (before the pass-through catch-all)."""
     one = "/v1/responses/{response_id}"
-    routes: dict[str, dict[str, Any]] = {
+    routes: dict[str, dict[str, Handler]] = {
         "/v1/responses": {"POST": create_response},
         one: {"GET": get_response, "DELETE": delete_response},
         one + "/input_items": {"GET": list_input_items},
         one + "/cancel": {"POST": cancel_response},
     }
-    for path, handlers in routes.items():
-        for method, handler in handlers.items():
-            router.add_route(method, path, handler)
-        router.add_route("*", path, _method_not_allowed)
-
-
-async def _method_not_allowed(request: web.Request) -> web.Response:
-    raise web.HTTPMethodNotAllowed(request.method, [])
+    add_route_table(router, routes)
 
 
 # -- POST /v1/responses ----------------------------------------------------------------------
@@ -122,7 +110,7 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     settings, store, caller = app[SETTINGS], app[STORE], request[CALLER]
     raw = await request.read()
     body, messages = await offload(len(raw) > LARGE_BODY, _parse, raw)
-    stored = body.get("store", True) is not False and _flag(request, "X-Chat-Store", True)
+    stored = body.get("store", True) is not False and flag_header(request, "X-Chat-Store", True)
     background = body.get("background") is True
     if background and not stored:
         raise InvalidRequest(
@@ -134,9 +122,7 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     conversation = _conversation_id(body)
     chat_id = conversation
     if chat_id is None and previous is None:
-        chat_id = header_value(request, settings.headers.chat_id)
-        if chat_id is not None:
-            chat_id = check_id(chat_id, what="chat", param="X-Chat-Id")
+        chat_id = chat_id_header(request, settings)
     await check_daily_quota(request)
     native = await upstream_dialect(app, caller) is RESPONSES
     dialect = RESPONSES if native else CHAT_COMPLETIONS
