@@ -271,11 +271,7 @@ async def _access_ctx(app: web.Application) -> AsyncIterator[None]:
         else LocalBuckets()
     )
     app[LIMITS] = Limits(settings, buckets, app[STORE])
-    if settings.chats.title == "upstream":
-        app[TITLER] = Titler(app[STORE], lambda: app[UPSTREAM])
     yield
-    if TITLER in app:
-        await app[TITLER].close()
     await auth.close()
     await buckets.close()
 
@@ -287,7 +283,11 @@ async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     app[HTTP_SESSION] = session
     app[UPSTREAM] = Upstream(app[SETTINGS].upstream, session, on_retry=app[METRICS].retries.inc)
+    if app[SETTINGS].chats.title == "upstream":
+        app[TITLER] = Titler(app[STORE], app[UPSTREAM])
     yield
+    if TITLER in app:  # titles under way finish before the client they use is closed
+        await app[TITLER].close()
     await session.close()
 
 

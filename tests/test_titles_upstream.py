@@ -13,6 +13,7 @@ from chatproxy.appkeys import STORE, TITLER
 from chatproxy.auth import new_api_key
 from chatproxy.engine.titles import TITLE_PROMPT
 from chatproxy.server import ProxyServer
+from chatproxy.store.store import Store
 from chatproxy.testing import FakeUpstream, Reply
 from tests.util import all_chats, eventually
 
@@ -139,3 +140,24 @@ async def test_a_title_that_fails_after_its_retries_leaves_the_first_message_tit
 
 async def _asked(upstream: FakeUpstream, n: int) -> bool:
     return len(upstream.chat_requests) == n
+
+
+async def test_a_title_under_way_at_shutdown_is_still_stored(
+    start_proxy, upstream: FakeUpstream, http: aiohttp.ClientSession, db_url: str
+) -> None:
+    proxy = await start_proxy(**{"chats.title": "upstream"})
+    upstream.enqueue(Reply(content="Paris."), Reply(content="French capital", delay=0.5))
+    await ask(http, proxy, {})
+
+    async def asked() -> bool:
+        return len(upstream.chat_requests) == 2
+
+    await eventually(asked)
+    await proxy.stop()  # while the title request waits for its answer
+    store = Store(db_url)
+    await store.open()
+    try:
+        (chat,) = await all_chats(store)
+    finally:
+        await store.close()
+    assert chat.title == "French capital"

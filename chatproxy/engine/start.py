@@ -220,6 +220,12 @@ def _title_when_answered(titler: Titler, gen: Generation, turn: Turn, caller: Ca
 
     def done(_: object) -> None:
         if gen.status == Status.COMPLETED:
-            titler.schedule(turn.chat_id, first, turn.model, caller.upstream_authorization)
+            titler.schedule(
+                turn.chat_id,
+                first,
+                turn.model,
+                caller.upstream_authorization,
+                request_id=gen.request_id,
+            )
 
     gen.task.add_done_callback(done)

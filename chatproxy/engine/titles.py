@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from chatproxy.store.models import TITLE_LENGTH_MAX, Chat, storable_text
@@ -51,13 +50,10 @@ def _answer_text(answer: Any) -> str | None:
 
 
 class Titler:
-    """Background title requests, tracked so shutdown can wait for them.
+    """Background title requests through the proxy's upstream client, tracked so that
+    shutdown can wait for them (before that client is closed)."""
 
-    ``upstream`` returns the proxy's upstream client when a title is asked for (the app opens
-    that client after the titler).
-    """
-
-    def __init__(self, store: Store, upstream: Callable[[], Upstream]) -> None:
+    def __init__(self, store: Store, upstream: Upstream) -> None:
         self._store = store
         self._upstream = upstream
         self._tasks: set[asyncio.Task[None]] = set()
@@ -96,7 +92,7 @@ class Titler:
             "max_tokens": 24,
         }
         try:
-            upstream = self._upstream()
+            upstream = self._upstream
             answer = await upstream.post_json(
                 "/chat/completions",
                 body,
