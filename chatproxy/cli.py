@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, NoReturn, TypeVar
 import click
 
 from chatproxy.errors import ChatProxyError, SettingsError
-from chatproxy.ids import CHAT_ID_RE
+from chatproxy.ids import is_id
 from chatproxy.settings import Settings, load_settings
 
 if TYPE_CHECKING:
@@ -244,7 +244,7 @@ class _FormatOption(click.Option):
 
 def _chat_id(chat_id: str) -> str:
     """A CHAT_ID argument: one that cannot be an id names no chat (exit 1, as an unknown one)."""
-    if not CHAT_ID_RE.fullmatch(chat_id):
+    if not is_id(chat_id):
         _fail(f"no chat with id {_shown(chat_id)} (ids are 1 to 128 of A-Z a-z 0-9 _ -)", 1)
     return chat_id
 
