@@ -8,30 +8,42 @@ than one), and a load generator (asyncio + aiohttp, this process, on the other C
 scenario runs against the upstream directly and through the proxy; the table gives each figure
 with its ratio to direct. Afterwards every request made through the proxy must be in the store,
 ``completed`` with the full answer: a run that lost a row is void (exit 1).
+
+The rows marked ``redact+webhook`` are measured in the same run through a third proxy, on a
+store of its own, configured as a user would (a TOML file): the built-in ``redact`` plugin with
+its defaults, and ``webhook`` posting to a receiver the benchmark runs (``--receiver PORT``, a
+process of its own on the load generator's CPUs, answering 200). Its CPU figure runs until the
+outbox is delivered. The run is void too unless the receiver got every event of that proxy's
+outbox (one per answer at least) and every user message was stored redacted.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
+import secrets
 import socket
 import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+from aiohttp import web
 
 ROOT = Path(__file__).resolve().parent.parent
 CHUNKS = 20
 ROUNDS = 3
+WARM_UP = 40  # requests each way before a scenario measures
 
 
 # -- processes ------------------------------------------------------------------------------
@@ -77,12 +89,20 @@ def start_upstream(port: int, chunk_delay: float) -> subprocess.Popen[bytes]:
 
 
 def start_proxy(
-    port: int, upstream: str, db: str, pin: int | None, redis: str | None = None
+    port: int,
+    upstream: str,
+    db: str,
+    pin: int | None,
+    redis: str | None = None,
+    config: Path | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
     argv = [sys.executable, "-m", "chatproxy", "serve", "--port", str(port)]
     argv += ["--upstream", upstream, "--db", db, "--log-level", "warning"]
     if redis:
         argv += ["--redis", redis]
+    if config is not None:
+        argv += ["--config", str(config)]
     if pin is not None:
         argv = ["taskset", "-c", str(pin), *argv]
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHATPROXY_")}
@@ -95,7 +115,67 @@ def start_proxy(
     env["CHATPROXY_LIMITS__TIERS__FREE__MESSAGES_PER_DAY"] = "0"
     env["CHATPROXY_REDIS__PREFIX"] = "chatproxy-bench:"
     env["PYTHONPATH"] = str(ROOT)
+    env.update(environ or {})
     return subprocess.Popen(argv, env=env)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """Terminate ``proc`` if it still runs, and reap it."""
+    if proc.poll() is None:
+        proc.terminate()
+        proc.wait(30)
+
+
+@contextlib.asynccontextmanager
+async def serving(
+    upstream: str,
+    db: str,
+    pin: int | None,
+    redis: str | None,
+    config: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> AsyncIterator[tuple[str, int]]:
+    """A proxy in front of ``upstream`` while the block runs: its ``/v1`` URL and its pid."""
+    port = free_port()
+    proc = start_proxy(port, upstream, db, pin, redis, config, environ)
+    try:
+        await wait_http(f"http://127.0.0.1:{port}/readyz")
+        yield f"http://127.0.0.1:{port}/v1", proc.pid
+    finally:
+        stop(proc)
+
+
+async def serve_receiver(port: int) -> None:
+    """The webhook receiver (``bench.py --receiver PORT``): answers every POST to ``/hook``
+    with 200 and keeps its ``Idempotency-Key``; ``GET /deliveries`` lists them all."""
+    keys: list[str] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        await request.read()
+        keys.append(request.headers.get("Idempotency-Key", ""))
+        return web.Response()
+
+    async def deliveries(request: web.Request) -> web.Response:
+        return web.json_response({"keys": keys})
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    app.router.add_get("/deliveries", deliveries)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    await asyncio.Event().wait()
+
+
+def start_receiver(port: int) -> subprocess.Popen[bytes]:
+    """The webhook receiver (:func:`serve_receiver`) in a process of its own."""
+    return subprocess.Popen([sys.executable, __file__, "--receiver", str(port)])
+
+
+async def received(url: str) -> list[str]:
+    """The ``Idempotency-Key`` of every delivery the receiver at ``url`` got, duplicates too."""
+    async with aiohttp.ClientSession() as http, http.get(f"{url}/deliveries") as resp:
+        return list((await resp.json())["keys"])
 
 
 def cpu_seconds(pid: int) -> float:
@@ -177,9 +257,10 @@ async def run_load(
     stream: bool = True,
     conversations: list[list[dict[str, Any]]] | None = None,
     chat_ids: bool = False,
+    extra: str = "",
 ) -> Result:
     """``clients`` concurrent clients make ``requests`` requests in all (``chat_ids``: each
-    in a new chat named by its ``X-Chat-Id``)."""
+    in a new chat named by its ``X-Chat-Id``; ``extra`` ends each new chat's message)."""
     result = Result()
     url = f"{base}/chat/completions"
     remaining = requests
@@ -192,7 +273,8 @@ async def run_load(
             while remaining > 0:
                 remaining -= 1
                 if conversations is None:
-                    msgs = [{"role": "user", "content": f"client {n} request {i} {time.time()}"}]
+                    content = f"client {n} request {i} {time.time()}{extra}"
+                    msgs = [{"role": "user", "content": content}]
                 else:
                     msgs = conversations[n % len(conversations)]
                 chat_id = f"bench-{os.getpid()}-{n}-{i}-{time.time_ns()}" if chat_ids else None
@@ -240,96 +322,90 @@ class Figure:
         )
 
 
-async def scenario_fast(direct: str, proxy: str, pid: int, sizes: dict[str, int]) -> list[Figure]:
+def first_byte(
+    d: Result, p: Result, targets: Sequence[tuple[int, float | None]], label: str = ""
+) -> list[Figure]:
+    """The added time to first byte at each ``(percentile, target ms or None)``."""
     figures = []
-    # Warm-up (imports, connection pools, SQLite pages).
-    await run_load(direct, clients=4, requests=40)
-    await run_load(proxy, clients=4, requests=40)
-
-    n = sizes["unloaded"]
-    d = await run_load(direct, clients=1, requests=n)
-    p = await run_load(proxy, clients=1, requests=n)
-    for q, target in ((50, 1.0), (99, 3.0)):
+    for q, target in targets:
         added = (pct(p.ttft, q) - pct(d.ttft, q)) * 1000
         figures.append(
             Figure(
-                f"added time to first byte, unloaded, p{q}",
+                f"added time to first byte, unloaded, p{q}{label} (+{added:.2f} ms)",
                 pct(d.ttft, q) * 1000,
                 pct(p.ttft, q) * 1000,
                 "ms",
-                f"+<= {target:g} ms",
-                added <= target,
+                "(report)" if target is None else f"+<= {target:g} ms",
+                target is None or added <= target,
             )
         )
-        figures[-1].name += f" (+{added:.2f} ms)"
+    return figures
+
+
+def throughput(name: str, d: Result, p: Result, at_least: float | None, ok: bool = True) -> Figure:
+    """Requests a second each way; ``at_least``: the target ratio (None: reported)."""
+    target = "(report)" if at_least is None else f">= {at_least:g}x"
+    met = at_least is None or p.rps >= at_least * d.rps
+    return Figure(name, d.rps, p.rps, "req/s", target, met and p.errors == 0 and ok)
+
+
+def cpu_per_request(name: str, cpu_ms: float, at_most: float | None, ok: bool = True) -> Figure:
+    """The proxy's CPU per request; ``at_most``: the target in ms (None: reported)."""
+    target = "-" if at_most is None else f"<= {at_most:g} ms"
+    return Figure(name, None, cpu_ms, "ms", target, (at_most is None or cpu_ms <= at_most) and ok)
+
+
+async def proxied(
+    proxy: str, pid: int, settle: Callable[[], Awaitable[object]] | None = None, **load: Any
+) -> tuple[Result, float]:
+    """:func:`run_load` through the proxy, and the proxy's CPU ms per request it took (until
+    ``settle`` returns, when given: work the requests left behind counts too)."""
+    c0 = cpu_seconds(pid)
+    p = await run_load(proxy, **load)
+    if settle is not None:
+        await settle()
+    return p, (cpu_seconds(pid) - c0) * 1000 / max(1, p.requests)
+
+
+async def side_by_side(
+    direct: str,
+    proxy: str,
+    pid: int,
+    settle: Callable[[], Awaitable[object]] | None = None,
+    **load: Any,
+) -> tuple[Result, Result, float]:
+    """The same load direct, then through the proxy (see :func:`proxied`)."""
+    d = await run_load(direct, **load)
+    p, cpu_ms = await proxied(proxy, pid, settle, **load)
+    return d, p, cpu_ms
+
+
+async def warm_up(direct: str, proxy: str, extra: str = "") -> None:
+    """Imports, connection pools, SQLite pages."""
+    await run_load(direct, clients=4, requests=WARM_UP, extra=extra)
+    await run_load(proxy, clients=4, requests=WARM_UP, extra=extra)
+
+
+async def scenario_fast(direct: str, proxy: str, pid: int, sizes: dict[str, int]) -> list[Figure]:
+    await warm_up(direct, proxy)
+    d, p, _ = await side_by_side(direct, proxy, pid, clients=1, requests=sizes["unloaded"])
+    figures = first_byte(d, p, ((50, 1.0), (99, 3.0)))
 
     n = sizes["loaded"]
-    d = await run_load(direct, clients=50, requests=n)
-    c0 = cpu_seconds(pid)
-    p = await run_load(proxy, clients=50, requests=n)
-    cpu_ms = (cpu_seconds(pid) - c0) * 1000 / max(1, p.requests)
-    figures.append(
-        Figure(
-            "throughput, 50 clients, streamed",
-            d.rps,
-            p.rps,
-            "req/s",
-            ">= 0.5x",
-            p.rps >= 0.5 * d.rps and p.errors == 0,
-        )
-    )
-    figures.append(
-        Figure(
-            "proxy CPU per streamed request, stored", None, cpu_ms, "ms", "<= 1.5 ms", cpu_ms <= 1.5
-        )
-    )
+    d, p, cpu_ms = await side_by_side(direct, proxy, pid, clients=50, requests=n)
+    figures.append(throughput("throughput, 50 clients, streamed", d, p, 0.5))
+    figures.append(cpu_per_request("proxy CPU per streamed request, stored", cpu_ms, 1.5))
 
     # The shape of an outside harness: a new X-Chat-Id on every request.
-    d = await run_load(direct, clients=50, requests=n, chat_ids=True)
-    c0 = cpu_seconds(pid)
-    p = await run_load(proxy, clients=50, requests=n, chat_ids=True)
-    cpu_ms_named = (cpu_seconds(pid) - c0) * 1000 / max(1, p.requests)
-    figures.append(
-        Figure(
-            "throughput, 50 clients, streamed, X-Chat-Id",
-            d.rps,
-            p.rps,
-            "req/s",
-            ">= 0.7x",
-            p.rps >= 0.7 * d.rps and p.errors == 0,
-        )
-    )
-    figures.append(
-        Figure(
-            "proxy CPU per streamed request, X-Chat-Id",
-            None,
-            cpu_ms_named,
-            "ms",
-            "<= 0.8 ms",
-            cpu_ms_named <= 0.8,
-        )
-    )
+    d, p, cpu_ms = await side_by_side(direct, proxy, pid, clients=50, requests=n, chat_ids=True)
+    figures.append(throughput("throughput, 50 clients, streamed, X-Chat-Id", d, p, 0.7))
+    figures.append(cpu_per_request("proxy CPU per streamed request, X-Chat-Id", cpu_ms, 0.8))
 
-    d = await run_load(direct, clients=50, requests=n, stream=False)
-    c0 = cpu_seconds(pid)
-    p = await run_load(proxy, clients=50, requests=n, stream=False)
-    cpu_ms_plain = (cpu_seconds(pid) - c0) * 1000 / max(1, p.requests)
-    figures.append(
-        Figure(
-            "throughput, 50 clients, non-streamed",
-            d.rps,
-            p.rps,
-            "req/s",
-            "(report)",
-            p.errors == 0,
-        )
-    )
-    figures.append(
-        Figure("proxy CPU per non-streamed request", None, cpu_ms_plain, "ms", "-", True)
-    )
+    d, p, plain = await side_by_side(direct, proxy, pid, clients=50, requests=n, stream=False)
+    figures.append(throughput("throughput, 50 clients, non-streamed", d, p, None))
+    figures.append(cpu_per_request("proxy CPU per non-streamed request", plain, None))
 
     # Long histories: 10 conversations of 200 messages, each turn resending everything.
-    turns = sizes["history"]
     convs = [
         [
             {"role": "user" if i % 2 == 0 else "assistant", "content": f"conv {c} msg {i} " * 8}
@@ -338,10 +414,10 @@ async def scenario_fast(direct: str, proxy: str, pid: int, sizes: dict[str, int]
         for c in range(10)
     ]
     await run_load(proxy, clients=10, requests=10, stream=False, conversations=convs)
-    c0 = cpu_seconds(pid)
-    p = await run_load(proxy, clients=10, requests=turns, stream=False, conversations=convs)
-    cpu_long = (cpu_seconds(pid) - c0) * 1000 / max(1, p.requests)
-    added = cpu_long - cpu_ms_plain
+    p, cpu_long = await proxied(
+        proxy, pid, clients=10, requests=sizes["history"], stream=False, conversations=convs
+    )
+    added = cpu_long - plain
     figures.append(
         Figure(
             f"threading a 200-message history (CPU {cpu_long:.2f} ms/req)",
@@ -353,6 +429,99 @@ async def scenario_fast(direct: str, proxy: str, pid: int, sizes: dict[str, int]
         )
     )
     return figures
+
+
+class Outbox:
+    """The plugin proxy's store, as the benchmark reads it (its own short reads)."""
+
+    def __init__(self, db_file: Path, within: float = 300.0) -> None:
+        self.db_file = db_file
+        self.within = within  # seconds a drain may take
+        self.late = False  # a drain took longer
+
+    def query(self, sql: str) -> list[tuple[Any, ...]]:
+        con = sqlite3.connect(self.db_file)
+        try:
+            return con.execute(sql).fetchall()
+        finally:
+            con.close()
+
+    async def drain(self) -> bool:
+        """Wait until no answer is running and every event of the outbox is delivered (an
+        answer's event is written with its final write)."""
+        deadline = time.monotonic() + self.within
+        while time.monotonic() < deadline:
+            [(running, undelivered)] = self.query(
+                "SELECT (SELECT COUNT(*) FROM messages WHERE role = 'assistant' "
+                "AND status = 'in_progress'), "
+                "(SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL)"
+            )
+            if running == 0 and undelivered == 0:
+                return True
+            await asyncio.sleep(0.02)
+        self.late = True
+        return False
+
+
+PLUGINS = ", redact+webhook"  # the rows' label
+PLUGINS_CONFIG = """\
+plugins = ["chatproxy.plugins.redact", "chatproxy.plugins.webhook"]
+
+[plugin."chatproxy.plugins.webhook"]
+urls = ["{url}/hook"]
+secret_env = "BENCH_WEBHOOK_SECRET"
+"""
+# In every message of the plugin rows, direct too: something for redact to find.
+PLUGINS_EXTRA = " (reply to bench@example.com)"
+
+
+async def scenario_plugins(
+    direct: str, proxy: str, pid: int, sizes: dict[str, int], outbox: Outbox
+) -> list[Figure]:
+    """The hot path through a proxy running redact and webhook: what they add. The CPU figure
+    includes delivering the events the requests made (measured until the outbox is empty)."""
+    extra = PLUGINS_EXTRA
+    await warm_up(direct, proxy, extra)
+    await outbox.drain()
+    d, p, _ = await side_by_side(
+        direct, proxy, pid, clients=1, requests=sizes["unloaded"], extra=extra
+    )
+    figures = first_byte(d, p, ((50, None), (99, None)), PLUGINS)
+    await outbox.drain()
+    d, p, cpu_ms = await side_by_side(
+        direct, proxy, pid, outbox.drain, clients=50, requests=sizes["loaded"], extra=extra
+    )
+    done = not outbox.late
+    figures.append(throughput(f"throughput, 50 clients, streamed{PLUGINS}", d, p, None, done))
+    figures.append(cpu_per_request(f"proxy CPU per streamed request{PLUGINS}", cpu_ms, None, done))
+    return figures
+
+
+def check_plugins(outbox: Outbox, keys: list[str], answers: int) -> tuple[bool, str]:
+    """Whether the receiver got every event of the outbox (``keys``: its deliveries), one per
+    answer at least, and every user message was stored redacted."""
+    events = dict(outbox.query("SELECT id, type FROM outbox"))
+    [(undelivered,)] = outbox.query("SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL")
+    [(users, redacted, plain)] = outbox.query(
+        "SELECT COUNT(*), COALESCE(SUM(text LIKE '%[redacted:email]%'), 0), "
+        "COALESCE(SUM(text LIKE '%@example.com%'), 0) FROM messages WHERE role = 'user'"
+    )
+    answer_events = sum(1 for t in events.values() if t.startswith("answer."))
+    got = set(keys)
+    ok = (
+        got == set(events)
+        and undelivered == 0
+        and answer_events >= answers
+        and 0 < users == redacted
+        and plain == 0
+    )
+    return (
+        ok,
+        f"{len(keys)} deliveries of {len(got)} events; the outbox holds {len(events)} "
+        f"({answer_events} for {answers} answers, {undelivered} undelivered, "
+        f"{len(set(events) - got)} never received); {redacted} of {users} user messages "
+        f"stored redacted",
+    )
 
 
 async def scenario_slow(direct: str, proxy: str, pid: int, sizes: dict[str, int]) -> list[Figure]:
@@ -430,7 +599,11 @@ async def main() -> int:
         help="run the proxy with this Redis (the scale-out set-up: limits, claims and event "
         "streams shared); the benchmark deletes nothing there but its own expiring keys",
     )
+    parser.add_argument("--receiver", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.receiver:
+        await serve_receiver(args.receiver)
+        return 0
     sizes = (
         {"unloaded": 20, "loaded": 100, "history": 20, "slow": 200}
         if args.tiny
@@ -442,35 +615,47 @@ async def main() -> int:
         os.sched_setaffinity(0, cores[1:])  # load generator (and upstreams) off the proxy's CPU
 
     tmp = Path(tempfile.mkdtemp(prefix="chatproxy-bench-"))
-    db_file = tmp / "bench.db"
+    db_file, plugins_db = tmp / "bench.db", tmp / "plugins.db"
     db = f"sqlite://{db_file}"
     procs: list[subprocess.Popen[bytes]] = []
     figures: list[Figure] = []
-    proxied = 0
     try:
-        fast_port, slow_port = free_port(), free_port()
+        fast_port, slow_port, receiver_port = free_port(), free_port(), free_port()
         procs.append(start_upstream(fast_port, 0.0))
         procs.append(start_upstream(slow_port, 0.01))
+        procs.append(start_receiver(receiver_port))
         fast, slow = f"http://127.0.0.1:{fast_port}/v1", f"http://127.0.0.1:{slow_port}/v1"
+        receiver = f"http://127.0.0.1:{receiver_port}"
         await wait_http(f"{fast}/models")
         await wait_http(f"{slow}/models")
-        for upstream, scenario in ((fast, scenario_fast), (slow, scenario_slow)):
-            port = free_port()
-            proxy_proc = start_proxy(port, upstream, db, pin, args.redis)
-            procs.append(proxy_proc)
-            base = f"http://127.0.0.1:{port}"
-            await wait_http(f"{base}/readyz")
-            figures += await scenario(upstream, f"{base}/v1", proxy_proc.pid, sizes)
-            proxy_proc.terminate()
-            proxy_proc.wait(30)
+        await wait_http(f"{receiver}/deliveries")
+        config = tmp / "plugins.toml"
+        config.write_text(PLUGINS_CONFIG.format(url=receiver))
+        hook_env = {"BENCH_WEBHOOK_SECRET": secrets.token_hex(16)}
+
+        async with serving(fast, db, pin, args.redis) as (proxy, pid):
+            figures += await scenario_fast(fast, proxy, pid, sizes)
+        outbox = Outbox(plugins_db)
+        async with serving(fast, f"sqlite://{plugins_db}", pin, args.redis, config, hook_env) as (
+            proxy,
+            pid,
+        ):
+            figures += await scenario_plugins(fast, proxy, pid, sizes, outbox)
+        async with serving(slow, db, pin, args.redis) as (proxy, pid):
+            figures += await scenario_slow(slow, proxy, pid, sizes)
         s = sizes
-        proxied = 40 + s["unloaded"] + 3 * s["loaded"] + 10 + s["history"] + 8 + ROUNDS * s["slow"]
+        proxied = (
+            WARM_UP + s["unloaded"] + 3 * s["loaded"] + 10 + s["history"] + 8 + ROUNDS * s["slow"]
+        )
+        with_plugins = WARM_UP + s["unloaded"] + s["loaded"]
         stored_ok, stored_msg = check_store(db_file, proxied)
+        plugins_stored_ok, plugins_stored_msg = check_store(plugins_db, with_plugins)
+        stored_ok = stored_ok and plugins_stored_ok
+        stored_msg += f"; {PLUGINS.removeprefix(', ')}: {plugins_stored_msg}"
+        plugins_ok, plugins_msg = check_plugins(outbox, await received(receiver), with_plugins)
     finally:
         for proc in procs:
-            if proc.poll() is None:
-                proc.terminate()
-                proc.wait(30)
+            stop(proc)
 
     print(
         f"\nchatproxy benchmark — {platform.node()}, {os.cpu_count()} CPUs, "
@@ -485,6 +670,7 @@ async def main() -> int:
     for f in figures:
         print(f.row())
     print(f"store check: {'ok' if stored_ok else 'VOID'}: {stored_msg}")
+    print(f"plugin check: {'ok' if plugins_ok else 'VOID'}: {plugins_msg}")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(
         json.dumps(
@@ -500,11 +686,13 @@ async def main() -> int:
                 "figures": [f.__dict__ for f in figures],
                 "store_ok": stored_ok,
                 "store": stored_msg,
+                "plugins_ok": plugins_ok,
+                "plugins": plugins_msg,
             },
             indent=2,
         )
     )
-    if not stored_ok:
+    if not (stored_ok and plugins_ok):
         return 1
     return 0 if args.tiny or all(f.ok for f in figures) else 2
 

@@ -1,4 +1,5 @@
-"""The benchmark runs end to end on a tiny load (timings are never asserted here)."""
+"""The benchmark runs end to end on a tiny load (timings are never asserted here), with its
+rows through a proxy running the redact and webhook plugins."""
 
 from __future__ import annotations
 
@@ -27,8 +28,17 @@ async def test_benchmark_runs_on_a_tiny_load_and_loses_no_row(tmp_path: Path) ->
     result = orjson.loads(out.read_bytes())
     assert result["store_ok"] is True, result["store"]
     names = [f["name"] for f in result["figures"]]
-    assert len(names) == 11
+    assert len(names) == 15
     assert "throughput, 50 clients, streamed, X-Chat-Id" in names
     assert "proxy CPU per streamed request, X-Chat-Id" in names
+    # The same hot path through a proxy running the redact and webhook plugins.
+    assert "throughput, 50 clients, streamed, redact+webhook" in names
+    assert "proxy CPU per streamed request, redact+webhook" in names
+    assert sum(n.startswith("added time to first byte, unloaded, p") for n in names) == 4
+    assert sum(n.endswith(", redact+webhook") or ", redact+webhook (" in n for n in names) == 4
     assert all(f["proxy"] > 0 for f in result["figures"])
     assert b"store check: ok" in output
+    # Every event of that proxy's outbox reached the benchmark's receiver, and redact ran.
+    assert result["plugins_ok"] is True, result["plugins"]
+    assert b"plugin check: ok" in output
+    assert "0 undelivered, 0 never received" in result["plugins"]
