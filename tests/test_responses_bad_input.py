@@ -229,7 +229,6 @@ HOSTILE_POSTS: list[tuple[dict[str, str], Body, int, str, str | None]] = [
     ({}, items(None), 400, "invalid_type", "input[0]"),
     # items of an unknown type or role
     ({}, items({"type": "banana"}), 400, "invalid_value", "input[0].type"),
-    ({}, items({"type": "item_reference", "id": "x"}), 400, "invalid_value", "input[0].type"),
     ({}, items({"type": "web_search_call", "id": "x"}), 400, "invalid_value", "input[0].type"),
     ({}, items({"type": 5}), 400, "invalid_value", "input[0].type"),
     ({}, items({"role": "wizard", "content": "x"}), 400, "invalid_value", "input[0].role"),
