@@ -92,7 +92,7 @@ def check_first_turn(turn: dict[str, Any], chat_id: str, rows: list[Message]) ->
     assert (call["id"], call["function"]["name"]) == ("call_w1", "getWeather")
     assert orjson.loads(call["function"]["arguments"]) == {"city": "Paris"}
     assert rows[3].data["tool_call_id"] == "call_w1"
-    assert all(m.params and m.params["api"] == "responses" for m in rows if m.role == "assistant")
+    assert all(m.params and m.params["api"] == "responses" for m in (rows[2], rows[4]))
 
 
 def check_model_saw(upstream: FakeUpstream, way: str, rows: list[Message]) -> None:
@@ -147,3 +147,75 @@ async def test_previous_response_id_continues_the_chat(
         [*FIRST_TURN, SYSTEM, "user: And in Rome?", "assistant: Rome is sunny too."]
     ]
     check_model_saw(upstream, way, rows)
+
+
+async def test_previous_response_id_with_a_tool_stores_each_message_once(
+    proxy: ProxyServer, upstream: FakeUpstream, store: Store, way: str
+) -> None:
+    """With ``previousResponseId`` the SDK sends the same id with every step of the turn, and
+    each step's input is the turn so far (the new user message, then the call and its result):
+    what the first step stored is not stored again, the turn is one branch after that answer."""
+    rome = Reply(tool_calls=[ToolCall("getWeather", '{"city":"Rome"}', id="call_w2")])
+    upstream.enqueue(PARIS, SUNNY, rome, Reply(content="Sunny in Rome too."))
+    result = await run_script("ai-responses.mjs", proxy.url, "previous")
+    check_sent(result, 4)
+    chat_id, rows = await one_chat(store)
+    first, second = result["turns"]
+    check_first_turn(first, chat_id, rows)
+    assert [s["previousResponseId"] for s in result["sent"][2:]] == [rows[4].id, rows[4].id]
+    assert result["sent"][3]["inputs"] == [
+        *["message:system", "message:user", "function_call", "function_call_output"]
+    ]
+    assert second["text"] == "Sunny in Rome too."
+    assert second["toolCalls"] == [{"name": "getWeather", "input": {"city": "Rome"}}]
+    assert second["chatIds"] == [chat_id, chat_id]
+    assert await transcripts(store) == [
+        [
+            *FIRST_TURN,
+            SYSTEM,
+            "user: And in Rome?",
+            'assistant: call getWeather {"city":"Rome"}',
+            'tool: {"city":"Rome","weather":"sunny"}',
+            "assistant: Sunny in Rome too.",
+        ]
+    ]
+    assert second["responseIds"] == [rows[7].id, rows[9].id]
+    check_model_saw(upstream, way, rows)
+
+
+async def test_a_resent_history_with_an_item_reference_is_one_chat(
+    proxy: ProxyServer, upstream: FakeUpstream, store: Store, way: str
+) -> None:
+    """The second turn resends the whole history, the earlier answer as an ``item_reference``
+    to its output item (the provider stores by default): the proxy resolves it to the stored
+    answer, sends the model the whole conversation and stores only what is new."""
+    upstream.enqueue(PARIS, SUNNY, Reply(content="Nothing else, enjoy."))
+    result = await run_script("ai-responses.mjs", proxy.url, "history")
+    check_sent(result, 3)
+    chat_id, rows = await one_chat(store)
+    first, second = result["turns"]
+    check_first_turn(first, chat_id, rows)
+    assert result["sent"][2]["inputs"] == [
+        *["message:system", "message:user", "function_call", "function_call_output"],
+        *["item_reference", "message:user"],
+    ]
+    assert result["sent"][2]["references"] == first["itemIds"][1]
+    assert second["text"] == "Nothing else, enjoy."
+    assert second["chatIds"] == [chat_id]
+    assert await transcripts(store) == [
+        [*FIRST_TURN, "user: Thanks! Anything else?", "assistant: Nothing else, enjoy."]
+    ]
+    check_model_saw(upstream, way, rows)
+
+
+async def test_the_output_item_ids_are_the_stored_responses(
+    proxy: ProxyServer, upstream: FakeUpstream, sdk: openai.AsyncOpenAI
+) -> None:
+    """The ids of the output items each step streamed are those its response has when
+    retrieved (the ids an ``item_reference`` names)."""
+    upstream.enqueue(PARIS, SUNNY)
+    result = await run_script("ai-responses.mjs", proxy.url, "tool")
+    (turn,) = result["turns"]
+    for response_id, item_ids in zip(turn["responseIds"], turn["itemIds"], strict=True):
+        stored = await sdk.responses.retrieve(response_id)
+        assert item_ids == [item.id for item in stored.output]

@@ -131,8 +131,13 @@ async def plan_server_history(
     messages: list[dict[str, Any]],
     chat_id: str | None,
     branch_from: str | None,
+    *,
+    reuse: bool = False,
 ) -> Plan:
-    """Continue the stored conversation with the request's new messages."""
+    """Continue the stored conversation with the request's new messages. ``reuse``: the
+    messages may begin with ones already stored below the branch point (a client that
+    resends a turn's earlier steps, as the AI SDK does with ``previous_response_id``); those
+    are threaded onto, not stored again. Either way the upstream is sent them all."""
     if chat_id is None and branch_from is not None:
         parent = await store.get_message(branch_from)
         if parent is None or parent.user_id != caller.user_id:
@@ -166,7 +171,13 @@ async def plan_server_history(
         messages,
         parent=parent.prefix_hash if parent else "",
     )
-    new = list(zip(messages, hashes, strict=True))
+    parent_id, first_new = (parent.id if parent else None), 0
+    if reuse and hashes and not chat_is_new:
+        # The hashes continue the branch point's: a match is a message stored below it.
+        match = await store.find_thread(caller.user_id, hashes, chat_id)
+        if match is not None:
+            parent_id, first_new = match.message_id, match.index + 1
+    new = list(zip(messages[first_new:], hashes[first_new:], strict=True))
     turn = await offload(
         len(new) > LARGE_COUNT,
         _turn,
@@ -174,7 +185,7 @@ async def plan_server_history(
         settings,
         caller,
         (chat_id, chat_is_new),
-        parent.id if parent else None,
+        parent_id,
         new,
         body,
         messages,

@@ -149,9 +149,40 @@ class TranslatedEvents(_Events):
         return self._out(self._tr.finish(response_status(status), error))
 
 
+class _ItemIds:
+    """The stored answer's ids for an upstream's output items, given in the order the items
+    come (as :func:`~chatproxy.faces.items.answer_items` numbers them: the first item the
+    response's id, the next ``{id}_1`` ..., a reasoning item ``rs_{id}``)."""
+
+    def __init__(self, base: str) -> None:
+        self._base = base
+        self._pairs: list[tuple[bytes, bytes]] = []  # the upstream's, quoted; ours, quoted
+        self._items = 0
+        self._reasonings = 0
+
+    def add(self, item: Mapping[str, Any]) -> None:
+        upstream_id = item.get("id")
+        if not isinstance(upstream_id, str) or not upstream_id:
+            return
+        if item.get("type") == "reasoning":
+            n, self._reasonings = self._reasonings, self._reasonings + 1
+            ours = f"rs_{self._base}" if n == 0 else f"rs_{self._base}_{n}"
+        else:
+            n, self._items = self._items, self._items + 1
+            ours = self._base if n == 0 else f"{self._base}_{n}"
+        self._pairs.append((orjson.dumps(upstream_id), orjson.dumps(ours)))
+
+    def apply(self, data: bytes) -> bytes:
+        """``data`` with the upstream's item ids replaced by the stored ones."""
+        for theirs, ours in self._pairs:
+            if theirs in data:
+                data = data.replace(theirs, ours)
+        return data
+
+
 class NativeEvents(_Events):
     """The upstream's own Responses events, forwarded; the response object in the lifecycle
-    events is made the stored answer's."""
+    events is made the stored answer's, and the output items have its items' ids."""
 
     def __init__(
         self, headers: Mapping[str, str], ctx: ResponseContext, outcome: Outcome, after: int = -1
@@ -159,6 +190,7 @@ class NativeEvents(_Events):
         super().__init__(headers, ctx, outcome, after)
         self._last = -1  # the last sequence number written or skipped
         self._response: dict[str, Any] | None = None  # the last response object seen
+        self._ids = _ItemIds(ctx.id)
 
     def render(self, batch: Batch) -> bytes:
         raw = batch.raw
@@ -172,10 +204,11 @@ class NativeEvents(_Events):
         return b"".join(out)
 
     def _event(self, data: bytes, raw: bytes | None) -> bytes:
-        lifecycle = b'"response":' in data
-        if not lifecycle and raw is not None and self._after < 0 and b'"error"' not in data:
+        ids = self._ids
+        plain = b'"response":' not in data and b'"response.output_item.added"' not in data
+        if plain and raw is not None and self._after < 0 and b'"error"' not in data:
             self._last += 1
-            return raw  # the common case: a delta, forwarded as it came
+            return ids.apply(raw)  # the common case: a delta, forwarded as it came
         try:
             event = orjson.loads(data)
         except orjson.JSONDecodeError:
@@ -187,12 +220,14 @@ class NativeEvents(_Events):
         seq = event.get("sequence_number")
         self._last = seq if isinstance(seq, int) else self._last + 1
         kind = event.get("type")
+        if kind == "response.output_item.added" and isinstance(event.get("item"), dict):
+            ids.add(event["item"])
         if kind in _LIFECYCLE and isinstance(event.get("response"), dict):
             self._response = self.ctx.own(event["response"])
             self.finished = kind in ("response.completed", "response.incomplete", "response.failed")
         elif raw is not None and self._last > self._after:
-            return raw
-        return sse(event) if self._last > self._after else b""
+            return ids.apply(raw)
+        return ids.apply(sse(event)) if self._last > self._after else b""
 
     def _fail(self, error: dict[str, Any] | None, status: str = Status.FAILED) -> bytes:
         self.finished = True
@@ -200,7 +235,7 @@ class NativeEvents(_Events):
         response.update(status=status, error=error)
         self._last += 1
         event = {"type": "response.failed", "sequence_number": self._last, "response": response}
-        return sse(event) if self._last > self._after else b""
+        return self._ids.apply(sse(event)) if self._last > self._after else b""
 
     async def end(self) -> bytes:
         if self.finished:
@@ -245,7 +280,11 @@ class WholeResponse(Rendering):
             tr.finish(Status.FAILED, self._gen.error)
             return orjson.dumps(tr.response())
         if self._native:
-            return orjson.dumps(ctx.own(body))
+            ids = _ItemIds(ctx.id)
+            for item in body.get("output") or []:
+                if isinstance(item, dict):
+                    ids.add(item)
+            return ids.apply(orjson.dumps(ctx.own(body)))
         return orjson.dumps(completion_to_response(body, **ctx.skeleton()))
 
 

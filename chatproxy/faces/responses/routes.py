@@ -29,7 +29,7 @@ from chatproxy.engine.planning import Plan, plan_client_history, plan_server_his
 from chatproxy.engine.registry import Replay
 from chatproxy.engine.relay import write_feed
 from chatproxy.engine.start import ChatRequest
-from chatproxy.errors import Conflict, InvalidRequest, json_object
+from chatproxy.errors import APIError, Conflict, InvalidRequest, json_object
 from chatproxy.faces.chat_completions import check_daily_quota, launch, launch_threaded
 from chatproxy.faces.history.conversations import ensure_not_busy
 from chatproxy.faces.history.resume import find_feed
@@ -80,16 +80,59 @@ def add_routes(router: web.UrlDispatcher) -> None:
 # -- POST /v1/responses ----------------------------------------------------------------------
 
 
-def _parse(raw: bytes) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The request body, checked, and its input as chat messages."""
+def _parse(raw: bytes) -> dict[str, Any]:
+    """The request body, checked."""
     body = json_object(raw)
     validate_request(body)
+    return body
+
+
+def _messages(value: Any) -> list[dict[str, Any]]:
+    """The input as chat messages."""
     try:
-        messages = input_to_messages(body.get("input"), param="input")
+        return input_to_messages(value, param="input")
     except ItemError as exc:
         code, param, message = exc.args
         raise InvalidRequest(message, code=code, param=param) from None
-    return body, messages
+
+
+async def _resolved(request: web.Request, value: Any) -> Any:
+    """The input with each ``item_reference`` replaced by the stored item it names (one of
+    the caller's answers or messages: clients that store their responses send earlier output
+    as references), so that it is threaded and sent upstream as what it stands for."""
+    if not isinstance(value, list) or not any(
+        isinstance(item, dict) and item.get("type") == "item_reference" for item in value
+    ):
+        return value
+    out = []
+    for i, item in enumerate(value):
+        if isinstance(item, dict) and item.get("type") == "item_reference":
+            out.append(await _referenced(request, item.get("id"), f"input[{i}].id"))
+        else:
+            out.append(item)
+    return out
+
+
+async def _referenced(request: web.Request, item_id: Any, param: str) -> dict[str, Any]:
+    item_id = check_id(item_id, what="item", param=param)
+    store = request.app[STORE]
+    # An item's id is its message's, or that with "_N" after it (or "rs_" before it).
+    base = item_id.removeprefix("rs_")
+    candidates = [base, *([base.rsplit("_", 1)[0]] if "_" in base else [])]
+    for message_id in candidates:
+        m = await store.get_message(message_id)
+        if m is None:
+            continue
+        try:  # one the caller may not read names nothing, as an unknown one
+            await chat_state(store, request[CALLER].user_id, m.chat_id, Need.READ)
+        except APIError:
+            break
+        data = m.data if isinstance(m.data, dict) else {}
+        items = answer_items(data, m.status, m.id) if m.role == "assistant" else message_items(m)
+        for item in items:
+            if item["id"] == item_id:
+                return {k: v for k, v in item.items() if k not in ("id", "status")}
+    raise unknown_id(item_id, what="item", param=param)
 
 
 def _conversation_id(body: dict[str, Any]) -> str | None:
@@ -109,7 +152,9 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     app = request.app
     settings, store, caller = app[SETTINGS], app[STORE], request[CALLER]
     raw = await request.read()
-    body, messages = await offload(len(raw) > LARGE_BODY, _parse, raw)
+    body = await offload(len(raw) > LARGE_BODY, _parse, raw)
+    body["input"] = await _resolved(request, body.get("input"))
+    messages = _messages(body["input"])
     stored = body.get("store", True) is not False and flag_header(request, "X-Chat-Store", True)
     background = body.get("background") is True
     if background and not stored:
@@ -158,7 +203,7 @@ async def create_response(request: web.Request) -> web.StreamResponse:
             raise unknown_id(chat_id or "", what="chat", param="conversation")
         gen = await start(
             *await plan_server_history(
-                store, settings, caller, plan_body, messages, chat_id, branch_from
+                store, settings, caller, plan_body, messages, chat_id, branch_from, reuse=True
             )
         )
     elif stored:
