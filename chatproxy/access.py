@@ -216,6 +216,22 @@ async def completion(
     return message, owner
 
 
+async def continued_chat(
+    store: Store, user_id: str, chat_id: str, *, what: str = "chat", param: str | None = None
+) -> ChatState:
+    """A stored chat a request continues by naming it (a Responses ``conversation``, or the
+    chat of a ``previous_response_id``): one the caller may not read names nothing (the
+    ``what``'s 404, naming ``param``), one it may read but not post to is ``403
+    chat_forbidden``."""
+    row = await store.chat_access(chat_id)
+    if row is None:
+        raise unknown_id(chat_id, what=what, param=param)
+    state = ChatState(*row)
+    require(user_id, state.owner_id, state.visibility, Need.READ, chat_id, what=what, param=param)
+    require(user_id, state.owner_id, state.visibility, Need.POST, chat_id)
+    return state
+
+
 async def chat_for(
     request: web.Request, chat_id: str, need: Need = Need.READ, *, hint: str = ""
 ) -> Chat:

@@ -587,6 +587,20 @@ async def test_unsupported_tools_when_continuing_a_response_store_nothing_more(
     assert len(upstream.chat_requests) == 1
 
 
+async def test_an_empty_input_array_is_a_400_not_a_crash(
+    rproxy: ProxyServer,
+    upstream: FakeUpstream,
+    http: aiohttp.ClientSession,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.INFO):
+        for extra in ({}, {"stream": True}, {"background": True}):
+            got = await refused(http, "POST", f"{rproxy.url}/responses", items(**extra))
+            assert got == (400, "empty_array", "input")
+    await assert_nothing_stored_or_sent(rproxy.app[STORE], upstream)
+    assert_clean_log(caplog)
+
+
 async def test_a_nul_in_the_input_is_stored_as_a_replacement_character(
     rproxy: ProxyServer, upstream: FakeUpstream, http: aiohttp.ClientSession
 ) -> None:
@@ -938,6 +952,31 @@ async def test_another_users_chat_named_in_x_chat_id_is_403_chat_forbidden(
     for content in (body(), body(stream=True), body(background=True)):
         headers = {**bob, "X-Chat-Id": response["conversation"]["id"]}
         assert await refused(http, "POST", url, content, headers) == (403, "chat_forbidden", None)
+    await assert_alice_unchanged(http, keys_proxy, upstream, alice, response)
+
+
+async def test_another_users_private_response_cannot_be_continued_and_is_not_revealed(
+    keys_proxy: ProxyServer, upstream: FakeUpstream, http: aiohttp.ClientSession
+) -> None:
+    # previous_response_id and conversation create nothing (an unknown one is a 404): another
+    # user's private chat must read as one that does not exist (README, "Your chats").
+    alice, bob, response, _ = await alices_responses(http, keys_proxy)
+    url = f"{keys_proxy.url}/responses"
+    chat_id, unknown = response["conversation"]["id"], "x" * 28
+    naming: list[tuple[str, str, Callable[[str], dict[str, Any]]]] = [
+        ("previous_response_id", response["id"], lambda v: {"previous_response_id": v}),
+        ("conversation", chat_id, lambda v: {"conversation": v}),
+        ("conversation.id", chat_id, lambda v: {"conversation": {"id": v}}),
+    ]
+    got, want = [], []
+    for name, real, fields in naming:
+        for extra in ({}, {"stream": True}, {"background": True}):
+            status, error = await refusal(http, "POST", url, body(**fields(real), **extra), bob)
+            got.append((name, extra, status, as_unknown(error, real, unknown)))
+            nothing = await refusal(http, "POST", url, body(**fields(unknown), **extra), bob)
+            want.append((name, extra, *nothing))
+    assert got == want
+    assert {status for _, _, status, _ in want} == {404}
     await assert_alice_unchanged(http, keys_proxy, upstream, alice, response)
 
 

@@ -19,7 +19,15 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from chatproxy.access import Need, chat_state, choice, completion_for, paging, path_id
+from chatproxy.access import (
+    Need,
+    chat_state,
+    choice,
+    completion_for,
+    continued_chat,
+    paging,
+    path_id,
+)
 from chatproxy.appkeys import CALLER, GENERATIONS, SETTINGS, STORE
 from chatproxy.engine.dialect import CHAT_COMPLETIONS, RESPONSES
 from chatproxy.engine.eventlog import EventLog
@@ -165,9 +173,23 @@ async def create_response(request: web.Request) -> web.StreamResponse:
         )
     previous = body.get("previous_response_id")
     conversation = _conversation_id(body)
-    chat_id = conversation
-    if chat_id is None and previous is None:
+    chat_id, branch_from = conversation, None
+    if previous is not None:
+        message, _ = await completion_for(
+            request, previous, Need.READ, what="response", param="previous_response_id"
+        )
+        await continued_chat(store, caller.user_id, message.chat_id)
+        chat_id, branch_from = message.chat_id, message.id
+    elif conversation is not None:
+        await continued_chat(store, caller.user_id, conversation, param="conversation")
+    else:
         chat_id = chat_id_header(request, settings)
+        if not messages:
+            raise InvalidRequest(
+                "'input' must contain at least one item (or name a previous_response_id)",
+                code="empty_array",
+                param="input",
+            )
     await check_daily_quota(request)
     native = await upstream_dialect(app, caller) is RESPONSES
     dialect = RESPONSES if native else CHAT_COMPLETIONS
@@ -193,14 +215,6 @@ async def create_response(request: web.Request) -> web.StreamResponse:
         )
 
     if previous is not None or conversation is not None:
-        branch_from = None
-        if previous is not None:
-            message, chat = await completion_for(
-                request, previous, Need.POST, what="response", param="previous_response_id"
-            )
-            chat_id, branch_from = chat.id, message.id
-        elif await chat_state(store, caller.user_id, chat_id or "", Need.POST) is None:
-            raise unknown_id(chat_id or "", what="chat", param="conversation")
         gen = await start(
             *await plan_server_history(
                 store, settings, caller, plan_body, messages, chat_id, branch_from, reuse=True
@@ -329,6 +343,11 @@ def stored_response(m: Message) -> dict[str, Any]:
         previous_response_id=params.get("previous_response_id"),
         conversation=m.chat_id,
         background=params.get("background") is True,
+        completed_at=(
+            int(m.completed_at.timestamp())
+            if m.completed_at is not None and status == Status.COMPLETED
+            else None
+        ),
     )
 
 
@@ -336,10 +355,9 @@ async def get_response(request: web.Request) -> web.StreamResponse:
     """``GET /v1/responses/{id}``: the stored response; ``?stream=true`` follows its events
     (from ``starting_after=N``: the events after sequence number N)."""
     m = await _response(request)
-    stream = _choice(request, "stream")
+    stream, after = _choice(request, "stream"), _starting_after(request)
     if not stream:
         return _json(stored_response(m))
-    after = _starting_after(request)
     params = m.params or {}
     ctx = ResponseContext(
         id=m.id,
