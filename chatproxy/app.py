@@ -257,7 +257,8 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     await heartbeat.start()
     yield
     await heartbeat.stop()
-    await store.close()
+    await store.close()  # stops delivering events to the plugins
+    await app[PLUGINS].aclose()
 
 
 async def _access_ctx(app: web.Application) -> AsyncIterator[None]:

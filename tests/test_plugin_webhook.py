@@ -190,6 +190,7 @@ async def test_a_failing_receiver_is_tried_again_within_the_delivery(receiver: R
     with pytest.raises(WebhookFailed):
         await hook.on_event(_event(3))
     assert receiver.arrived.count("evt_3") == 1
+    await hook.aclose()  # its HTTP client, kept between events
 
 
 async def test_a_signature_made_with_another_secret_does_not_verify(receiver: Receiver) -> None:
@@ -197,6 +198,7 @@ async def test_a_signature_made_with_another_secret_does_not_verify(receiver: Re
     with pytest.raises(WebhookFailed):
         await hook.on_event(_event())
     assert receiver.events == [] and receiver.arrived == ["evt_1"]
+    await hook.aclose()
 
 
 async def test_a_receiver_down_for_a_while_gets_every_event(

@@ -157,9 +157,25 @@ class Plugins:
             name: types.MappingProxyType(dict((config or {}).get(name, {}))) for name in self.names
         }
         self._metrics = metrics
+        self._objects = [(p.name, p.obj) for p in loaded]
 
     def __repr__(self) -> str:
         return f"Plugins({self.names!r})"
+
+    async def aclose(self) -> None:
+        """At shutdown, once no hook is called any more: await each plugin's own ``aclose()``,
+        where it has one (to close what it keeps open, such as an HTTP client). A failure is
+        recorded as the plugin's, and the others are closed all the same."""
+        for name, obj in self._objects:
+            close = getattr(obj, "aclose", None)
+            if not callable(close):
+                continue
+            try:
+                result = close()
+                if inspect.isawaitable(result):
+                    await result
+            except Exception as exc:
+                self.failed(name, "aclose", exc)
 
     def hooks(self, name: str) -> list[str]:
         """The hooks plugin ``name`` implements, sorted."""

@@ -111,9 +111,18 @@ class Webhook:
         self.events = events
         # The wait between two tries (replaced in tests).
         self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+        # One client for every event (its connections reused), made in the loop that sends.
+        self._session: aiohttp.ClientSession | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def __repr__(self) -> str:
         return f"Webhook(urls={[_shown(u) for u in self.urls]!r})"
+
+    async def aclose(self) -> None:
+        """Close the HTTP client (at the proxy's shutdown)."""
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
     @hookimpl
     async def on_event(self, event: Event) -> None:
@@ -121,12 +130,15 @@ class Webhook:
         if event.type not in self.events:
             return
         body = orjson.dumps(payload(event))
-        timeout = aiohttp.ClientTimeout(total=self.timeout)
-        async with aiohttp.ClientSession(timeout=timeout) as session:
-            results = await asyncio.gather(
-                *(self._send(session, url, event, body) for url in self.urls),
-                return_exceptions=True,
-            )
+        session, loop = self._session, asyncio.get_running_loop()
+        if session is None or session.closed or self._loop is not loop:
+            timeout = aiohttp.ClientTimeout(total=self.timeout)
+            session, self._loop = aiohttp.ClientSession(timeout=timeout), loop
+            self._session = session
+        results = await asyncio.gather(
+            *(self._send(session, url, event, body) for url in self.urls),
+            return_exceptions=True,
+        )
         for result in results:
             if isinstance(result, BaseException):
                 raise result
