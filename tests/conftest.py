@@ -23,6 +23,7 @@ from tests.browser import browser, chromium  # noqa: F401 (fixtures for the brow
 from tests.plugin_util import example_plugin, example_plugin_dir  # noqa: F401 (fixtures)
 
 StartProxy = Callable[..., Awaitable[ProxyServer]]
+pytest_plugins = ["tests.fake_fixtures"]  # the fake upstream's own tests: fake, sdk
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -14,24 +13,6 @@ import pytest
 from chatproxy.testing import FakeUpstream, Reply, ToolCall
 
 MESSAGES = [{"role": "user", "content": "Say hello to the nice test"}]
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeUpstream]:
-    async with FakeUpstream() as upstream:
-        yield upstream
-
-
-@pytest.fixture
-async def sdk(fake: FakeUpstream) -> AsyncIterator[openai.AsyncOpenAI]:
-    async with openai.AsyncOpenAI(base_url=fake.url, api_key="x", max_retries=0) as client:
-        yield client
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 def chat_body(**extra: Any) -> dict[str, Any]:
