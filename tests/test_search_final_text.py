@@ -21,10 +21,12 @@ from chatproxy.testing import FakeUpstream, Reply
 from tests.util import store_at
 
 
-async def _integrity(path: Path) -> None:
-    """The index is sound (FTS5's own check) and holds exactly the final messages: each once,
-    none running. (FTS5's check against the content table, ``rank = 1``, expects every row of
-    it indexed, which this index does not by design.)"""
+async def _integrity(path: Path, store: Store) -> None:
+    """Once brought up to date (as a search does first), the index is sound (FTS5's own
+    check) and holds exactly the final messages: each once, none running. (FTS5's check
+    against the content table, ``rank = 1``, expects every row of it indexed, which this index
+    does not by design.)"""
+    await store.index_search()
 
     def check() -> None:
         db = sqlite3.connect(path, timeout=10)
@@ -33,6 +35,7 @@ async def _integrity(path: Path) -> None:
             indexed = [r[0] for r in db.execute("SELECT id FROM messages_fts_docsize")]
             final = "SELECT rowid FROM messages WHERE status != 'in_progress'"
             assert sorted(indexed) == sorted(r[0] for r in db.execute(final))
+            assert not db.execute("SELECT id FROM messages_fts_pending").fetchall()
             # Each final message is found by each word of its text, once.
             for rowid, text in db.execute(
                 f"SELECT rowid, text FROM messages WHERE rowid IN ({final})"
@@ -83,13 +86,13 @@ async def test_an_answer_is_indexed_once_with_its_final_text(
         await resp.read()
     answer = (await store.chat_messages(chat_id))[-1]
     assert answer.status == "completed" and answer.text == "alpha bravo charlie delta zulu"
-    await _integrity(db_path)
+    await _integrity(db_path, store)
     assert await _indexed(store) == 2  # the question and the answer, each once
     assert await _search(http, proxy, "zulu") == [chat_id]
     assert await _search(http, proxy, "spell") == [chat_id]
     async with http.delete(f"{proxy.url}/conversations/{chat_id}") as resp:
         assert resp.status == 200
-    await _integrity(db_path)
+    await _integrity(db_path, store)
     assert await _indexed(store) == 0
     assert await _search(http, proxy, "zulu") == []
 
@@ -108,7 +111,7 @@ async def test_a_running_answer_is_not_indexed_until_it_ends(
         assert running  # a checkpoint may have written some of its text
         assert await _search(http, proxy, "yankee") == []
         await resp.read()
-    await _integrity(db_path)
+    await _integrity(db_path, store)
     assert await _search(http, proxy, "yankee") == [chat_id]
 
 
@@ -137,7 +140,7 @@ async def test_the_upgrade_keeps_the_index_consistent_with_a_running_answer(
         )
     proxy = await start_proxy()  # 0012 runs on the store
     store = _store(proxy)
-    await _integrity(db_path)
+    await _integrity(db_path, store)
     assert await _indexed(store) == 1  # the question; the running answer left the index
     assert await _search(http, proxy, "partial") == []
     # The instance that ran it is gone: the reaper ends its answer as interrupted.
@@ -145,6 +148,6 @@ async def test_the_upgrade_keeps_the_index_consistent_with_a_running_answer(
     with db:
         db.execute("UPDATE messages SET status = 'interrupted' WHERE id = 'msg_a'")
     db.close()
-    await _integrity(db_path)
+    await _integrity(db_path, store)
     assert await _indexed(store) == 2
     assert await _search(http, proxy, "partial") == ["chat_old"]

@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 from tortoise.backends.base.client import BaseDBAsyncClient
 
+from chatproxy.store import search_index
 from chatproxy.store.db import begin_immediate
 from chatproxy.store.models import (
     FINISH_REASON_LENGTH,
@@ -145,9 +146,11 @@ class Batch:
     # events: event_row()s and answer_event_row()s.
     events: list[list[Any]] = field(default_factory=list)
     answer_events: list[list[Any]] = field(default_factory=list)
+    # Add waiting rows to SQLite's full-text indexes (chatproxy.store.search_index).
+    index: bool = False
 
     def __bool__(self) -> bool:
-        return bool(self.turns or self.checkpoints or self.finishes)
+        return bool(self.turns or self.checkpoints or self.finishes or self.index)
 
     def statements(self, d: Dialect) -> list[tuple[str, list[Sequence[Any]]]]:
         """The batch as ``(statement, rows)`` pairs, in the order they must run."""
@@ -166,6 +169,8 @@ class Batch:
             out.append((d.sql(INSERT_EVENT), self.events))
         if self.answer_events:
             out.append((d.sql(INSERT_ANSWER_EVENT), self.answer_events))
+        if self.index:
+            out += search_index.flush_statements()
         return out
 
     async def apply(self, conn: BaseDBAsyncClient, d: Dialect) -> None:

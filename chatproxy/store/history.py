@@ -152,6 +152,8 @@ async def list_chats(
     terms = search.parse(q) if q else None
     if q and terms is None:
         return [], False  # nothing to look for: no word (or one too long to be indexed)
+    if terms is not None:
+        await store.index_search()
 
     async def op() -> tuple[list[ChatView], bool]:
         if terms is not None:

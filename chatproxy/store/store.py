@@ -51,7 +51,7 @@ from tortoise.transactions import in_transaction
 
 from chatproxy.ids import storable_message_id
 from chatproxy.offload import LARGE_COUNT, offload
-from chatproxy.store import outbox
+from chatproxy.store import outbox, search_index
 from chatproxy.store.batch import Answer, Batch, Dialect, NewMessage, Turn
 from chatproxy.store.db import (
     WalCheckpointer,
@@ -150,6 +150,8 @@ class Store:
         self._writer: asyncio.Task[None] | None = None
         self._checkpointer: WalCheckpointer | None = None
         self._fast: sqlite3.Connection | None = None
+        # SQLite with migration 0013: the full-text indexes are this writer's to update.
+        self._indexer: asyncio.Task[None] | None = None
         # Told how long each write batch took (the metrics' store write latency).
         self.observe_write: Callable[[float], object] | None = None
         # The wait between two attempts of an answer's final write (replaced in tests).
@@ -176,6 +178,8 @@ class Store:
             self._checkpointer.start()
         with self.active():
             self._writer = asyncio.create_task(self._write_loop(), name="chatproxy-store-writer")
+            if await self._has_search_lists():
+                self._indexer = asyncio.create_task(self._index_loop(), name="chatproxy-indexer")
             if self._delivery is not None:
                 self._delivery.start()
 
@@ -211,6 +215,11 @@ class Store:
         connection."""
         if self._delivery is not None:
             await self._delivery.stop()
+        if self._indexer is not None:
+            self._indexer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._indexer
+            self._indexer = None
         if self._writer is not None:
             await self._call(_noop)  # everything queued before this is written
             self._writer.cancel()
@@ -290,6 +299,8 @@ class Store:
                         owner = self._owners.get(payload, ("", ""))
                         fields = self.rewriter.checkpoint(payload, owner, *fields)
                     batch.checkpoints[payload] = fields
+            elif kind == "index":
+                batch.index = True
             elif kind == "finish":
                 batch.checkpoints.pop(payload[0], None)
                 batch.finishes.append(payload)
@@ -356,6 +367,48 @@ class Store:
         else:
             if fut is not None and not fut.done():
                 fut.set_result(result)
+
+    # -- the full-text indexes (SQLite) ------------------------------------------------------
+
+    async def _has_search_lists(self) -> bool:
+        assert self._dialect is not None
+        if self._dialect.postgres:
+            return False
+        rows = await self._query(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN (?, ?)",
+            list(search_index.PENDING),
+        )
+        return bool(rows and rows[0][0] == len(search_index.PENDING))
+
+    async def _waiting(self) -> int:
+        """How many rows the longer list holds, counted up to :data:`search_index.STEP`."""
+        rows = await self._query(search_index.waiting_query(), [])
+        return int(rows[0][0]) if rows else 0
+
+    async def index_search(self) -> None:
+        """Add every row still waiting to SQLite's full-text indexes (a search does it first,
+        so it finds everything committed before it). Nothing to do elsewhere."""
+        if self._indexer is None:
+            return
+        while await self._waiting():
+            await self._index_step()
+
+    async def _index_step(self) -> None:
+        fut = self._put("index", None, True)
+        assert fut is not None
+        await fut
+
+    async def _index_loop(self) -> None:
+        while True:
+            await asyncio.sleep(search_index.EVERY)
+            try:
+                if await self._waiting():
+                    await self._index_step()
+                    # Faster than a step per round: keep up in whole steps.
+                    while await self._waiting() >= search_index.STEP:
+                        await self._index_step()
+            except Exception as exc:  # what waits stays listed: the next round tries again
+                log.warning("updating the full-text indexes failed: %s", exc)
 
     # -- writes ------------------------------------------------------------------------------
 
