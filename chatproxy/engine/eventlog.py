@@ -12,7 +12,7 @@ catches up on its own.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 __all__ = ["EventLog", "Subscriber"]
 
@@ -55,8 +55,12 @@ class EventLog:
             else:
                 waiter.set_result(None)
 
-    def end(self) -> None:
-        """No more events: wake every subscriber."""
+    def end(self, data: Sequence[bytes] = (), raw: Sequence[bytes] = ()) -> None:
+        """No more events after ``data`` (the last ones, and the bytes of each): wake every
+        subscriber. The last events are never handed over directly: a reader takes them with
+        the end, and writes both at once."""
+        self.pieces += data
+        self.raw += raw
         self.done = True
         for sub in self.subscribers:
             if sub.waiter is not None and not sub.waiter.done():

@@ -99,6 +99,12 @@ class LocalFeed:
                 return None
             await log.wait(sub)
 
+    @property
+    def at_end(self) -> bool:
+        """Whether every event was handed out and no more will come."""
+        log = self._gen.events
+        return log.done and self._sub.seen == len(log.pieces)
+
     async def close(self, *, disconnected: bool) -> None:
         self._sub.direct = None
         self._gen.unsubscribe(self._sub, self._gen.events, disconnected=disconnected)

@@ -245,9 +245,7 @@ class Generation:
             await self.before_end(self)
         if not self._head.done():
             self._head.set_exception(head_error)
-        if self._final[0]:
-            self.events.publish(*self._final)
-        self.events.end()
+        self.events.end(*self._final)
 
     def _hold(self, data: bytes, raw: bytes | None = None) -> None:
         """Add an event to those published once the answer is stored."""

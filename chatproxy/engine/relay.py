@@ -128,16 +128,25 @@ async def write_feed(request: web.Request, feed: Feed, rendering: Rendering) -> 
                 writer = direct_writer(request, resp)
                 if writer is not None:
                     feed.write_directly(*writer, rendering.render)
+            last = b""  # the last events' bytes, written with the end of the body
+            local = feed if isinstance(feed, LocalFeed) and _ends_at_once(rendering) else None
             while (batch := await feed.next()) is not None:
                 out = rendering.render(batch)
                 if out:
+                    if local is not None and local.at_end:
+                        last = out
+                        break
                     await resp.write(out)
             out = await rendering.end()
-            if out:
-                await resp.write(out)
-            await resp.write_eof()
+            await resp.write_eof(last + out)
     assert resp is not None  # a write failed, so the response was prepared
     return resp
+
+
+def _ends_at_once(rendering: Rendering) -> bool:
+    """Whether ``rendering`` adds nothing after the last event (its ``end`` is the default):
+    the last events can wait for the end of the stream, which follows them at once."""
+    return type(rendering).end is Rendering.end
 
 
 @contextlib.contextmanager
