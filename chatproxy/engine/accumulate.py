@@ -191,31 +191,16 @@ class Accumulator:
 
     def add_chunk(self, chunk: dict[str, Any]) -> None:
         """Fold in one parsed ``chat.completion.chunk`` object."""
-        self._add(chunk, "delta", streaming=True)
+        self._add(chunk, "delta", True)
 
     def add_completion(self, body: dict[str, Any]) -> None:
         """Fold in a whole non-streaming ``chat.completion`` response."""
-        self._add(body, "message", streaming=False)
+        self._add(body, "message", False)
 
-    def _add(self, obj: dict[str, Any], key: str, *, streaming: bool) -> None:
+    def _add(self, obj: dict[str, Any], key: str, streaming: bool) -> None:
+        # Once per chunk: the common shapes are tested first, the rest as pick_choice does.
         if not isinstance(obj, dict):
             return
-        self._take_envelope(obj)
-        choice = pick_choice(obj.get("choices"))
-        if choice is None:
-            return
-        part = choice.get(key)
-        if isinstance(part, dict) and self._apply(part, streaming=streaming):
-            self.version += 1
-        finish_reason = choice.get("finish_reason")
-        if isinstance(finish_reason, str):
-            self.finish_reason = finish_reason
-
-    def message(self) -> dict[str, Any]:
-        """The assistant message in OpenAI chat format."""
-        return assistant_message(self.content, self.refusal, self.reasoning, self.tool_calls)
-
-    def _take_envelope(self, obj: dict[str, Any]) -> None:
         get = obj.get
         # Every chunk repeats these; the first non-empty value is the one kept.
         if self.upstream_id is None:
@@ -233,8 +218,24 @@ class Accumulator:
         usage = get("usage")
         if isinstance(usage, dict):
             self.usage = usage
+        choices = get("choices")
+        choice = choices[0] if type(choices) is list and choices else None
+        if type(choice) is not dict or choice.get("index", 0) != 0:
+            choice = pick_choice(choices)
+        if choice is None:
+            return
+        part = choice.get(key)
+        if isinstance(part, dict) and self._apply(part, streaming):
+            self.version += 1
+        finish_reason = choice.get("finish_reason")
+        if isinstance(finish_reason, str):
+            self.finish_reason = finish_reason
 
-    def _apply(self, delta: dict[str, Any], *, streaming: bool) -> bool:
+    def message(self) -> dict[str, Any]:
+        """The assistant message in OpenAI chat format."""
+        return assistant_message(self.content, self.refusal, self.reasoning, self.tool_calls)
+
+    def _apply(self, delta: dict[str, Any], streaming: bool) -> bool:
         """Merge a delta (or a whole message); return whether the message changed."""
         changed = False
         text = delta.get("content")

@@ -295,16 +295,19 @@ class Generation:
         parser = SSEParser()
         saw_done = False
 
+        take, ends, acc = self._take_event, self.dialect.ends, self.acc
+
         def forward(events: list[SSEEvent], raws: list[bytes]) -> None:
             nonlocal saw_done
             data: list[bytes] = []
             kept: list[bytes] = []
             try:
                 for ev, raw in zip(events, raws, strict=True):
-                    if self._take_event(ev.data):  # raises on a broken event
-                        data.append(ev.data)
+                    piece = ev[0]  # its data
+                    if take(piece):  # raises on a broken event
+                        data.append(piece)
                         kept.append(raw)
-                    saw_done = saw_done or self.dialect.ends(ev.data, self.acc)
+                    saw_done = saw_done or ends(piece, acc)
             finally:  # what came before a broken event is still published
                 if saw_done:  # published once stored
                     self._final[0].extend(data)
@@ -341,7 +344,7 @@ class Generation:
                     "error"
                 ],
             ) from None
-        if not isinstance(chunk, dict):
+        if type(chunk) is not dict:  # orjson's objects are dicts exactly
             return True
         error = self.dialect.error(data, chunk)
         if error is not None:

@@ -39,6 +39,10 @@ class SSEEvent(NamedTuple):
     id: str | None = None
 
 
+# Builds an SSEEvent from its three fields without the Python-level ``__new__``.
+_new_event = tuple.__new__
+
+
 class SSEParser:
     """Turns arbitrarily split chunks of an event stream into :class:`SSEEvent` objects, each
     with the stream's bytes that carry it (:meth:`split`).
@@ -148,10 +152,21 @@ def _cut(data: bytes, pos: int, scan: int) -> tuple[list[SSEEvent], list[bytes],
         if data[pos] == _LF:  # a blank line with nothing pending
             pos += 1
             continue
-        end = data.find(b"\n\n", max(pos, scan))
-        if end < 0:
-            return events, raws, start, pos, max(pos, n - 1)
-        event = _block(data, pos, end)
+        # The usual event is one line: its first "\n" is the first "\n\n" (so past ``scan``).
+        end = data.find(b"\n", pos)
+        if 0 <= end < n - 1 and data[end + 1] == _LF:
+            if data.startswith(b"data:", pos):
+                value = pos + 5
+                if value < end and data[value] == _SPACE:
+                    value += 1
+                event: SSEEvent | None = _new_event(SSEEvent, (data[value:end], None, None))
+            else:
+                event = _block(data, pos, end)
+        else:
+            end = data.find(b"\n\n", max(pos, scan))
+            if end < 0:
+                return events, raws, start, pos, max(pos, n - 1)
+            event = _block(data, pos, end)
         pos = end + 2
         if event is not None:
             events.append(event)
