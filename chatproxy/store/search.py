@@ -10,10 +10,11 @@ digit, or with a word longer than :data:`MAX_TOKEN` characters, matches nothing.
 of a query is an operator of the database's own search syntax (``OR``, ``NEAR``, ``-``, ``:``,
 ``&``... are words or separators like any other).
 
-**The indexes** (migrations ``0008_search`` and ``0010_search_expression``), kept in step by
-the databases themselves, so that no writer needs to know: on SQLite, FTS5 external-content
-tables ``messages_fts`` (over ``messages.text``) and ``chats_fts`` (over ``chats.title``),
-keyed by rowid, with the ``unicode61`` tokenizer, updated by triggers; on PostgreSQL, GIN
+**The indexes** (migrations ``0008_search``, ``0010_search_expression`` and
+``0013_search_pending``): on SQLite, FTS5 external-content tables ``messages_fts`` (over
+``messages.text``) and ``chats_fts`` (over ``chats.title``), keyed by rowid, with the
+``unicode61`` tokenizer, whose rows triggers list and the store's writer adds in batches
+(:mod:`chatproxy.store.search_index`; a search adds what is listed first); on PostgreSQL, GIN
 expression indexes on ``to_tsvector('simple', ...)`` of the text with ASCII punctuation made
 blanks (so that the parser never keeps ``x.com`` or ``3.14`` as one word, as FTS5 does not).
 
