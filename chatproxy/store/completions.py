@@ -7,7 +7,9 @@ are the message's ancestors, oldest first.
 
 Its metadata is ``Message.metadata`` once set through the API; before that, the ``metadata``
 the client sent with the request (kept in ``Message.params``), as OpenAI's
-``create(store=True, metadata=...)`` does. Listing filters on the same value, in SQL.
+``create(store=True, metadata=...)`` does. Listing filters on the same value's text-valued
+pairs, kept in a table by triggers (migration ``0014_completion_metadata``) and walked in the
+listing's order from the first pair.
 
 Reads run through :meth:`Store.read`, writes through :meth:`Store.write` (one transaction in
 the writer task); a write checks ownership again inside its transaction.
@@ -91,36 +93,39 @@ def _list_query(
     descending: bool,
     limit: int,
 ) -> tuple[str, list[Any]]:
+    pairs = list(metadata.items())
+    source, order = "messages AS m", ("m.created_at", "m.id")
     where = ["m.user_id = ?", "m.role = 'assistant'", "m.instance_id IS NOT NULL"]
     params: list[Any] = [user_id]
+    if pairs:
+        # The first pair's entries of completion_metadata (migration 0014), walked in the
+        # listing's order along its index; the other pairs are tested on each.
+        (key, value), pairs = pairs[0], pairs[1:]
+        # CROSS JOIN: SQLite takes the tables in this order (PostgreSQL has no such join).
+        join = "JOIN" if d.postgres else "CROSS JOIN"
+        source = f"completion_metadata AS cm {join} messages AS m ON m.id = cm.message_id"
+        order = ("cm.created_at", "cm.message_id")
+        where = ["cm.user_id = ?", "cm.key = ?", "cm.value = ?", *where[1:]]
+        params = [user_id, key, value]
     if model is not None:
         where.append("m.model = ?")
         params.append(model)
-    for key, value in metadata.items():
-        if d.postgres:
-            where.append(
-                "COALESCE(m.metadata, m.params -> 'metadata') -> CAST(? AS TEXT) "
-                "= to_jsonb(CAST(? AS TEXT))"
-            )
-        else:
-            # json_each compares the key exactly (a JSON path would need quoting).
-            where.append(
-                "EXISTS (SELECT 1 FROM json_each(COALESCE(m.metadata, CASE WHEN "
-                "json_type(m.params, '$.metadata') = 'object' THEN "
-                "json_extract(m.params, '$.metadata') END)) AS j "
-                "WHERE j.key = ? AND j.type = 'text' AND j.value = ?)"
-            )
+    for key, value in pairs:
+        where.append(
+            "EXISTS (SELECT 1 FROM completion_metadata AS p WHERE p.message_id = m.id "
+            "AND p.key = ? AND p.value = ?)"
+        )
         params += [key, value]
     if after is not None:
         where.append(
-            f"(m.created_at, m.id) {'<' if descending else '>'} "
+            f"({order[0]}, {order[1]}) {'<' if descending else '>'} "
             "(SELECT c.created_at, c.id FROM messages AS c WHERE c.id = ?)"
         )
         params.append(after)
     direction = "DESC" if descending else "ASC"
     query = (
-        f"SELECT m.id FROM messages AS m WHERE {' AND '.join(where)} "
-        f"ORDER BY m.created_at {direction}, m.id {direction} LIMIT ?"
+        f"SELECT m.id FROM {source} WHERE {' AND '.join(where)} "
+        f"ORDER BY {order[0]} {direction}, {order[1]} {direction} LIMIT ?"
     )
     return d.sql(query), [*params, limit + 1]
 
