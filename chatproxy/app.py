@@ -131,7 +131,7 @@ def _account(request: web.Request, status: int, started: float) -> None:
     """The request's metric and its access-log line."""
     resource = request.match_info.route.resource
     route = resource.canonical if resource is not None else "unmatched"
-    request.app[METRICS].requests.labels(route, str(status)).inc()
+    request.app[METRICS].request(route, status)
     if log.isEnabledFor(logging.INFO):
         caller = request.get(CALLER)
         fields = {

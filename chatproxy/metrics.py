@@ -71,6 +71,18 @@ class Metrics:
             buckets=_STORE_BUCKETS,
             registry=r,
         )
+        # The labelled series in use, by their labels: ``labels()`` costs more than the
+        # increment. Each is made on first use, as before (no series shows up unused).
+        self._requests: dict[tuple[str, int], Counter] = {}
+        self._durations: dict[str, Histogram] = {}
+        self._tokens: dict[str, Counter] = {}
+
+    def request(self, route: str, status: int) -> None:
+        """Count one answered HTTP request."""
+        child = self._requests.get((route, status))
+        if child is None:
+            child = self._requests[route, status] = self.requests.labels(route, str(status))
+        child.inc()
 
     def answer(
         self,
@@ -84,13 +96,22 @@ class Metrics:
         """Record one finished answer."""
         if ttft is not None:
             self.ttft.observe(ttft)
-        self.duration.labels(status).observe(duration)
+        child = self._durations.get(status)
+        if child is None:
+            child = self._durations[status] = self.duration.labels(status)
+        child.observe(duration)
         if prompt_tokens:
-            self.tokens.labels("prompt").inc(prompt_tokens)
+            self._token_series("prompt").inc(prompt_tokens)
         if completion_tokens:
-            self.tokens.labels("completion").inc(completion_tokens)
+            self._token_series("completion").inc(completion_tokens)
         if disconnected:
             self.disconnects.inc()
+
+    def _token_series(self, kind: str) -> Counter:
+        child = self._tokens.get(kind)
+        if child is None:
+            child = self._tokens[kind] = self.tokens.labels(kind)
+        return child
 
 
 async def metrics_handler(request: web.Request) -> web.Response:

@@ -164,9 +164,24 @@ class Generation:
         return self.task
 
     async def begun(self) -> None:
-        """Return once the request's turn is written (or could not be)."""
-        assert self._begin is not None
-        await asyncio.wait([self._begin])
+        """Return once the request's turn is written (or could not be); cancelling the waiter
+        leaves the write alone."""
+        begin = self._begin
+        assert begin is not None
+        if begin.done():
+            return
+        # What ``asyncio.wait([begin])`` does, without its set, tasks check and second future.
+        waiter = asyncio.get_running_loop().create_future()
+
+        def wake(_: object) -> None:
+            if not waiter.done():
+                waiter.set_result(None)
+
+        begin.add_done_callback(wake)
+        try:
+            await waiter
+        finally:
+            begin.remove_done_callback(wake)
 
     def abort(self) -> None:
         """Cancel the upstream request; the message is stored as ``cancelled``."""

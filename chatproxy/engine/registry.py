@@ -42,6 +42,28 @@ class Replay:
         to.subscribers.remove(sub)
 
 
+class _OneAtATime:
+    """The block of :meth:`Generations.one_at_a_time` (a class: it is entered per request)."""
+
+    __slots__ = ("_done", "_key", "_serial")
+
+    def __init__(self, serial: dict[str, asyncio.Future[None]], key: str) -> None:
+        self._serial = serial
+        self._key = key
+        self._done: asyncio.Future[None] | None = None
+
+    async def __aenter__(self) -> None:
+        serial, key = self._serial, self._key
+        while (running := serial.get(key)) is not None:
+            await asyncio.shield(running)
+        self._done = serial[key] = asyncio.get_running_loop().create_future()
+
+    async def __aexit__(self, *exc: object) -> None:
+        del self._serial[self._key]
+        assert self._done is not None
+        self._done.set_result(None)
+
+
 class Generations:
     """The registry the chat handler, the resume endpoint and shutdown share."""
 
@@ -64,19 +86,10 @@ class Generations:
         self._finished_bytes = 0
         self._serial: dict[str, asyncio.Future[None]] = {}
 
-    @contextlib.asynccontextmanager
-    async def one_at_a_time(self, key: str) -> AsyncIterator[None]:
+    def one_at_a_time(self, key: str) -> _OneAtATime:
         """Run the block for one request with ``key`` at a time on this instance; others with
         the same key wait until it is over."""
-        while (running := self._serial.get(key)) is not None:
-            await asyncio.shield(running)
-        done = asyncio.get_running_loop().create_future()
-        self._serial[key] = done
-        try:
-            yield
-        finally:
-            del self._serial[key]
-            done.set_result(None)
+        return _OneAtATime(self._serial, key)
 
     @contextlib.asynccontextmanager
     async def across_instances(self, key: str) -> AsyncIterator[None]:

@@ -25,7 +25,7 @@ from aiohttp import web
 from aiohttp.client_exceptions import ClientConnectionResetError
 
 from chatproxy.appkeys import LEFT_EARLY
-from chatproxy.engine.feed import Batch, Feed, LocalFeed, following
+from chatproxy.engine.feed import DISCONNECTS, Batch, Feed, LocalFeed
 
 __all__ = [
     "EVENT_STREAM_HEADERS",
@@ -116,8 +116,9 @@ async def write_feed(request: web.Request, feed: Feed, rendering: Rendering) -> 
     middleware.
     """
     resp = None
+    disconnected = False  # following(feed), inline: this runs for every request
     with client_may_leave(request):
-        async with following(feed):
+        try:
             status, headers = await rendering.head()
             resp = web.StreamResponse(status=status, headers=headers)
             await resp.prepare(request)
@@ -139,6 +140,11 @@ async def write_feed(request: web.Request, feed: Feed, rendering: Rendering) -> 
                     await resp.write(out)
             out = await rendering.end()
             await resp.write_eof(last + out)
+        except DISCONNECTS:
+            disconnected = True
+            raise
+        finally:
+            await feed.close(disconnected=disconnected)
     assert resp is not None  # a write failed, so the response was prepared
     return resp
 

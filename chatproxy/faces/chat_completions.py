@@ -45,6 +45,8 @@ __all__ = [
     "parse_chat_request",
 ]
 
+# The lock :func:`launch_threaded` takes for a request that needs none across instances.
+_UNLOCKED = contextlib.nullcontext()
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 # Client headers worth passing on to the upstream (OpenAI, OpenRouter).
 FORWARDED_HEADERS = ("OpenAI-Organization", "OpenAI-Project", "HTTP-Referer", "X-Title")
@@ -199,17 +201,16 @@ async def launch_threaded(
     generations = request.app[GENERATIONS]
     try:
         key = _request_key(request[CALLER].user_id, chat_id, raw)
-        async with contextlib.AsyncExitStack() as held:
-            await held.enter_async_context(generations.one_at_a_time(key))
+        async with generations.one_at_a_time(key):
             planned = await plan()
-            if chat_id is None and planned[0].chat_is_new:
-                # A new chat: another instance may be planning the same request. Plan
-                # again under the lock they share (it may have been stored meanwhile).
-                await held.enter_async_context(generations.across_instances(key))
-                if generations.shared is not None:
+            # A new chat: another instance may be planning the same request. Plan again
+            # under the lock they share (it may have been stored meanwhile).
+            new_chat = chat_id is None and planned[0].chat_is_new
+            async with generations.across_instances(key) if new_chat else _UNLOCKED:
+                if new_chat and generations.shared is not None:
                     planned = await plan()
-            gen = await start(planned)
-            await gen.begun()
+                gen = await start(planned)
+                await gen.begun()
     except asyncio.CancelledError:  # the client left before it could subscribe
         if gen is not None:
             gen.client_left()
