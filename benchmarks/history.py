@@ -133,6 +133,11 @@ def _rows(total: int) -> Any:
             messages.append({"role": role, "content": words})
         hashes = prefix_hashes(messages)
         ids = [f"msg_b{c:09d}x{i:06d}" for i in range(size)]
+        # One of 100 projects for each owner's chats alike (c // 2: the caller owns the even
+        # chats, so c % 100 would give the caller only even projects); each answer's request
+        # carried its chat's project as metadata.
+        project = f"p{(c // 2) % 100}"
+        params = orjson.dumps({"metadata": {"project": project}}).decode()
         rows = []
         for i, (m, h) in enumerate(zip(messages, hashes, strict=True)):
             when = created + timedelta(seconds=i * 5)
@@ -155,6 +160,7 @@ def _rows(total: int) -> Any:
                     20 if answer else None,
                     30 if answer else None,
                     INSTANCE if answer else None,  # answers the proxy produced
+                    params if answer else None,
                     when,
                     when if answer else None,
                     False,  # client_disconnected
@@ -166,9 +172,7 @@ def _rows(total: int) -> Any:
             owner,
             default_title(messages),
             "private",
-            # One of 100 projects for each owner's chats alike (c // 2: the caller owns the even
-            # chats, so c % 100 would give the caller only even projects).
-            orjson.dumps({"project": f"p{(c // 2) % 100}"}).decode(),
+            orjson.dumps({"project": project}).decode(),
             ids[-1],
             created,
             updated,
@@ -182,7 +186,7 @@ CHAT_COLUMNS = (
 MESSAGE_COLUMNS = (
     "id", "chat_id", "parent_id", "user_id", "role", "text", "depth", "data", "prefix_hash",
     "status", "model", "finish_reason", "prompt_tokens", "completion_tokens", "total_tokens",
-    "instance_id", "created_at", "completed_at", "client_disconnected",
+    "instance_id", "params", "created_at", "completed_at", "client_disconnected",
 )  # fmt: skip
 BATCH = 50_000  # messages per transaction
 
@@ -255,6 +259,14 @@ async def build(url: str, total: int) -> int:
             await writing
         if postgres:
             await analyze(url)  # as autovacuum would, within a minute of a bulk load
+        else:
+            # The full-text indexes, as an import leaves them (the triggers only listed the rows).
+            store = Store(url)
+            await store.open()
+            try:
+                await store.index_search()
+            finally:
+                await store.close()
     finally:
         if postgres:
             await conn.close()
@@ -326,6 +338,13 @@ async def measure_http(base: str, total: int, figures: list[Figure]) -> None:
         await get("list, metadata filter, no match", f"{v1}/conversations", "<= 10", params=meta)
         limit = {"limit": "20"}
         await get("stored completions, limit 20", f"{v1}/chat/completions", "<= 10", params=limit)
+        for label, project in (("", "p7"), (", no match", "p-none")):
+            await get(
+                f"stored completions, metadata filter{label}",
+                f"{v1}/chat/completions",
+                "<= 10",
+                params={"limit": "20", "metadata[project]": project},
+            )
         for label, word, target in (
             ("rare word", RARE_WORD, "<= 50"),
             ("common word", COMMON_WORD, "<= 100"),
