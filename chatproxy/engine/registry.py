@@ -190,7 +190,7 @@ class Generations:
         if self.grace <= 0 or not gen.stream:
             return
         pieces = gen.events.pieces
-        size = sum(len(data) for data in pieces) + 64 * len(pieces)
+        size = sum(map(len, pieces)) + 64 * len(pieces)
         # The data alone: a resuming client never gets the upstream's bytes.
         replay = Replay(gen.chat_id, gen.message_id, EventLog(pieces, done=True), size)
         self._drop(gen.chat_id)
