@@ -30,9 +30,9 @@ from typing import TYPE_CHECKING
 import orjson
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
+from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
-from redis.retry import Retry
 
 from chatproxy.engine.feed import Batch
 from chatproxy.errors import error_body
