@@ -9,7 +9,8 @@ the WAL checkpointer's); on PostgreSQL by wrapping asyncpg's ``Connection`` meth
 kept. Each captured statement that reads those tables is then explained with the same
 parameters: ``EXPLAIN QUERY PLAN`` on SQLite, ``EXPLAIN (FORMAT JSON)`` with
 ``enable_seqscan = off`` on PostgreSQL (so that a tiny table does not make the planner prefer a
-scan: a Seq Scan that remains means no usable index). A statement a later change adds is
+scan: a Seq Scan that remains means no usable index), and hash and merge joins off (nested loops
+with a lookup per row, as the planner joins at volume). A statement a later change adds is
 covered without touching this test.
 
 Migrations run before the capture starts: they run once, on upgrade, and must read every row.
@@ -219,6 +220,12 @@ async def postgres_scans(
         for sql in temp:  # kept to the session: this one has no transaction to end
             await conn.execute(re.sub(r"\bON\s+COMMIT\s+DROP\b", "", sql, flags=re.I))
         await conn.execute("SET enable_seqscan = off")
+        # The import analyzes the tables it grows: on this test's tiny tables, hashing or
+        # merging a whole index then looks cheaper than a lookup per row, which the planner
+        # takes at volume. With nested loops only, a join without a usable index still shows
+        # as a whole read.
+        await conn.execute("SET enable_hashjoin = off")
+        await conn.execute("SET enable_mergejoin = off")
         scans: dict[str, list[str]] = {}
         for sql, params in statements.items():
             plan = orjson.loads(await conn.fetchval(f"EXPLAIN (FORMAT JSON) {sql}", *params))
