@@ -343,14 +343,22 @@ class FakeUpstream:
             return replace(demo_reply(body), spaced_arguments=self._spaced), False
         return Reply(), False
 
-    async def _chat(self, request: web.Request) -> web.StreamResponse:
+    async def _recorded_json(
+        self, request: web.Request
+    ) -> tuple[RecordedRequest, dict[str, Any]] | web.StreamResponse:
+        """The request, recorded, and its JSON object body; or the 400 for a body that is not
+        one."""
         record = await self._record(request)
-        body = record.json
-        if not isinstance(body, dict):
-            message = "We could not parse the JSON body of your request."
-            return await self._respond(
-                request, record, json_response(400, error_body(400, message))
-            )
+        if isinstance(record.json, dict):
+            return record, record.json
+        message = "We could not parse the JSON body of your request."
+        return await self._respond(request, record, json_response(400, error_body(400, message)))
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        parsed = await self._recorded_json(request)
+        if isinstance(parsed, web.StreamResponse):
+            return parsed
+        record, body = parsed
         reply, cacheable, n_chunks = self._scripted(request, body)
         if reply.status != 200:
             return await self._respond(request, record, error_response(reply), reply)
@@ -393,13 +401,10 @@ class FakeUpstream:
     async def _responses(self, request: web.Request) -> web.StreamResponse:
         if self._responses_mode == "none":
             return await self._not_found(request)
-        record = await self._record(request)
-        body = record.json
-        if not isinstance(body, dict):
-            message = "We could not parse the JSON body of your request."
-            return await self._respond(
-                request, record, json_response(400, error_body(400, message))
-            )
+        parsed = await self._recorded_json(request)
+        if isinstance(parsed, web.StreamResponse):
+            return parsed
+        record, body = parsed
         seen = model_input(body, self._stored, self._responses_mode == "stateful")
         if isinstance(seen, dict):
             return await self._respond(request, record, json_response(400, seen))
