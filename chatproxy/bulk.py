@@ -547,10 +547,7 @@ class _Postgres(BulkDB):
         of a second), blocks no writer, and makes every cached plan on these tables be made
         again."""
         if self._stale_at is None:
-            rows = await self._conn.fetch(
-                "SELECT GREATEST(reltuples, 0)::bigint FROM pg_class WHERE relname = 'messages'"
-            )
-            self._stale_at = max(int(rows[0][0]) if rows else 0, ANALYZE_AT_LEAST)
+            self._stale_at = await self._stale_after()
         self._unanalyzed += added
         if self._unanalyzed >= self._stale_at:
             await self._analyze()
@@ -559,11 +556,16 @@ class _Postgres(BulkDB):
         # While importing: the columns the proxy's lookups filter on (an expression index's
         # statistics, search's, cost a full-text parse per sampled row); at the end, all.
         await self._conn.execute("ANALYZE users, chats, messages, votes" if whole else _ANALYZE)
+        self._stale_at = await self._stale_after()
+        self._unanalyzed = 0
+
+    async def _stale_after(self) -> int:
+        """Messages to add before the statistics are stale: as many as the last analysis
+        counted (:data:`ANALYZE_AT_LEAST` at the least)."""
         rows = await self._conn.fetch(
             "SELECT GREATEST(reltuples, 0)::bigint FROM pg_class WHERE relname = 'messages'"
         )
-        self._stale_at = max(int(rows[0][0]) if rows else 0, ANALYZE_AT_LEAST)
-        self._unanalyzed = 0
+        return max(int(rows[0][0]) if rows else 0, ANALYZE_AT_LEAST)
 
     async def finish(self) -> None:
         if self._unanalyzed:

@@ -7,6 +7,8 @@ counter increments per request and one histogram observation per answer: nothing
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
@@ -71,18 +73,21 @@ class Metrics:
             buckets=_STORE_BUCKETS,
             registry=r,
         )
-        # The labelled series in use, by their labels: ``labels()`` costs more than the
+        # The labelled series in use, by metric and labels: ``labels()`` costs more than the
         # increment. Each is made on first use, as before (no series shows up unused).
-        self._requests: dict[tuple[str, int], Counter] = {}
-        self._durations: dict[str, Histogram] = {}
-        self._tokens: dict[str, Counter] = {}
+        self._series: dict[tuple[object, tuple[str, ...]], Any] = {}
+
+    def _child(self, metric: Counter | Histogram, *labels: str) -> Any:
+        """``metric.labels(*labels)``, made once."""
+        key = (metric, labels)
+        child = self._series.get(key)
+        if child is None:
+            child = self._series[key] = metric.labels(*labels)
+        return child
 
     def request(self, route: str, status: int) -> None:
         """Count one answered HTTP request."""
-        child = self._requests.get((route, status))
-        if child is None:
-            child = self._requests[route, status] = self.requests.labels(route, str(status))
-        child.inc()
+        self._child(self.requests, route, str(status)).inc()
 
     def answer(
         self,
@@ -96,22 +101,13 @@ class Metrics:
         """Record one finished answer."""
         if ttft is not None:
             self.ttft.observe(ttft)
-        child = self._durations.get(status)
-        if child is None:
-            child = self._durations[status] = self.duration.labels(status)
-        child.observe(duration)
+        self._child(self.duration, status).observe(duration)
         if prompt_tokens:
-            self._token_series("prompt").inc(prompt_tokens)
+            self._child(self.tokens, "prompt").inc(prompt_tokens)
         if completion_tokens:
-            self._token_series("completion").inc(completion_tokens)
+            self._child(self.tokens, "completion").inc(completion_tokens)
         if disconnected:
             self.disconnects.inc()
-
-    def _token_series(self, kind: str) -> Counter:
-        child = self._tokens.get(kind)
-        if child is None:
-            child = self._tokens[kind] = self.tokens.labels(kind)
-        return child
 
 
 async def metrics_handler(request: web.Request) -> web.Response:

@@ -170,7 +170,7 @@ class Batch:
         if self.answer_events:
             out.append((d.sql(INSERT_ANSWER_EVENT), self.answer_events))
         if self.index:
-            out += search_index.flush_statements()
+            out += search_index.FLUSH
         return out
 
     async def apply(self, conn: BaseDBAsyncClient, d: Dialect) -> None:

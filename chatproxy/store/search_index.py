@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["EVERY", "PENDING", "STEP", "flush_statements", "waiting_query"]
+__all__ = ["EVERY", "FLUSH", "PENDING", "STEP", "WAITING"]
 
 # (content table, indexed column): the two indexes of chatproxy.store.search.
 INDEXED = (("messages", "text"), ("chats", "title"))
@@ -27,15 +27,12 @@ STEP = 256  # rows per index per writer turn: about 4 ms of FTS5 work
 EVERY = 0.5  # seconds between two looks at the lists
 
 
-def waiting_query() -> str:
-    """One row: how many rows the longer list holds, counted up to :data:`STEP`."""
+def _waiting_query() -> str:
     counts = ", ".join(f"(SELECT count(*) FROM (SELECT 1 FROM {p} LIMIT {STEP}))" for p in PENDING)
     return f"SELECT max({counts})"
 
 
-def flush_statements() -> list[tuple[str, list[Sequence[Any]]]]:
-    """``(statement, rows)`` pairs that index the first :data:`STEP` waiting rows of each
-    list and take them off it (inside the writer's transaction)."""
+def _flush_statements() -> list[tuple[str, list[Sequence[Any]]]]:
     out: list[tuple[str, list[Sequence[Any]]]] = []
     for table, column in INDEXED:
         first = f"SELECT id FROM {table}_fts_pending ORDER BY id LIMIT ?"
@@ -48,3 +45,10 @@ def flush_statements() -> list[tuple[str, list[Sequence[Any]]]]:
         )
         out.append((f"DELETE FROM {table}_fts_pending WHERE id IN ({first})", [[STEP]]))
     return out
+
+
+# One row: how many rows the longer list holds, counted up to STEP.
+WAITING = _waiting_query()
+# (statement, rows) pairs that index the first STEP waiting rows of each list and take them
+# off it (inside the writer's transaction).
+FLUSH = _flush_statements()

@@ -382,7 +382,7 @@ class Store:
 
     async def _waiting(self) -> int:
         """How many rows the longer list holds, counted up to :data:`search_index.STEP`."""
-        rows = await self._query(search_index.waiting_query(), [])
+        rows = await self._query(search_index.WAITING, [])
         return int(rows[0][0]) if rows else 0
 
     async def index_search(self) -> None:

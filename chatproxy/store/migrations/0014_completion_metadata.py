@@ -22,11 +22,12 @@ _VALUE = (
 _HAS_VALUE = "({m}.metadata IS NOT NULL OR json_type({m}.params, '$.metadata') = 'object')"
 
 
-def _pairs(m: str) -> str:
+def _pairs(m: str, rows: str = "") -> str:
+    """The pairs of message ``m`` (of each message of ``rows``, a FROM item, when given)."""
     return (
         "INSERT INTO completion_metadata (message_id, user_id, key, value, created_at) "
         f"SELECT {m}.id, {m}.user_id, j.key, j.value, {m}.created_at "
-        f"FROM json_each({_VALUE.format(m=m)}) j WHERE j.type = 'text'"
+        f"FROM {rows}json_each({_VALUE.format(m=m)}) j WHERE j.type = 'text'"
     )
 
 
@@ -43,10 +44,7 @@ _SQLITE = [
     f"WHEN {_COMPLETION.format(m='old')} AND {_HAS_VALUE.format(m='old')} BEGIN "
     "DELETE FROM completion_metadata WHERE message_id = old.id; END",
     # What is already stored.
-    "INSERT INTO completion_metadata (message_id, user_id, key, value, created_at) "
-    "SELECT m.id, m.user_id, j.key, j.value, m.created_at "
-    f"FROM messages m, json_each({_VALUE.format(m='m')}) j "
-    f"WHERE {_COMPLETION.format(m='m')} AND j.type = 'text'",
+    f"{_pairs('m', 'messages m, ')} AND {_COMPLETION.format(m='m')}",
 ]
 _PG_VALUE = (
     "CASE WHEN jsonb_typeof(COALESCE({m}.metadata, {m}.params -> 'metadata')) = 'object' "
@@ -54,15 +52,15 @@ _PG_VALUE = (
 )
 
 
-def _pg_pairs(m: str) -> str:
+def _pg_pairs(m: str, rows: str = "") -> str:
     return (
         "INSERT INTO completion_metadata (message_id, user_id, key, value, created_at) "
         f"SELECT {m}.id, {m}.user_id, j.key, j.value #>> '{{}}', {m}.created_at "
-        f"FROM jsonb_each({_PG_VALUE.format(m=m)}) j WHERE jsonb_typeof(j.value) = 'string'"
+        f"FROM {rows}jsonb_each({_PG_VALUE.format(m=m)}) j "
+        "WHERE jsonb_typeof(j.value) = 'string'"
     )
 
 
-_PG_COMPLETION = "{m}.role = 'assistant' AND {m}.instance_id IS NOT NULL"
 _PG_HAS_VALUE = "({m}.metadata IS NOT NULL OR {m}.params ? 'metadata')"
 _POSTGRES = [
     *(sql.format(tz=" WITH TIME ZONE") for sql in _TABLE),
@@ -72,18 +70,15 @@ _POSTGRES = [
     f"IF TG_OP <> 'DELETE' THEN {_pg_pairs('NEW')}; END IF; "
     "RETURN NULL; END $$",
     "CREATE TRIGGER completion_metadata_insert AFTER INSERT ON messages FOR EACH ROW "
-    f"WHEN ({_PG_COMPLETION.format(m='NEW')} AND {_PG_HAS_VALUE.format(m='NEW')}) "
+    f"WHEN ({_COMPLETION.format(m='NEW')} AND {_PG_HAS_VALUE.format(m='NEW')}) "
     "EXECUTE FUNCTION completion_metadata_keep()",
     "CREATE TRIGGER completion_metadata_update AFTER UPDATE OF metadata ON messages FOR EACH ROW "
-    f"WHEN ({_PG_COMPLETION.format(m='NEW')}) EXECUTE FUNCTION completion_metadata_keep()",
+    f"WHEN ({_COMPLETION.format(m='NEW')}) EXECUTE FUNCTION completion_metadata_keep()",
     "CREATE TRIGGER completion_metadata_delete AFTER DELETE ON messages FOR EACH ROW "
-    f"WHEN ({_PG_COMPLETION.format(m='OLD')} AND {_PG_HAS_VALUE.format(m='OLD')}) "
+    f"WHEN ({_COMPLETION.format(m='OLD')} AND {_PG_HAS_VALUE.format(m='OLD')}) "
     "EXECUTE FUNCTION completion_metadata_keep()",
     # What is already stored.
-    "INSERT INTO completion_metadata (message_id, user_id, key, value, created_at) "
-    "SELECT m.id, m.user_id, j.key, j.value #>> '{}', m.created_at "
-    f"FROM messages m, jsonb_each({_PG_VALUE.format(m='m')}) j "
-    f"WHERE {_PG_COMPLETION.format(m='m')} AND jsonb_typeof(j.value) = 'string'",
+    f"{_pg_pairs('m', 'messages m, ')} AND {_COMPLETION.format(m='m')}",
 ]
 _SQLITE_DROP = [
     "DROP TRIGGER completion_metadata_insert",
